@@ -1,0 +1,77 @@
+"""The metadata layer: one provider per source (Metaflow's local `_meta` files, the metadata service).
+
+Providers return plain dicts ("records") normalised across sources, so the object model never sees
+which one it talks to. Ids are always strings, times are epoch milliseconds (ints), missing objects are
+None (single objects) or [] (lists). Every list is returned in the provider's natural order (filesystem
+or database order); the object model sorts.
+
+Records:
+  flow      {"flow_id", "ts_epoch"}
+  run       {"flow_id", "run_number", "user_name", "tags": [...], "system_tags": [...], "ts_epoch"}
+  step      {"step_name", "ts_epoch"}
+  task      {"task_id", "ts_epoch"}
+  artifact  {"name", "sha", "content_type", "location", "ds_type", "attempt_id": int, "ts_epoch"}
+  metadata  {"field_name", "value", "type", "ts_epoch", "tags": [...]}   (value as the source stores it;
+            `foreach-stack` is normalised to a list of "var=value" strings)
+
+Steps, tasks and artifacts carry no tags: the run's are authoritative (the object model takes them from
+the run record). Errors other than "not found" are raised as exceptions (OSError / MetaflowBackendError).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import List, Optional
+
+
+class MetadataProvider(ABC):
+    #: 'local' or 'service', as in Metaflow's `get_metadata()` answer '<TYPE>@<info>'
+    TYPE: str = ""
+
+    @abstractmethod
+    def info(self) -> str:
+        """The part after '@' in get_metadata(): the local root's parent directory, or the service URL."""
+
+    @abstractmethod
+    def flows(self) -> List[dict]: ...
+
+    @abstractmethod
+    def flow(self, flow: str) -> Optional[dict]: ...
+
+    @abstractmethod
+    def runs(self, flow: str) -> List[dict]: ...
+
+    @abstractmethod
+    def run(self, flow: str, run: str) -> Optional[dict]: ...
+
+    @abstractmethod
+    def steps(self, flow: str, run: str) -> List[dict]: ...
+
+    @abstractmethod
+    def step(self, flow: str, run: str, step: str) -> Optional[dict]: ...
+
+    @abstractmethod
+    def tasks(self, flow: str, run: str, step: str) -> List[dict]: ...
+
+    @abstractmethod
+    def task(self, flow: str, run: str, step: str, task: str) -> Optional[dict]: ...
+
+    @abstractmethod
+    def artifacts(self, flow: str, run: str, step: str, task: str, attempt: Optional[int] = None) -> List[dict]:
+        """Artifacts (internal `_` ones included) of `attempt`, or of the latest *finished* attempt when None."""
+
+    @abstractmethod
+    def artifact(
+        self, flow: str, run: str, step: str, task: str, name: str, attempt: Optional[int] = None
+    ) -> Optional[dict]: ...
+
+    @abstractmethod
+    def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
+        """Every metadata event of every attempt."""
+
+    @abstractmethod
+    def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
+        """Ids of the step's tasks whose latest `field_name` value matches the regex `pattern` in full."""
+
+    def datastore_root(self) -> Optional[str]:
+        """The datastore root to use when a task has no `ds-root` metadata (local provider: its own root)."""
+        return None

@@ -1,0 +1,63 @@
+"""The storage layer: one class per backend (local filesystem, S3) behind this small interface.
+
+A `Storage` is bound to one datastore root (`/home/me/.metaflow` or `s3://bucket/prefix`) and addresses
+objects by *keys*: '/'-joined paths relative to that root, e.g. `MyFlow/data/ab/ab12...` or
+`MyFlow/12/train/4/0.data.json`. It knows nothing about Metaflow's layout; `client.datastore` does.
+
+Errors are built-in exceptions, so every layer above maps them mechanically:
+  FileNotFoundError  the key does not exist
+  PermissionError    access denied
+  OSError(EIO)       the backend failed after bounded retries / timeouts (never a hang)
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import BinaryIO, Dict, Iterable, List, Optional
+
+
+class Storage(ABC):
+    #: the datastore type as Metaflow names it in `ds-type` metadata: 'local', 's3'
+    TYPE: str = ""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/") if root != "/" else root
+
+    @abstractmethod
+    def read(self, key: str) -> bytes:
+        """The whole object."""
+
+    def read_many(self, keys: Iterable[str]) -> Dict[str, Optional[bytes]]:
+        """Several objects at once (backends with latency fetch them in parallel); None for missing keys."""
+        out: Dict[str, Optional[bytes]] = {}
+        for key in keys:
+            try:
+                out[key] = self.read(key)
+            except FileNotFoundError:
+                out[key] = None
+        return out
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """A seekable binary file object for streaming reads of large objects."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Size in bytes of the stored object."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, key: str) -> List[str]:
+        """Names of the immediate children (files and sub-directories) under `key`; [] when there are none."""
+
+    @abstractmethod
+    def user_attributes(self, key: str) -> Optional[dict]:
+        """Metaflow's per-blob attributes ({"cas_raw": bool, "cas_version": 1}), or None when absent."""
+
+    def local_path(self, key: str) -> Optional[str]:
+        """A local filesystem path holding exactly this object's bytes, when the backend has one."""
+        return None
+
+    def url(self, key: str) -> str:
+        return self.root + "/" + key
