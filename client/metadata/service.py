@@ -1,0 +1,343 @@
+"""The Metaflow metadata service (REST) as a metadata provider (reference §3).
+
+Routes, headers and semantics are those of Metaflow 2.19's `ServiceMetadataProvider`: `x-api-key` from
+SERVICE_AUTH_KEY plus SERVICE_HEADERS on every request, 404 → not found, attempt-specific routes only when the
+service advertises ≥ 2.0.6 on `/ping`, anchored patterns on `filtered_tasks`. Unlike Metaflow, every request has
+a connect and a read timeout, so a dead service is an error after a bounded time, never a hang.
+
+Settings: SERVICE_AUTH_KEY, SERVICE_HEADERS and SERVICE_RETRY_COUNT (attempts per request, Metaflow's, default 5);
+MFFS_SERVICE_CONNECT_TIMEOUT (s, default 5), MFFS_SERVICE_TIMEOUT (read timeout, s, default 20) and
+MFFS_SERVICE_RETRY_BACKOFF (s, default 0.5: sleeps 0.5, 1, 2, 4 between attempts).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, List, Optional, Tuple
+from urllib.parse import quote, urlencode
+
+from ..config import mffs_setting, setting
+from ..exceptions import MetaflowBackendError, MetaflowInternalError
+from .base import MetadataProvider
+
+#: service versions that introduced a route the client needs (Metaflow gates on the same numbers)
+_ATTEMPT_ROUTES_VERSION = (2, 0, 6)
+
+
+def _version_tuple(version: Optional[str]) -> Optional[Tuple[int, ...]]:
+    if not version:
+        return None
+    parts = []
+    for part in version.split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts) or None
+
+
+def parse_postgres_array(text: str) -> List[str]:
+    """`{a=1,"b,c",d}` → ['a=1', 'b,c', 'd']: how the service returns a list stored as metadata value."""
+    inner = text[1:-1]
+    items: List[str] = []
+    if not inner:
+        return items
+    i, n = 0, len(inner)
+    while True:
+        if i < n and inner[i] == '"':
+            i += 1
+            item = []
+            while i < n and inner[i] != '"':
+                if inner[i] == "\\" and i + 1 < n:
+                    i += 1
+                item.append(inner[i])
+                i += 1
+            items.append("".join(item))
+            i += 1  # the closing quote
+        else:
+            end = inner.find(",", i)
+            end = n if end < 0 else end
+            items.append(inner[i:end])
+            i = end
+        if i >= n:
+            return items
+        i += 1  # the separating comma
+
+
+def _foreach_stack(value: Any) -> Any:
+    """The service answers a list value as a PostgreSQL array literal; the local provider keeps the list."""
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+        return parse_postgres_array(value)
+    return value
+
+
+def _component(value: str) -> Optional[str]:
+    """One id as a URL path segment, or None for ids that cannot name an object ('', '.', '..')."""
+    value = str(value)
+    if value in ("", ".", ".."):
+        return None
+    return quote(value, safe="")
+
+
+class ServiceMetadataProvider(MetadataProvider):
+    TYPE = "service"
+
+    def __init__(self, url: str, ping: bool = False):
+        self.url = url.rstrip("/")
+        headers = dict(setting("SERVICE_HEADERS", {}) or {})
+        auth_key = setting("SERVICE_AUTH_KEY")
+        if auth_key:
+            headers["x-api-key"] = auth_key
+        self.headers = headers
+        self.attempts = max(1, int(setting("SERVICE_RETRY_COUNT", 5)))
+        self.timeout = (
+            float(mffs_setting("SERVICE_CONNECT_TIMEOUT", 5.0)),
+            float(mffs_setting("SERVICE_TIMEOUT", 20.0)),
+        )
+        self.backoff = float(mffs_setting("SERVICE_RETRY_BACKOFF", 0.5))
+        self._session = None
+        self._session_lock = threading.Lock()
+        #: the version the service reports on /ping; None until pinged
+        self.version: Optional[str] = None
+        self._pinged = False
+        if ping:
+            self.ping()
+
+    def info(self) -> str:
+        return self.url
+
+    # transport -------------------------------------------------------------------------------------------------
+
+    def _get_session(self):
+        with self._session_lock:
+            if self._session is None:
+                import requests  # only when the service is actually used
+
+                session = requests.Session()
+                # Retries are ours (503 and connection errors, with backoff); the adapter must not add its own.
+                adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                session.headers.update(self.headers)
+                self._session = session
+            return self._session
+
+    def _send(self, path: str):
+        """GET `path` with retries on connection errors and 503; the last response, or MetaflowBackendError."""
+        import requests
+
+        session = self._get_session()
+        url = self.url + path
+        problem = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = session.get(url, timeout=self.timeout)
+            except requests.exceptions.ConnectionError as ex:
+                problem = "cannot connect (%s)" % ex.__class__.__name__
+                continue
+            except requests.exceptions.Timeout:
+                raise MetaflowBackendError(
+                    "Metadata service %s did not answer %s within %gs" % (self.url, path, self.timeout[1])
+                )
+            except requests.exceptions.RequestException as ex:
+                raise MetaflowBackendError("Metadata request (%s) to %s failed: %s" % (path, self.url, ex))
+            if response.status_code != 503:
+                return response
+            problem = "service unavailable (503)"
+        raise MetaflowBackendError(
+            "Metadata service %s unreachable: %s on %s, after %d attempts" % (self.url, problem, path, self.attempts)
+        )
+
+    def _get(self, path: str) -> Optional[Any]:
+        """The decoded JSON answer of GET `path`, None on 404; other failures raise MetaflowBackendError."""
+        response = self._send(path)
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 300:
+            raise MetaflowBackendError(
+                "Metadata request (%s) failed (code %s): %s" % (path, response.status_code, response.text[:500])
+            )
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            raise MetaflowBackendError(
+                "Metadata request (%s) answered something that is not JSON: %r" % (path, response.content[:200])
+            )
+
+    def ping(self) -> Optional[str]:
+        """GET /ping (as `metadata('service@URL')` does in Metaflow); the service version it reports."""
+        try:
+            response = self._send("/ping")
+        except MetaflowBackendError as ex:
+            raise MetaflowBackendError("Metaflow service [%s] unreachable. %s" % (self.url, ex))
+        if response.status_code >= 300:
+            raise MetaflowBackendError(
+                "Metaflow service [%s] unreachable: /ping answered %s" % (self.url, response.status_code)
+            )
+        self.version = response.headers.get("METADATA_SERVICE_VERSION")
+        self._pinged = True
+        return self.version
+
+    def _require_attempt_routes(self) -> None:
+        if not self._pinged:
+            self.ping()
+        version = _version_tuple(self.version)
+        if version is None or version < _ATTEMPT_ROUTES_VERSION:
+            raise MetaflowBackendError(
+                "Getting specific attempts of Tasks or Artifacts requires the metaflow service to be at least "
+                "version 2.0.6 (%s reports %s). Please upgrade your service" % (self.url, self.version)
+            )
+
+    @staticmethod
+    def _path(*ids: str) -> Optional[str]:
+        """/flows/F/runs/R/steps/S/tasks/T for the given ids; None if one of them cannot be an id."""
+        path = ""
+        for kind, value in zip(("flows", "runs", "steps", "tasks", "artifacts"), ids):
+            segment = _component(value)
+            if segment is None:
+                return None
+            path += "/%s/%s" % (kind, segment)
+        return path
+
+    def _one(self, path: Optional[str]) -> Optional[dict]:
+        return None if path is None else self._get(path)
+
+    def _list(self, path: Optional[str]) -> List[dict]:
+        return (None if path is None else self._get(path)) or []
+
+    # records ---------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _flow(r: dict) -> dict:
+        return {"flow_id": r["flow_id"], "ts_epoch": r["ts_epoch"]}
+
+    @staticmethod
+    def _run(r: dict) -> dict:
+        return {
+            "flow_id": r["flow_id"],
+            "run_number": str(r["run_number"]),
+            "user_name": r.get("user_name"),
+            "tags": r.get("tags") or [],
+            "system_tags": r.get("system_tags") or [],
+            "ts_epoch": r["ts_epoch"],
+        }
+
+    @staticmethod
+    def _step(r: dict) -> dict:
+        return {"step_name": r["step_name"], "ts_epoch": r["ts_epoch"]}
+
+    @staticmethod
+    def _task(r: dict) -> dict:
+        return {"task_id": str(r["task_id"]), "ts_epoch": r["ts_epoch"]}
+
+    @staticmethod
+    def _artifact(r: dict) -> dict:
+        return {
+            "name": r["name"],
+            "sha": r["sha"],
+            "content_type": r.get("content_type"),
+            "location": r.get("location"),
+            "ds_type": r.get("ds_type"),
+            "attempt_id": int(r.get("attempt_id") or 0),
+            "ts_epoch": r["ts_epoch"],
+        }
+
+    @staticmethod
+    def _event(r: dict) -> dict:
+        value = r["value"]
+        if r["field_name"] == "foreach-stack":
+            value = _foreach_stack(value)
+        return {
+            "field_name": r["field_name"],
+            "value": value,
+            "type": r.get("type"),
+            "ts_epoch": r["ts_epoch"],
+            "tags": r.get("tags") or [],
+        }
+
+    # MetadataProvider ------------------------------------------------------------------------------------------
+
+    def flows(self) -> List[dict]:
+        return [self._flow(r) for r in self._list("/flows")]
+
+    def flow(self, flow: str) -> Optional[dict]:
+        r = self._one(self._path(flow))
+        return r and self._flow(r)
+
+    def runs(self, flow: str) -> List[dict]:
+        path = self._path(flow)
+        return [self._run(r) for r in self._list(path and path + "/runs")]
+
+    def run(self, flow: str, run: str) -> Optional[dict]:
+        r = self._one(self._path(flow, run))
+        return r and self._run(r)
+
+    def steps(self, flow: str, run: str) -> List[dict]:
+        path = self._path(flow, run)
+        return [self._step(r) for r in self._list(path and path + "/steps")]
+
+    def step(self, flow: str, run: str, step: str) -> Optional[dict]:
+        r = self._one(self._path(flow, run, step))
+        return r and self._step(r)
+
+    def tasks(self, flow: str, run: str, step: str) -> List[dict]:
+        path = self._path(flow, run, step)
+        return [self._task(r) for r in self._list(path and path + "/tasks")]
+
+    def task(self, flow: str, run: str, step: str, task: str) -> Optional[dict]:
+        r = self._one(self._path(flow, run, step, task))
+        return r and self._task(r)
+
+    def artifacts(self, flow: str, run: str, step: str, task: str, attempt: Optional[int] = None) -> List[dict]:
+        path = self._path(flow, run, step, task)
+        if path is not None:
+            if attempt is None:
+                # The service keeps only the rows of the task's highest attempt: the latest finished one.
+                path += "/artifacts"
+            else:
+                self._require_attempt_routes()
+                path += "/attempt/%d/artifacts" % attempt
+        return [self._artifact(r) for r in self._list(path)]
+
+    def artifact(
+        self, flow: str, run: str, step: str, task: str, name: str, attempt: Optional[int] = None
+    ) -> Optional[dict]:
+        path = self._path(flow, run, step, task, name)
+        if path is not None and attempt is not None:
+            self._require_attempt_routes()
+            path += "/attempt/%d" % attempt
+        r = self._one(path)
+        return r and self._artifact(r)
+
+    def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
+        path = self._path(flow, run, step, task)
+        return [self._event(r) for r in self._list(path and path + "/metadata")]
+
+    def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
+        path = self._path(flow, run, step)
+        if path is None:
+            return []
+        path += "/filtered_tasks"
+        query = {}
+        if pattern != ".*":  # Metaflow sends no filter for "anything"
+            if field_name:
+                query["metadata_field_name"] = field_name
+            if pattern:
+                # The service searches unanchored; anchoring gives the local provider's full match.
+                query["pattern"] = "^(?:%s)$" % pattern
+        if query:
+            path += "?" + urlencode(query)
+        pathspecs = self._get(path)
+        if pathspecs is None:
+            raise MetaflowInternalError(
+                "The version of metadata service deployed currently does not support filtering tasks by "
+                "metadata. Upgrade Metadata service to version 2.5.0 or greater to use this feature."
+            )
+        return [pathspec.rsplit("/", 1)[-1] for pathspec in pathspecs]

@@ -1,0 +1,202 @@
+"""A replay of the recorded metaflow-service 2.5.1 answers (tests/data/metadata-service), on 127.0.0.1.
+
+Answers as the fixture README says: exact match on method + raw path (query included), recorded status,
+headers and body with `{DATASTORE_ROOT}` replaced by the absolute path of the fixture's datastore; anything
+else is 404 `{}`. Every response carries `METADATA_SERVICE_VERSION`. It counts requests per path and keeps
+their headers, and it can inject faults: down (port closed), N answers with a given status, slow answers.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+FIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "metadata-service")
+DATASTORE_DIR = os.path.join(FIXTURE_DIR, "datastore")
+RECORDING = os.path.join(FIXTURE_DIR, "recording.jsonl")
+MASTER_OVERRIDES = os.path.join(FIXTURE_DIR, "main-branch-overrides.jsonl")
+EXPECTED_WALK = os.path.join(FIXTURE_DIR, "expected-client.json")
+PLACEHOLDER = "{DATASTORE_ROOT}"
+SERVICE_VERSION = "2.5.1"
+
+Answer = Tuple[int, Dict[str, str], bytes]
+
+
+@functools.lru_cache(maxsize=None)
+def load_answers(master: bool = False, datastore_root: str = DATASTORE_DIR) -> Dict[Tuple[str, str], Answer]:
+    """(method, path) → (status, headers, body) from the recording, optionally overlaid with master's answers."""
+    answers: Dict[Tuple[str, str], Answer] = {}
+    for path in (RECORDING, MASTER_OVERRIDES) if master else (RECORDING,):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                exchange = json.loads(line)
+                body = exchange["body"].replace(PLACEHOLDER, datastore_root).encode("utf-8")
+                headers = dict(exchange["headers"])
+                headers["METADATA_SERVICE_VERSION"] = SERVICE_VERSION
+                answers[(exchange["method"], exchange["path"])] = (exchange["status"], headers, body)
+    return answers
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so connection pooling is observable
+    server: "_Server"
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.replay._connection_opened(self.connection)
+
+    def finish(self) -> None:
+        super().finish()
+        self.server.replay._connection_closed(self.connection)
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        status, headers, body = self.server.replay._respond(self.command, self.path, dict(self.headers.items()))
+        self.send_response(status)
+        for name, value in headers.items():
+            if name.lower() != "content-length":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _answer
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    replay: "ReplayServer"
+
+
+class ReplayServer:
+    """The replay service. `url` is its base URL; use as a context manager or call start()/stop()."""
+
+    def __init__(self, master: bool = False, datastore_root: str = DATASTORE_DIR):
+        self.answers = load_answers(master, datastore_root)
+        self.datastore_root = datastore_root
+        self.port = 0
+        self._server: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._open: set = set()
+        self.reset()
+
+    # lifecycle -------------------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.port
+
+    def start(self) -> "ReplayServer":
+        """Listen (again) on the same port, so a client configured with `url` reconnects."""
+        server = _Server(("127.0.0.1", self.port), _Handler)
+        server.replay = self
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the port: new connections are refused (the "service down" fault)."""
+        if self._server is not None:
+            self._server.shutdown()
+            with self._lock:
+                open_connections = list(self._open)
+            # Kept-alive connections would otherwise go on being served by their handler threads.
+            for connection in open_connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._server.server_close()
+            self._thread.join(5)
+            self._server = self._thread = None
+
+    def __enter__(self) -> "ReplayServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # observation and faults ------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget counted requests and injected faults."""
+        with self._lock:
+            self.counts: collections.Counter = collections.Counter()
+            self.request_headers: List[Tuple[str, str, Dict[str, str]]] = []
+            self.connections = 0
+            self._failures: List[Tuple[int, Optional[int]]] = []  # (status, remaining or None = always)
+            self.delay = 0.0
+
+    def fail(self, status: int, times: Optional[int] = None) -> None:
+        """Answer the next `times` requests (all of them when None) with `status` and an error body."""
+        with self._lock:
+            self._failures.append((status, times))
+
+    def total_requests(self) -> int:
+        with self._lock:
+            return sum(self.counts.values())
+
+    def _connection_opened(self, connection: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
+            self._open.add(connection)
+
+    def _connection_closed(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(connection)
+
+    def _respond(self, method: str, path: str, headers: Dict[str, str]) -> Answer:
+        with self._lock:
+            self.counts[(method, path)] += 1
+            self.request_headers.append((method, path, headers))
+            injected = None
+            if self._failures:
+                status, remaining = self._failures[0]
+                injected = status
+                if remaining is not None:
+                    if remaining <= 1:
+                        self._failures.pop(0)
+                    else:
+                        self._failures[0] = (status, remaining - 1)
+            delay = self.delay
+        if delay:
+            time.sleep(delay)
+        if injected is not None:
+            body = json.dumps("injected failure %d" % injected).encode()
+            return injected, {"METADATA_SERVICE_VERSION": SERVICE_VERSION}, body
+        answer = self.answers.get((method, path))
+        if answer is None:
+            return 404, {"METADATA_SERVICE_VERSION": SERVICE_VERSION, "Content-Type": "text/plain"}, b"{}"
+        return answer
+
+
+@pytest.fixture(scope="session")
+def replay_server_session():
+    """One replay server for the whole session; use `replay_service` in tests (it resets counters/faults)."""
+    with ReplayServer() as server:
+        yield server
+
+
+@pytest.fixture
+def replay_service(replay_server_session):
+    """The session's replay server with counters and faults reset before and after the test."""
+    replay_server_session.reset()
+    yield replay_server_session
+    replay_server_session.reset()
