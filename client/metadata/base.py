@@ -70,7 +70,8 @@ class MetadataProvider(ABC):
 
     @abstractmethod
     def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
-        """Ids of the step's tasks whose latest `field_name` value matches the regex `pattern` in full."""
+        """Ids of the step's tasks having a `field_name` event whose value matches the regex `pattern` in full
+        (`.*` matches every task, with or without the field)."""
 
     def datastore_root(self) -> Optional[str]:
         """The datastore root to use when a task has no `ds-root` metadata (local provider: its own root)."""

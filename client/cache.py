@@ -1,0 +1,185 @@
+"""Caching between the object model and a metadata provider, by what can still change.
+
+  immutable, kept in a bounded LRU     records that exist: flow, step, task, artifact of an explicit attempt;
+                                       everything about a *final* task (its metadata, its artifact lists);
+                                       the step and task lists of a *final* run
+  short TTL (default 1 s)              flow and run lists, run records (tags can be mutated), missing objects,
+                                       and everything about tasks and runs that are not final yet
+
+A task is final when its latest finished attempt stored `_task_ok = True` (no retry can follow). A run is final
+when the object model has seen its end task final (it calls `mark_run_final`). Lists are taken as complete only
+once their newest record is older than a grace period, because local metadata is written file by file.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Hashable, List, Optional, Tuple
+
+from cachetools import LRUCache, TTLCache
+
+from .config import mffs_setting
+from .metadata.base import MetadataProvider
+
+#: sha1 of pickle.dumps(True, protocol=4): the stored value of `_task_ok` for a task that finished
+TRUE_SHA = "868436778cb011a1c6230bc12534683ab0b7f1c3"
+_GRACE_MS = 5000
+
+
+def _approx_size(value: Any) -> int:
+    """A cheap estimate of a cached answer's memory: records are small dicts of short strings."""
+    if isinstance(value, list):
+        return 64 + 400 * len(value)
+    return 400
+
+
+def _settled(records: List[dict]) -> bool:
+    now_ms = time.time() * 1000
+    return bool(records) and all(now_ms - r.get("ts_epoch", 0) > _GRACE_MS for r in records)
+
+
+class CachingProvider(MetadataProvider):
+    """Wraps any MetadataProvider with the caching policy above (thread-safe)."""
+
+    def __init__(self, source: MetadataProvider, ttl: Optional[float] = None, max_bytes: Optional[int] = None):
+        self.source = source
+        self.TYPE = source.TYPE
+        ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
+        max_bytes = mffs_setting("METADATA_CACHE_MB", 256) * 2**20 if max_bytes is None else max_bytes
+        self._fresh: TTLCache = TTLCache(maxsize=100_000, ttl=ttl)
+        self._immutable: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=_approx_size)
+        self._final_tasks: LRUCache = LRUCache(maxsize=1_000_000)
+        self._final_runs: set = set()
+        self._lock = threading.RLock()
+
+    # -- the two stores ------------------------------------------------------------------------------------------
+    def _get(self, key: Hashable, fetch: Callable[[], Any], keep: Callable[[Any], bool]) -> Any:
+        with self._lock:
+            for store in (self._immutable, self._fresh):
+                if key in store:
+                    return store[key]
+        value = fetch()
+        with self._lock:
+            if keep(value):
+                self._immutable[key] = value
+                self._fresh.pop(key, None)
+            else:
+                self._fresh[key] = value
+        return value
+
+    def invalidate(self) -> None:
+        """Forget everything that can change (used by tests and by the mount's refresh)."""
+        with self._lock:
+            self._fresh.clear()
+
+    # -- finality ------------------------------------------------------------------------------------------------
+    def mark_run_final(self, flow: str, run: str) -> None:
+        with self._lock:
+            self._final_runs.add((flow, run))
+
+    def _run_final(self, flow: str, run: str) -> bool:
+        return (flow, run) in self._final_runs
+
+    def _task_final(self, key: Tuple[str, str, str, str]) -> bool:
+        if key in self._final_tasks or self._run_final(key[0], key[1]):
+            return True
+        ok = self.artifact(*key, "_task_ok")
+        return ok is not None and ok["sha"] == TRUE_SHA and key in self._final_tasks
+
+    def _note_task_ok(self, key: Tuple[str, str, str, str], record: Optional[dict]) -> bool:
+        final = record is not None and record["sha"] == TRUE_SHA and _settled([record])
+        if final:
+            with self._lock:
+                self._final_tasks[key] = True
+        return final
+
+    # -- the provider interface ----------------------------------------------------------------------------------
+    def info(self) -> str:
+        return self.source.info()
+
+    def datastore_root(self) -> Optional[str]:
+        return self.source.datastore_root()
+
+    def flows(self) -> List[dict]:
+        return self._get(("flows",), self.source.flows, lambda v: False)
+
+    def flow(self, flow: str) -> Optional[dict]:
+        return self._get(("flow", flow), lambda: self.source.flow(flow), lambda v: v is not None)
+
+    def runs(self, flow: str) -> List[dict]:
+        return self._get(("runs", flow), lambda: self.source.runs(flow), lambda v: False)
+
+    def run(self, flow: str, run: str) -> Optional[dict]:
+        return self._get(("run", flow, run), lambda: self.source.run(flow, run), lambda v: False)
+
+    def steps(self, flow: str, run: str) -> List[dict]:
+        return self._get(
+            ("steps", flow, run), lambda: self.source.steps(flow, run), lambda v: self._run_final(flow, run)
+        )
+
+    def step(self, flow: str, run: str, step: str) -> Optional[dict]:
+        return self._get(("step", flow, run, step), lambda: self.source.step(flow, run, step), lambda v: v is not None)
+
+    def tasks(self, flow: str, run: str, step: str) -> List[dict]:
+        return self._get(
+            ("tasks", flow, run, step),
+            lambda: self.source.tasks(flow, run, step),
+            lambda v: self._run_final(flow, run),
+        )
+
+    def task(self, flow: str, run: str, step: str, task: str) -> Optional[dict]:
+        return self._get(
+            ("task", flow, run, step, task), lambda: self.source.task(flow, run, step, task), lambda v: v is not None
+        )
+
+    def artifacts(self, flow: str, run: str, step: str, task: str, attempt: Optional[int] = None) -> List[dict]:
+        key = (flow, run, step, task)
+        if attempt is not None:
+            return self._get(
+                ("artifacts",) + key + (attempt,),
+                lambda: self.source.artifacts(flow, run, step, task, attempt),
+                _settled,
+            )
+
+        def keep(records: List[dict]) -> bool:
+            ok = next((r for r in records if r["name"] == "_task_ok"), None)
+            return _settled(records) and (self._note_task_ok(key, ok) or self._run_final(flow, run))
+
+        return self._get(("artifacts",) + key + (None,), lambda: self.source.artifacts(flow, run, step, task), keep)
+
+    def artifact(
+        self, flow: str, run: str, step: str, task: str, name: str, attempt: Optional[int] = None
+    ) -> Optional[dict]:
+        key = (flow, run, step, task)
+        if attempt is not None:
+            return self._get(
+                ("artifact",) + key + (name, attempt),
+                lambda: self.source.artifact(flow, run, step, task, name, attempt),
+                lambda v: v is not None,
+            )
+        if name == "_task_ok":
+            return self._get(
+                ("artifact",) + key + (name, None),
+                lambda: self.source.artifact(flow, run, step, task, name),
+                lambda v: self._note_task_ok(key, v) or (v is not None and self._run_final(flow, run)),
+            )
+        return self._get(
+            ("artifact",) + key + (name, None),
+            lambda: self.source.artifact(flow, run, step, task, name),
+            lambda v: v is not None and self._task_final(key),
+        )
+
+    def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
+        key = (flow, run, step, task)
+        return self._get(
+            ("metadata",) + key,
+            lambda: self.source.task_metadata(flow, run, step, task),
+            lambda v: _settled(v) and self._task_final(key),
+        )
+
+    def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
+        return self._get(
+            ("filtered", flow, run, step, field_name, pattern),
+            lambda: self.source.filtered_tasks(flow, run, step, field_name, pattern),
+            lambda v: self._run_final(flow, run),
+        )

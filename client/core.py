@@ -1,0 +1,1050 @@
+"""The object model: Metaflow's Client API (Metaflow → Flow → Run → Step → Task → DataArtifact), from scratch.
+
+Semantics follow metaflow.client.core 2.19 exactly (reference §4): pathspecs, namespaces and tags, newest-first
+iteration, attempts, `successful/finished`, metadata, logs, code packages, parent/child tasks and errors.
+Everything is read through a metadata provider (wrapped by `client.cache.CachingProvider`) and the datastore
+layer; objects read lazily, so iterating a step of 1000 tasks costs one listing until a task is looked into.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections import namedtuple
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, BinaryIO, Dict, FrozenSet, Iterator, List, Optional, Tuple
+
+from . import mflog, unpickle
+from .cache import CachingProvider
+from .config import find_local_root, setting, username
+from .datastore import MAX_ATTEMPTS, FlowDatastore, read_url, root_from_blob_url, split_location
+from .exceptions import (
+    MetaflowInternalError,
+    MetaflowInvalidPathspec,
+    MetaflowNamespaceMismatch,
+    MetaflowNotFound,
+    MetaflowUnknownUser,
+)
+from .metadata.base import MetadataProvider
+
+if TYPE_CHECKING:  # tarfile and tempfile are imported only when a code package is opened
+    import tarfile
+    from tempfile import TemporaryDirectory
+
+Metadata = namedtuple("Metadata", ["name", "value", "created_at", "type", "task"])
+
+# -- process-global state, as in Metaflow: the namespace and the metadata provider ------------------------------
+_NOT_SET = object()
+_namespace: Any = _NOT_SET
+_provider: Optional[CachingProvider] = None
+
+
+def namespace(ns: Optional[str]) -> Optional[str]:
+    """Switch to namespace `ns` (a tag, e.g. 'user:alice'); None disables namespace filtering."""
+    global _namespace
+    _namespace = ns
+    return get_namespace()
+
+
+def get_namespace() -> Optional[str]:
+    if _namespace is _NOT_SET:
+        default_namespace()
+    return _namespace
+
+
+def default_namespace() -> str:
+    """Reset the namespace to the default: 'production:<token>' or 'user:<name>'."""
+    global _namespace
+    token = os.environ.get("METAFLOW_PRODUCTION_TOKEN")
+    if token:
+        _namespace = "production:%s" % token
+    else:
+        user = username()
+        if user is None:
+            raise MetaflowUnknownUser()
+        _namespace = "user:%s" % user
+    return _namespace
+
+
+def _make_provider(spec: str) -> Optional[MetadataProvider]:
+    kind, _, info = spec.partition("@")
+    if kind not in ("local", "service"):
+        kind, info = ("service" if spec.startswith("http") else "local"), spec
+    if kind == "service":
+        from .metadata.service import ServiceMetadataProvider  # requests is imported only here
+
+        return ServiceMetadataProvider(info or setting("SERVICE_URL"), ping=bool(info))
+    from .metadata.local import LocalMetadataProvider
+
+    if not info:
+        return LocalMetadataProvider(find_local_root())
+    root = os.path.realpath(os.path.join(info, ".metaflow"))
+    if not os.path.isdir(root):
+        raise ValueError("Could not find directory .metaflow in directory %s" % info)
+    return LocalMetadataProvider(root)
+
+
+def metadata(ms: str) -> str:
+    """Switch the metadata provider: 'local@/dir', 'service@http://...', a URL or a directory."""
+    global _provider
+    _provider = CachingProvider(_make_provider(ms))
+    return get_metadata()
+
+
+def get_metadata() -> str:
+    provider = _current_provider()
+    return "%s@%s" % (provider.TYPE, provider.info())
+
+
+def default_metadata() -> str:
+    """Reset the provider to the configured default (METAFLOW_DEFAULT_METADATA, else local)."""
+    global _provider
+    kind = setting("DEFAULT_METADATA", "local")
+    _provider = CachingProvider(_make_provider("service" if kind == "service" else "local"))
+    return get_metadata()
+
+
+def _current_provider() -> CachingProvider:
+    if _provider is None:
+        default_metadata()
+    return _provider  # type: ignore[return-value]
+
+
+def _created_at(record: dict) -> datetime:
+    return datetime.fromtimestamp(record["ts_epoch"] / 1000.0)
+
+
+# -- the objects --------------------------------------------------------------------------------------------------
+class MetaflowObject:
+    """Base of Flow, Run, Step, Task and DataArtifact: an object addressed by its pathspec."""
+
+    _NAME = "base"
+    _DEPTH = 0
+    _CHILD: Optional[type] = None
+    _PARENT: Optional[type] = None
+    _PATHSPEC_FORM = ""
+
+    def __init__(
+        self,
+        pathspec: Optional[str] = None,
+        attempt: Optional[int] = None,
+        _object: Optional[dict] = None,
+        _parent: Optional["MetaflowObject"] = None,
+        _namespace_check: bool = True,
+        _current_namespace: Optional[str] = None,
+        _run_tags: Optional[Tuple[List[str], List[str]]] = None,
+    ):
+        self._provider = _current_provider()
+        self._parent = _parent
+        self._attempt = attempt
+        self._current_namespace = _current_namespace or get_namespace()
+        self._namespace_check = _namespace_check and self._current_namespace is not None
+        if attempt is not None:
+            if self._NAME not in ("task", "artifact"):
+                raise MetaflowNotFound("Attempts can only be specified for Task or DataArtifact")
+            try:
+                self._attempt = int(attempt)
+            except ValueError:
+                raise MetaflowNotFound("Attempt can only be an integer")
+            if self._attempt < 0:
+                raise MetaflowNotFound("Attempt can only be non-negative")
+            if self._attempt >= MAX_ATTEMPTS:
+                raise MetaflowNotFound("Attempt can only be smaller than %d" % MAX_ATTEMPTS)
+        if _object is None:
+            ids = pathspec.split("/") if pathspec else []
+            if len(ids) != self._DEPTH:
+                raise MetaflowInvalidPathspec("Expects %s" % self._PATHSPEC_FORM)
+            self.id = ids[-1]
+            self._pathspec = pathspec
+            self._components = ids
+            self._object = self._fetch(ids) if all(ids) else None
+            if self._object is None:
+                raise MetaflowNotFound("%s does not exist" % self)
+        else:
+            self._object = _object
+            self.id = self._id_of(_object)
+            self._components = (_parent._components + [self.id]) if _parent is not None else pathspec.split("/")
+            self._pathspec = "/".join(self._components)
+        self._run_tags = _run_tags
+        if self._namespace_check and not self._is_in_namespace(self._current_namespace):
+            raise MetaflowNamespaceMismatch(self._current_namespace)
+
+    # -- what each level defines -----------------------------------------------------------------------------
+    def _fetch(self, ids: List[str]) -> Optional[dict]:
+        raise NotImplementedError
+
+    def _children(self) -> List[dict]:
+        raise NotImplementedError
+
+    def _child(self, id: str) -> Optional[dict]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _id_of(record: dict) -> str:
+        raise NotImplementedError
+
+    def _iter_filter(self, id: str) -> bool:
+        return True
+
+    # -- tags and namespace ----------------------------------------------------------------------------------
+    def _tag_lists(self) -> Tuple[List[str], List[str]]:
+        """(user tags, system tags) of the run this object belongs to (the run's are authoritative)."""
+        if self._run_tags is None:
+            run = self._provider.run(*self._components[:2])
+            self._run_tags = (run["tags"], run["system_tags"]) if run else ([], [])
+        return self._run_tags
+
+    @property
+    def tags(self) -> FrozenSet[str]:
+        user, system = self._tag_lists()
+        return frozenset(system) | frozenset(user)
+
+    @property
+    def user_tags(self) -> FrozenSet[str]:
+        return frozenset(self._tag_lists()[0])
+
+    @property
+    def system_tags(self) -> FrozenSet[str]:
+        return frozenset(self._tag_lists()[1])
+
+    def is_in_namespace(self) -> bool:
+        return self._is_in_namespace(get_namespace())
+
+    def _is_in_namespace(self, ns: Optional[str]) -> bool:
+        return ns is None or ns in self.tags
+
+    # -- identity --------------------------------------------------------------------------------------------
+    @property
+    def pathspec(self) -> str:
+        return self._pathspec
+
+    @property
+    def path_components(self) -> List[str]:
+        return list(self._components)
+
+    @property
+    def created_at(self) -> datetime:
+        return _created_at(self._object)
+
+    @property
+    def parent(self) -> Optional["MetaflowObject"]:
+        if self._PARENT is None:
+            return None
+        if self._parent is None:
+            attempt = self._attempt if self._NAME == "artifact" else None
+            self._parent = self._PARENT("/".join(self._components[:-1]), attempt=attempt, _namespace_check=False)
+        return self._parent
+
+    @property
+    def origin_pathspec(self) -> Optional[str]:
+        parent = self.parent.origin_pathspec if self.parent is not None else None
+        return "%s/%s" % (parent, self.id) if parent else None
+
+    def __str__(self) -> str:
+        if self._attempt is not None:
+            return "%s('%s', attempt=%d)" % (self.__class__.__name__, self.pathspec, self._attempt)
+        return "%s('%s')" % (self.__class__.__name__, self.pathspec)
+
+    __repr__ = __str__
+
+    # -- children --------------------------------------------------------------------------------------------
+    def _wrap(self, record: dict) -> "MetaflowObject":
+        return self._CHILD(
+            attempt=self._attempt,
+            _object=record,
+            _parent=self,
+            _namespace_check=self._namespace_check,
+            _current_namespace=self._current_namespace if self._namespace_check else None,
+            _run_tags=self._tag_lists() if self._DEPTH >= 2 else None,
+        )
+
+    def __iter__(self) -> Iterator["MetaflowObject"]:
+        records = self._children()
+        if self._namespace_check and self._DEPTH >= 2 and self._current_namespace not in self.tags:
+            records = []  # below a run every child carries the run's tags: all in, or all out
+        children = [self._wrap(r) for r in records if self._iter_filter(self._CHILD._id_of(r))]
+        # Newest first; a stable sort keeps the provider's order for equal times, as Metaflow does.
+        return iter(sorted(children, key=lambda c: c._object["ts_epoch"], reverse=True))
+
+    def _filtered_children(self, *tags: str) -> Iterator["MetaflowObject"]:
+        for child in self:
+            if all(tag in child.tags for tag in tags):
+                yield child
+
+    def __getitem__(self, id: str) -> "MetaflowObject":
+        record = self._child(id) if id and "/" not in id else None
+        if record is None:
+            raise KeyError(id)
+        return self._wrap(record)
+
+    def __contains__(self, id: str) -> bool:
+        return bool(id) and "/" not in id and self._child(id) is not None
+
+    def _ipython_key_completions_(self) -> List[str]:
+        return [child.id for child in self]
+
+    # -- pickling compatible with Metaflow's client objects ------------------------------------------------------
+    def __getstate__(self) -> dict:
+        return {
+            "version": "2.12.27",
+            "data": [self.pathspec, self._attempt, get_metadata(), self._current_namespace, self._namespace_check],
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        if "version" in state and "data" in state:
+            data = state["data"]
+            pathspec, attempt = data[0], data[1]
+            ns_check = data[-1]
+            ns = data[-2] if len(data) >= 4 else None
+        else:
+            pathspec, attempt = state.get("_pathspec"), state.get("_attempt")
+            ns_check, ns = state.get("_namespace_check", False), None
+        self.__init__(pathspec=pathspec, attempt=attempt, _namespace_check=ns_check, _current_namespace=ns)
+
+
+class DataArtifact(MetaflowObject):
+    """One artifact of a task (of the task's latest finished attempt, or of `attempt`)."""
+
+    _NAME = "artifact"
+    _DEPTH = 5
+    _PATHSPEC_FORM = "DataArtifact('FlowName/RunID/StepName/TaskID/ArtifactName')"
+
+    def _fetch(self, ids: List[str]) -> Optional[dict]:
+        return self._provider.artifact(*ids, attempt=self._attempt)
+
+    @staticmethod
+    def _id_of(record: dict) -> str:
+        return record["name"]
+
+    def _datastore(self) -> FlowDatastore:
+        root, is_root = split_location(self._object["location"] or "")
+        if not is_root:
+            root = root_from_blob_url(root, self._components[0])
+        return FlowDatastore.at(root, self._components[0])
+
+    @property
+    def sha(self) -> str:
+        return self._object["sha"]
+
+    @property
+    def finished_at(self) -> datetime:
+        return self.created_at
+
+    @property
+    def encoding(self) -> str:
+        """The serializer encoding ('pickle-v4', 'gzip+pickle-v2', ...)."""
+        return self._object.get("content_type") or "gzip+pickle-v2"
+
+    def _serialized(self) -> bytes:
+        encoding = self.encoding
+        if not encoding.endswith(("pickle-v2", "pickle-v4")):
+            raise MetaflowInternalError("Artifact %s has an unsupported encoding '%s'" % (self.pathspec, encoding))
+        return self._datastore().load_blob(self.sha)
+
+    def load(self, trusted: bool = True) -> Any:
+        """The value; `trusted=False` loads only allow-listed data types (see client.unpickle)."""
+        obj = unpickle.loads(self._serialized(), trusted=trusted)
+        if isinstance(obj, unpickle.IncludedFile):
+            return _included_file_value(obj.descriptor, self.id)
+        return obj
+
+    @property
+    def data(self) -> Any:
+        return self.load()
+
+    def _attempt_info(self) -> dict:
+        """This artifact's entry in `<A>.data.json` of the attempt Metaflow's datastore considers current."""
+        flow, run, step, task, name = self._components
+        ds = self._datastore()
+        attempt = self._attempt
+        latest = ds.latest_started_attempt(run, step, task)
+        if attempt is None:
+            attempt = latest
+        index = ds.attempt_index(run, step, task, attempt) if attempt is not None else None
+        if index is None:
+            raise MetaflowNotFound("No completed attempts of the task was found for task '%s'" % self.parent.pathspec)
+        return (index.get("info") or {}).get(name) or {}
+
+    @property
+    def size(self) -> int:
+        info = self._attempt_info()
+        if info.get("type") == "<class 'metaflow.includefile.IncludedFile'>":
+            obj = unpickle.loads(self._serialized())
+            return _included_file_size(obj.descriptor)
+        return info.get("size", 0)
+
+    # -- for the filesystem view: raw bytes without unpickling ---------------------------------------------------
+    @property
+    def blob_size(self) -> int:
+        """Length of the serialized (pickle) bytes, known without reading the blob."""
+        info = self._attempt_info()
+        if "size" in info and info.get("type") != "<class 'metaflow.includefile.IncludedFile'>":
+            return info["size"]
+        return len(self._serialized())
+
+    @property
+    def type_name(self) -> Optional[str]:
+        """The value's type as stored at save time, e.g. "<class 'int'>" (no unpickling)."""
+        return self._attempt_info().get("type")
+
+    def open_blob(self) -> BinaryIO:
+        """A stream of the serialized bytes, decompressed on the fly: large blobs are never held whole."""
+        return self._datastore().open_blob(self.sha)
+
+
+def _included_file_value(descriptor: dict, name: str) -> Any:
+    kind = descriptor.get("type")
+    if kind not in ("uploader-v1", "external", "uploader-v2"):
+        raise MetaflowInternalError(
+            "Artifact '%s' could not be loaded (IncludedFile) because no handler found: %s"
+            % (name, json.dumps(descriptor))
+        )
+    data = read_url(descriptor["url"])
+    uploaded = descriptor.get("sub-type") == "uploaded" if kind == "uploader-v2" else kind == "uploader-v1"
+    if uploaded:
+        import gzip
+
+        data = gzip.decompress(data)
+    if descriptor.get("is_text"):
+        return io.TextIOWrapper(io.BytesIO(data), encoding=descriptor.get("encoding")).read()
+    return data
+
+
+def _included_file_size(descriptor: dict) -> int:
+    if descriptor.get("type") == "uploader-v2" and descriptor.get("sub-type") == "uploaded":
+        return descriptor["size"]
+    return len(read_url(descriptor["url"]))
+
+
+class MetaflowData:
+    """`task.data`: attribute access to artifact values; `in` and `dir()` list the public ones."""
+
+    def __init__(self, task: "Task"):
+        self._task = task
+        self._names: Optional[List[str]] = None
+
+    def _artifact_names(self) -> List[str]:
+        if self._names is None:
+            self._names = [a.id for a in self._task]
+        return self._names
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._task[name].data
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._artifact_names()
+
+    def __dir__(self) -> List[str]:
+        return self._artifact_names() + object.__dir__(self)
+
+    def __str__(self) -> str:
+        return "<MetaflowData: %s>" % ", ".join(self._artifact_names())
+
+    __repr__ = __str__
+
+
+class MetaflowCode:
+    """A code package: `path`, `info`, `script_name`, `flowspec`, `tarball`, `extract()`."""
+
+    def __init__(self, flow_name: str, code_package: str):
+        info = json.loads(code_package)
+        self._path = info["location"]
+        self._ds_type = info["ds_type"]
+        self._sha = info["sha"]
+        self._package_metadata = json.loads(
+            info.get("metadata") or '{"version": 0, "archive_format": "tgz", "mfcontent_version": 0}'
+        )
+        if self._package_metadata.get("archive_format", "tgz") != "tgz":
+            raise MetaflowInternalError("Unsupported code package format %s" % self._package_metadata)
+        import tarfile
+
+        root = root_from_blob_url(self._path, flow_name)
+        self._blob = FlowDatastore.at(root, flow_name).load_raw_blob(self._sha)
+        self._tarball: Optional["tarfile.TarFile"] = None
+        with tarfile.open(fileobj=io.BytesIO(self._blob), mode="r:gz") as tar:
+            names = set(tar.getnames())
+            self._v1 = ".mf_install" in names
+            info_member = ".mf_meta/INFO" if self._v1 else "INFO"
+            if info_member not in names:
+                raise MetaflowInternalError("Code package metadata is invalid.")
+            self._info = json.loads(tar.extractfile(info_member).read())
+            script = self._info["script"]
+            self._flowspec = tar.extractfile(script).read() if script in names else None
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def info(self) -> Dict[str, Any]:
+        return self._info
+
+    @property
+    def flowspec(self) -> Optional[bytes]:
+        return self._flowspec
+
+    @property
+    def script_name(self) -> str:
+        return self._info["script"]
+
+    @property
+    def tarball(self) -> "tarfile.TarFile":
+        import tarfile
+
+        if self._tarball is None:
+            self._tarball = tarfile.open(fileobj=io.BytesIO(self._blob), mode="r:gz")
+        return self._tarball
+
+    def is_user_file(self, name: str) -> bool:
+        """Whether an archive member is user code (what `extract()` extracts), not Metaflow's own files."""
+        if self._v1:
+            return not name.startswith((".mf_meta", ".mf_code"))
+        return not (
+            name.startswith(("metaflow/", "metaflow_extensions/"))
+            or name in ("INFO", "CONFIG", "conda.manifest", "uv.lock", "pyproject.toml", "condav2-1.cnd")
+        )
+
+    def user_members(self) -> List["tarfile.TarInfo"]:
+        return [m for m in self.tarball.getmembers() if self.is_user_file(m.name)]
+
+    def extract(self) -> "TemporaryDirectory":
+        """The user files in a new temporary directory (unsafe paths and links in the archive are refused)."""
+        from tempfile import TemporaryDirectory
+
+        tmp = TemporaryDirectory()
+        self.tarball.extractall(tmp.name, members=self.user_members(), filter="data")
+        return tmp
+
+    def __str__(self) -> str:
+        return "<MetaflowCode: %s>" % self._info["script"]
+
+
+class Task(MetaflowObject):
+    """One execution of a step; artifacts come from the latest finished attempt unless `attempt` is given."""
+
+    _NAME = "task"
+    _DEPTH = 4
+    _PATHSPEC_FORM = "Task('FlowName/RunID/StepName/TaskID')"
+
+    def _fetch(self, ids: List[str]) -> Optional[dict]:
+        return self._provider.task(*ids)
+
+    def _children(self) -> List[dict]:
+        return self._provider.artifacts(*self._components, attempt=self._attempt)
+
+    def _child(self, id: str) -> Optional[dict]:
+        return self._provider.artifact(*self._components, id, attempt=self._attempt)
+
+    @staticmethod
+    def _id_of(record: dict) -> str:
+        return record["task_id"]
+
+    def _iter_filter(self, id: str) -> bool:
+        return not id.startswith("_")
+
+    def __iter__(self) -> Iterator[DataArtifact]:
+        return super().__iter__()  # type: ignore[return-value]
+
+    def __getitem__(self, name: str) -> DataArtifact:
+        return super().__getitem__(name)  # type: ignore[return-value]
+
+    def _value(self, name: str, missing: Any) -> Any:
+        try:
+            return self[name].data
+        except KeyError:
+            return missing
+
+    @property
+    def data(self) -> MetaflowData:
+        return MetaflowData(self)
+
+    @property
+    def artifacts(self) -> Any:
+        arts = list(self)
+        return namedtuple("MetaflowArtifacts", [a.id for a in arts])._make(arts)
+
+    @property
+    def successful(self) -> bool:
+        return self._value("_success", False)
+
+    @property
+    def finished(self) -> bool:
+        return self._value("_task_ok", False)
+
+    @property
+    def exception(self) -> Optional[Any]:
+        return self._value("_exception", None)
+
+    @property
+    def finished_at(self) -> Optional[datetime]:
+        try:
+            return self["_task_ok"].created_at
+        except KeyError:
+            return None
+
+    @property
+    def index(self) -> Optional[int]:
+        try:
+            return self["_foreach_stack"].data[-1].index
+        except (KeyError, IndexError):
+            return None
+
+    @property
+    def runtime_name(self) -> Optional[str]:
+        for tag in self.tags:
+            if tag.startswith("runtime:"):
+                return tag.split(":")[1]
+        return None
+
+    # -- metadata --------------------------------------------------------------------------------------------
+    def _events(self) -> List[dict]:
+        events = self._provider.task_metadata(*self._components)
+        if self._attempt is not None:
+            events = _events_of_attempt(events, self._attempt)
+        return events
+
+    @property
+    def metadata(self) -> List[Metadata]:
+        events = self._events()
+        result = [Metadata(e["field_name"], e["value"], e["ts_epoch"], e["type"], self) for e in events]
+        origin_run = origin_task = None
+        for e in events:
+            if e["field_name"] == "origin-run-id":
+                origin_run = e["value"]
+            elif e["field_name"] == "origin-task-id":
+                origin_task = e["value"]
+        if origin_task:
+            # A cloned (resumed) task borrows what it lacks, e.g. ds-type/ds-root, from its origin.
+            flow, _, step, _ = self._components
+            origin = Task("/".join((flow, origin_run, step, origin_task)), _namespace_check=False)
+            present = {e["field_name"] for e in events}
+            latest = {m.name: m for m in sorted(origin.metadata, key=lambda m: m.created_at)}
+            result.extend(
+                Metadata(m.name, m.value, m.created_at, m.type, self) for m in latest.values() if m.name not in present
+            )
+        return result
+
+    @property
+    def metadata_dict(self) -> Dict[str, Any]:
+        return {m.name: m.value for m in sorted(self.metadata, key=lambda m: m.created_at)}
+
+    @property
+    def current_attempt(self) -> int:
+        if self._attempt is not None:
+            return self._attempt
+        return int(self.metadata_dict.get("attempt", 0))
+
+    @property
+    def origin_pathspec(self) -> Optional[str]:
+        parent = self.parent.origin_pathspec
+        if not parent:
+            return None
+        origin_task = [m.value for m in self.metadata if m.name == "origin-task-id"]
+        return "%s/%s" % (parent, origin_task[0]) if origin_task else None
+
+    # -- logs ------------------------------------------------------------------------------------------------
+    def _log_location(self, meta: Dict[str, Any]) -> Optional[Tuple[FlowDatastore, int]]:
+        ds_type, ds_root = meta.get("ds-type"), meta.get("ds-root")
+        if ds_type is None or ds_root is None:
+            return None
+        attempt = self._attempt if self._attempt is not None else int(meta.get("attempt", 0))
+        return FlowDatastore.at(ds_root, self._components[0]), attempt
+
+    def loglines(self, stream: str, as_unicode: bool = True, meta_dict: Optional[Dict[str, Any]] = None) -> Iterator[
+        Tuple[Optional[datetime], Any]
+    ]:
+        """(UTC timestamp, line) for every line of 'stdout' or 'stderr' of the task's current attempt."""
+        location = self._log_location(meta_dict if meta_dict is not None else self.metadata_dict)
+        if location is None:
+            yield None, ""
+            return
+        ds, attempt = location
+        for ts, msg in mflog.merge(ds.logs(*self._components[1:], attempt, stream)):
+            yield ts, (msg.decode("utf-8") if as_unicode else msg)
+
+    def _log_text(self, stream: str) -> str:
+        return "".join(line + "\n" for _, line in self.loglines(stream))
+
+    @property
+    def stdout(self) -> str:
+        return self._log_text("stdout")
+
+    @property
+    def stderr(self) -> str:
+        return self._log_text("stderr")
+
+    def _log_size(self, stream: str) -> int:
+        location = self._log_location(self.metadata_dict)
+        if location is None:
+            return 0
+        ds, attempt = location
+        return ds.log_size(*self._components[1:], attempt, stream)
+
+    @property
+    def stdout_size(self) -> int:
+        return self._log_size("stdout")
+
+    @property
+    def stderr_size(self) -> int:
+        return self._log_size("stderr")
+
+    # -- code ------------------------------------------------------------------------------------------------
+    @property
+    def code(self) -> Optional[MetaflowCode]:
+        if "_code" not in self.__dict__:
+            package = self.metadata_dict.get("code-package")
+            self.__dict__["_code"] = MetaflowCode(self._components[0], package) if package else None
+        return self.__dict__["_code"]
+
+    @property
+    def environment_info(self) -> Optional[Any]:
+        code = self.code
+        if not code or not code.info.get("environment_type"):
+            return None
+        return "Local environment" if code.info["environment_type"] == "local" else None
+
+    # -- graph neighbours ------------------------------------------------------------------------------------
+    def _matching(self, steps: List[str], pattern: str) -> Iterator[str]:
+        flow, run = self._components[:2]
+        for step in steps:
+            for task_id in self._provider.filtered_tasks(flow, run, step, "foreach-execution-path", pattern):
+                yield "%s/%s/%s/%s" % (flow, run, step, task_id)
+
+    @property
+    def parent_task_pathspecs(self) -> Iterator[str]:
+        step = self._components[2]
+        graph = self["_graph_info"].data
+        steps = _previous_steps(graph, step)
+        path = self.metadata_dict.get("foreach-execution-path")
+        if len(steps) > 1:
+            pattern = path or ".*"
+        elif not steps:
+            return
+        elif not path:
+            pattern = ".*"
+        elif graph["steps"][step]["type"] == "join":
+            pattern = "%s,.*" % path
+        else:
+            parent_type = graph["steps"][steps[0]]["type"]
+            depth = len(path.split(","))
+            if parent_type in ("split-foreach", "split-parallel"):
+                pattern = ".*" if depth == 1 else ",".join(path.split(",")[: depth - 1])
+            else:
+                pattern = path
+        yield from self._matching(steps, pattern)
+
+    @property
+    def child_task_pathspecs(self) -> Iterator[str]:
+        step = self._components[2]
+        graph = self["_graph_info"].data
+        steps = graph["steps"][step]["next"]
+        path = self.metadata_dict.get("foreach-execution-path")
+        if len(steps) > 1:
+            pattern = path or ".*"
+        elif not steps:
+            return
+        elif not path:
+            pattern = ".*"
+        elif graph["steps"][step]["type"] in ("split-foreach", "split-parallel"):
+            pattern = "%s,.*" % path
+        else:
+            child_type = graph["steps"][steps[0]]["type"]
+            if len(_previous_steps(graph, steps[0])) > 1:
+                child_type = "static-join"
+            depth = len(path.split(","))
+            if child_type == "join":
+                pattern = ".*" if depth == 1 else ",".join(path.split(",")[: depth - 1])
+            else:
+                pattern = path
+        yield from self._matching(steps, pattern)
+
+    @property
+    def parent_tasks(self) -> Iterator["Task"]:
+        for pathspec in self.parent_task_pathspecs:
+            yield Task(pathspec, _namespace_check=False)
+
+    @property
+    def child_tasks(self) -> Iterator["Task"]:
+        for pathspec in self.child_task_pathspecs:
+            yield Task(pathspec, _namespace_check=False)
+
+
+def _previous_steps(graph: dict, step: str) -> List[str]:
+    return [name for name, node in graph["steps"].items() if step in node["next"]]
+
+
+def _events_of_attempt(events: List[dict], attempt: int) -> List[dict]:
+    """Events of one attempt: those tagged `attempt_id:<n>`; when some events carry no attempt tag, those
+    registered between the start of attempt n and the start of attempt n+1 (as Metaflow does)."""
+    tag = "attempt_id:%d" % attempt
+    if all(any(t.startswith("attempt_id:") for t in e["tags"]) for e in events):
+        return [e for e in events if tag in e["tags"]]
+    starts = {int(e["value"]): e["ts_epoch"] for e in events if e["field_name"] == "attempt"}
+    if attempt not in starts:
+        return []
+    end = starts.get(attempt + 1)
+    return [e for e in events if starts[attempt] <= e["ts_epoch"] and (end is None or e["ts_epoch"] < end)]
+
+
+class Step(MetaflowObject):
+    _NAME = "step"
+    _DEPTH = 3
+    _PATHSPEC_FORM = "Step('FlowName/RunID/StepName')"
+
+    def _fetch(self, ids: List[str]) -> Optional[dict]:
+        return self._provider.step(*ids)
+
+    def _children(self) -> List[dict]:
+        return self._provider.tasks(*self._components)
+
+    def _child(self, id: str) -> Optional[dict]:
+        return self._provider.task(*self._components, id)
+
+    @staticmethod
+    def _id_of(record: dict) -> str:
+        return record["step_name"]
+
+    def __iter__(self) -> Iterator[Task]:
+        return super().__iter__()  # type: ignore[return-value]
+
+    def __getitem__(self, task_id: str) -> Task:
+        return super().__getitem__(task_id)  # type: ignore[return-value]
+
+    @property
+    def task(self) -> Optional[Task]:
+        for task in self:
+            return task
+        return None
+
+    def tasks(self, *tags: str) -> Iterator[Task]:
+        return self._filtered_children(*tags)  # type: ignore[return-value]
+
+    @property
+    def finished_at(self) -> Optional[datetime]:
+        try:
+            return max(task.finished_at for task in self)
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def environment_info(self) -> Optional[Any]:
+        for task in self:
+            return task.environment_info
+        return None
+
+    @property
+    def parent_steps(self) -> Iterator["Step"]:
+        graph = self.task["_graph_info"].data
+        if self.id != graph.get("start_step", "start"):
+            flow, run, _ = self._components
+            for name in _previous_steps(graph, self.id):
+                yield Step("%s/%s/%s" % (flow, run, name), _namespace_check=False)
+
+    @property
+    def child_steps(self) -> Iterator["Step"]:
+        graph = self.task["_graph_info"].data
+        if self.id != graph.get("end_step", "end"):
+            flow, run, _ = self._components
+            for name in graph["steps"][self.id]["next"]:
+                yield Step("%s/%s/%s" % (flow, run, name), _namespace_check=False)
+
+
+class Run(MetaflowObject):
+    _NAME = "run"
+    _DEPTH = 2
+    _PATHSPEC_FORM = "Run('FlowName/RunID')"
+
+    def _fetch(self, ids: List[str]) -> Optional[dict]:
+        return self._provider.run(*ids)
+
+    def _children(self) -> List[dict]:
+        return self._provider.steps(*self._components)
+
+    def _child(self, id: str) -> Optional[dict]:
+        return self._provider.step(*self._components, id)
+
+    @staticmethod
+    def _id_of(record: dict) -> str:
+        return record["run_number"]
+
+    def _iter_filter(self, id: str) -> bool:
+        return not id.startswith("_")
+
+    def _tag_lists(self) -> Tuple[List[str], List[str]]:
+        if self._run_tags is None:
+            self._run_tags = (self._object["tags"], self._object["system_tags"])
+        return self._run_tags
+
+    def __iter__(self) -> Iterator[Step]:
+        return super().__iter__()  # type: ignore[return-value]
+
+    def __getitem__(self, name: str) -> Step:
+        return super().__getitem__(name)  # type: ignore[return-value]
+
+    def steps(self, *tags: str) -> Iterator[Step]:
+        return self._filtered_children(*tags)  # type: ignore[return-value]
+
+    @property
+    def _graph_endpoints(self) -> Tuple[str, str]:
+        start, end = "start", "end"
+        try:
+            meta = self["_parameters"].task.metadata_dict
+            start, end = meta.get("start_step", start), meta.get("end_step", end)
+        except (KeyError, MetaflowNotFound, AttributeError):
+            pass
+        return start, end
+
+    @property
+    def end_task(self) -> Optional[Task]:
+        try:
+            step = self[self._graph_endpoints[1]]
+        except KeyError:
+            return None
+        return step.task
+
+    @property
+    def data(self) -> Optional[MetaflowData]:
+        end = self.end_task
+        return end.data if end else None
+
+    @property
+    def successful(self) -> bool:
+        end = self.end_task
+        return end.successful if end else False
+
+    @property
+    def finished(self) -> bool:
+        end = self.end_task
+        finished = end.finished if end else False
+        if finished is True:
+            # The end task stored _task_ok: no step or task can be added any more; their lists can be kept.
+            self._provider.mark_run_final(*self._components)
+        return finished
+
+    @property
+    def finished_at(self) -> Optional[datetime]:
+        end = self.end_task
+        return end.finished_at if end else None
+
+    @property
+    def code(self) -> Optional[MetaflowCode]:
+        for step in self:
+            task = step.task
+            if task:
+                code = task.code
+                if code:
+                    return code
+        return None
+
+    @property
+    def origin_pathspec(self) -> Optional[str]:
+        latest_step = next(iter(self), None)
+        task = latest_step.task if latest_step else None
+        if task:
+            origin = [m.value for m in task.metadata if m.name == "origin-run-id"]
+            if origin:
+                return "%s/%s" % (self._components[0], origin[0])
+        return None
+
+    @property
+    def trigger(self) -> Optional[Any]:
+        start = self._graph_endpoints[0]
+        if start in self and self[start].task:
+            meta = self[start].task.metadata_dict.get("execution-triggers")
+            if meta:
+                return json.loads(meta)
+        return None
+
+
+class Flow(MetaflowObject):
+    _NAME = "flow"
+    _DEPTH = 1
+    _PATHSPEC_FORM = "Flow('FlowName')"
+
+    def _fetch(self, ids: List[str]) -> Optional[dict]:
+        return self._provider.flow(*ids)
+
+    def _children(self) -> List[dict]:
+        runs = self._provider.runs(self.id)
+        if self._namespace_check and self._current_namespace:
+            runs = [r for r in runs if self._current_namespace in r["tags"] or self._current_namespace in r["system_tags"]]
+        return runs
+
+    def _child(self, id: str) -> Optional[dict]:
+        return self._provider.run(self.id, id)
+
+    @staticmethod
+    def _id_of(record: dict) -> str:
+        return record["flow_id"]
+
+    def _tag_lists(self) -> Tuple[List[str], List[str]]:
+        return [], []
+
+    def _is_in_namespace(self, ns: Optional[str]) -> bool:
+        return any(True for _ in self)
+
+    def _wrap(self, record: dict) -> "MetaflowObject":
+        return Run(
+            _object=record,
+            _parent=self,
+            _namespace_check=self._namespace_check,
+            _current_namespace=self._current_namespace if self._namespace_check else None,
+        )
+
+    def __iter__(self) -> Iterator[Run]:
+        return super().__iter__()  # type: ignore[return-value]
+
+    def __getitem__(self, run_id: str) -> Run:
+        return super().__getitem__(run_id)  # type: ignore[return-value]
+
+    @property
+    def latest_run(self) -> Optional[Run]:
+        for run in self:
+            return run
+        return None
+
+    @property
+    def latest_successful_run(self) -> Optional[Run]:
+        for run in self:
+            if run.successful:
+                return run
+        return None
+
+    def runs(self, *tags: str) -> Iterator[Run]:
+        return self._filtered_children(*tags)  # type: ignore[return-value]
+
+
+Flow._CHILD, Run._CHILD, Step._CHILD, Task._CHILD = Run, Step, Task, DataArtifact
+Run._PARENT, Step._PARENT, Task._PARENT, DataArtifact._PARENT = Flow, Run, Step, Task
+
+
+class Metaflow:
+    """The root: every flow with at least one run in the current namespace (in the provider's order)."""
+
+    def __init__(self, _current_metadata: Optional[str] = None):
+        self.metadata = _current_provider()
+
+    @property
+    def flows(self) -> List[Flow]:
+        return list(self)
+
+    def __iter__(self) -> Iterator[Flow]:
+        for record in self.metadata.flows():
+            try:
+                yield Flow(_object=record, pathspec=record["flow_id"])
+            except MetaflowNamespaceMismatch:
+                continue
+
+    def __getitem__(self, name: str) -> Flow:
+        return Flow(name)
+
+    def __str__(self) -> str:
+        return "Metaflow()"
+
+    def _ipython_key_completions_(self) -> List[str]:
+        return [flow.id for flow in self]

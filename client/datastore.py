@@ -1,0 +1,158 @@
+"""Metaflow's datastore layout over a Storage backend: blobs, per-attempt task files, logs (reference §1.5–1.9).
+
+Blobs are content-addressed (`<F>/data/<sha[:2]>/<sha>`, gzip unless stored raw), so they are cached by sha for
+good, within a byte budget. Per-attempt files (`<A>.data.json`, logs) live under `<F>/<R>/<S>/<T>/`.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import zlib
+from typing import BinaryIO, List, Optional, Tuple
+
+from cachetools import LRUCache
+
+from .config import mffs_setting
+from .storage import get_storage
+from .storage.base import Storage
+
+MAX_ATTEMPTS = 6
+LOG_SOURCES = ("runtime", "task")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class BlobCache:
+    """Decompressed blobs by sha, shared by every datastore of the process, bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._lru: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=len)
+        self._lock = threading.Lock()
+
+    def get(self, sha: str) -> Optional[bytes]:
+        with self._lock:
+            return self._lru.get(sha)
+
+    def put(self, sha: str, data: bytes) -> None:
+        if len(data) <= self.max_bytes // 8:  # one large blob must not flush everything else
+            with self._lock:
+                self._lru[sha] = data
+
+
+blob_cache = BlobCache(mffs_setting("BLOB_CACHE_MB", 256) * 2**20)
+
+
+def _gunzip(data: bytes) -> bytes:
+    # Artifacts are always stored gzipped and a pickle never starts with the gzip magic, so the blob's own bytes
+    # say how to read it: no need to fetch the `_meta` sidecar for every artifact.
+    return gzip.decompress(data) if data[:2] == _GZIP_MAGIC else data
+
+
+class FlowDatastore:
+    """One flow's part of a datastore root."""
+
+    def __init__(self, storage: Storage, flow: str):
+        self.storage = storage
+        self.flow = flow
+
+    @classmethod
+    def at(cls, root: str, flow: str) -> "FlowDatastore":
+        return cls(get_storage(root), flow)
+
+    def blob_key(self, sha: str) -> str:
+        return "%s/data/%s/%s" % (self.flow, sha[:2], sha)
+
+    # -- content-addressed blobs -------------------------------------------------------------------------------
+    def load_blob(self, sha: str) -> bytes:
+        """The serialized bytes of an artifact blob (gunzipped)."""
+        data = blob_cache.get(sha)
+        if data is None:
+            try:
+                data = _gunzip(self.storage.read(self.blob_key(sha)))
+            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                raise IOError("blob %s of flow %s is corrupt: %s" % (sha, self.flow, exc)) from exc
+            blob_cache.put(sha, data)
+        return data
+
+    def open_blob(self, sha: str) -> BinaryIO:
+        """A stream of an artifact blob's serialized bytes, decompressed on the fly (for large blobs)."""
+        f = self.storage.open(self.blob_key(sha))
+        head = f.read(2)
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb") if head == _GZIP_MAGIC else f
+
+    def load_raw_blob(self, sha: str) -> bytes:
+        """A blob stored with `cas_raw` (code packages) or gzipped, as its attributes say."""
+        key = self.blob_key(sha)
+        data = self.storage.read(key)
+        attrs = self.storage.user_attributes(key) or {}
+        return data if attrs.get("cas_raw") else gzip.decompress(data)
+
+    # -- per-attempt task files --------------------------------------------------------------------------------
+    def task_key(self, run: str, step: str, task: str, name: str) -> str:
+        return "/".join((self.flow, run, step, task, name))
+
+    def latest_started_attempt(self, run: str, step: str, task: str) -> Optional[int]:
+        """The attempt Metaflow's datastore calls current: the last `<A>.attempt.json` of the first run of them."""
+        names = set(self.storage.list("/".join((self.flow, run, step, task))))
+        latest = None
+        for attempt in range(MAX_ATTEMPTS):
+            if "%d.attempt.json" % attempt in names:
+                latest = attempt
+            elif latest is not None:
+                break
+        return latest
+
+    def attempt_index(self, run: str, step: str, task: str, attempt: int) -> Optional[dict]:
+        """`<A>.data.json` ({"objects": {name: sha}, "info": {name: {size, type, encoding}}}) of a done attempt."""
+        try:
+            if not self.storage.exists(self.task_key(run, step, task, "%d.DONE.lock" % attempt)):
+                return None
+            return json.loads(self.storage.read(self.task_key(run, step, task, "%d.data.json" % attempt)))
+        except FileNotFoundError:
+            return None
+
+    def log_keys(self, run: str, step: str, task: str, attempt: int, stream: str) -> List[str]:
+        return [self.task_key(run, step, task, "%d.%s_%s.log" % (attempt, source, stream)) for source in LOG_SOURCES]
+
+    def logs(self, run: str, step: str, task: str, attempt: int, stream: str) -> List[bytes]:
+        """The mflog files of one attempt and stream, runtime source first ('' for a missing file)."""
+        found = self.storage.read_many(self.log_keys(run, step, task, attempt, stream))
+        return [found.get(k) or b"" for k in self.log_keys(run, step, task, attempt, stream)]
+
+    def log_size(self, run: str, step: str, task: str, attempt: int, stream: str) -> int:
+        total = 0
+        for key in self.log_keys(run, step, task, attempt, stream):
+            try:
+                total += self.storage.size(key)
+            except FileNotFoundError:
+                pass
+        return total
+
+
+def split_location(location: str) -> Tuple[str, bool]:
+    """(datastore root, is_root) from an artifact `location`: ':root:<root>' or an old full blob URL."""
+    if location.startswith(":root:"):
+        return location[len(":root:"):], True
+    return location, False
+
+
+def root_from_blob_url(url: str, flow: str) -> str:
+    """The datastore root of an old-style full blob location `<root>/<F>/data/<xx>/<sha>`."""
+    parts = url.rstrip("/").split("/")
+    return "/".join(parts[:-4])
+
+
+def read_url(url: str) -> bytes:
+    """Bytes at a `local://`, `s3://` or plain path URL (IncludeFile payloads, code packages)."""
+    if url.startswith("local://"):
+        url = url[len("local://"):]
+    if url.startswith("s3://"):
+        bucket_root, _, key = url[len("s3://"):].partition("/")
+        return get_storage("s3://" + bucket_root).read(key)
+    with open(url, "rb") as f:
+        return f.read()
+
+
+__all__ = ["FlowDatastore", "BlobCache", "blob_cache", "split_location", "root_from_blob_url", "read_url", "MAX_ATTEMPTS"]

@@ -1,0 +1,197 @@
+"""Metaflow's local metadata: the `_meta/` directories inside a local `.metaflow` root (see the reference §1.2–1.4).
+
+Reads only what a question needs: a listing of `_meta/` tells which attempts have artifacts, and one file
+answers `task['x']`. Tags of steps, tasks and artifacts are never read here: the object model takes the run's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import List, Optional
+
+from .base import MetadataProvider
+
+_ARTIFACT_FILE = re.compile(r"^(\d+)_artifact_(.+)\.json$")
+
+
+def _read_json(path: str):
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def _self_record(path: str) -> Optional[dict]:
+    try:
+        return _read_json(os.path.join(path, "_meta", "_self.json"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+class LocalMetadataProvider(MetadataProvider):
+    TYPE = "local"
+
+    def __init__(self, root: Optional[str]):
+        #: the `.metaflow` directory, or None when none was found (then nothing exists)
+        self.root = root
+
+    def info(self) -> str:
+        if self.root is None:
+            return "<No .metaflow directory found in current working tree>"
+        return os.path.dirname(self.root)
+
+    def datastore_root(self) -> Optional[str]:
+        return self.root
+
+    def _path(self, *ids: str) -> str:
+        return os.path.join(self.root, *ids)
+
+    def _children(self, *ids: str) -> List[dict]:
+        """`_self.json` records of the sub-directories that have one, in directory order."""
+        if self.root is None:
+            return []
+        try:
+            entries = list(os.scandir(self._path(*ids)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        records = []
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name == "_meta":
+                continue
+            record = _self_record(entry.path)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def _one(self, *ids: str) -> Optional[dict]:
+        if self.root is None or any(not i or "/" in i or i in (".", "..") for i in ids):
+            return None
+        return _self_record(self._path(*ids))
+
+    def flows(self) -> List[dict]:
+        return [{"flow_id": r["flow_id"], "ts_epoch": r["ts_epoch"]} for r in self._children()]
+
+    def flow(self, flow: str) -> Optional[dict]:
+        r = self._one(flow)
+        return r and {"flow_id": r["flow_id"], "ts_epoch": r["ts_epoch"]}
+
+    @staticmethod
+    def _run(r: dict) -> dict:
+        return {
+            "flow_id": r["flow_id"],
+            "run_number": str(r["run_number"]),
+            "user_name": r.get("user_name"),
+            "tags": r.get("tags") or [],
+            "system_tags": r.get("system_tags") or [],
+            "ts_epoch": r["ts_epoch"],
+        }
+
+    def runs(self, flow: str) -> List[dict]:
+        return [self._run(r) for r in self._children(flow)] if self._one(flow) else []
+
+    def run(self, flow: str, run: str) -> Optional[dict]:
+        r = self._one(flow, run)
+        return r and self._run(r)
+
+    def steps(self, flow: str, run: str) -> List[dict]:
+        return [{"step_name": r["step_name"], "ts_epoch": r["ts_epoch"]} for r in self._children(flow, run)]
+
+    def step(self, flow: str, run: str, step: str) -> Optional[dict]:
+        r = self._one(flow, run, step)
+        return r and {"step_name": r["step_name"], "ts_epoch": r["ts_epoch"]}
+
+    def tasks(self, flow: str, run: str, step: str) -> List[dict]:
+        return [{"task_id": str(r["task_id"]), "ts_epoch": r["ts_epoch"]} for r in self._children(flow, run, step)]
+
+    def task(self, flow: str, run: str, step: str, task: str) -> Optional[dict]:
+        r = self._one(flow, run, step, task)
+        return r and {"task_id": str(r["task_id"]), "ts_epoch": r["ts_epoch"]}
+
+    def _meta_dir(self, flow: str, run: str, step: str, task: str) -> str:
+        return self._path(flow, run, step, task, "_meta")
+
+    def _listing(self, flow: str, run: str, step: str, task: str) -> List[str]:
+        if self.root is None:
+            return []
+        try:
+            return os.listdir(self._meta_dir(flow, run, step, task))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def _default_attempt(self, names: List[str], meta_dir: str) -> Optional[int]:
+        """The attempt Metaflow shows by default: the value of the newest `attempt-done` event."""
+        done = sorted(n for n in names if n.startswith("sysmeta_attempt-done_"))
+        if not done:
+            return None
+        return int(_read_json(os.path.join(meta_dir, done[-1]))["value"])
+
+    @staticmethod
+    def _artifact(r: dict) -> dict:
+        return {
+            "name": r["name"],
+            "sha": r["sha"],
+            "content_type": r.get("content_type"),
+            "location": r.get("location"),
+            "ds_type": r.get("ds_type"),
+            "attempt_id": int(r.get("attempt_id", 0)),
+            "ts_epoch": r["ts_epoch"],
+        }
+
+    def artifacts(self, flow: str, run: str, step: str, task: str, attempt: Optional[int] = None) -> List[dict]:
+        names = self._listing(flow, run, step, task)
+        meta_dir = self._meta_dir(flow, run, step, task)
+        if attempt is None:
+            attempt = self._default_attempt(names, meta_dir)
+            if attempt is None:
+                return []
+        prefix = "%d_artifact_" % attempt
+        return [
+            self._artifact(_read_json(os.path.join(meta_dir, n)))
+            for n in names
+            if n.startswith(prefix) and n.endswith(".json")
+        ]
+
+    def artifact(
+        self, flow: str, run: str, step: str, task: str, name: str, attempt: Optional[int] = None
+    ) -> Optional[dict]:
+        if "/" in name:
+            return None
+        meta_dir = self._meta_dir(flow, run, step, task)
+        if attempt is None:
+            attempt = self._default_attempt(self._listing(flow, run, step, task), meta_dir)
+            if attempt is None:
+                return None
+        try:
+            return self._artifact(_read_json(os.path.join(meta_dir, "%d_artifact_%s.json" % (attempt, name))))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
+        meta_dir = self._meta_dir(flow, run, step, task)
+        events = []
+        for n in self._listing(flow, run, step, task):
+            if n.startswith("sysmeta_"):
+                r = _read_json(os.path.join(meta_dir, n))
+                events.append(
+                    {
+                        "field_name": r["field_name"],
+                        "value": r["value"],
+                        "type": r.get("type"),
+                        "ts_epoch": r["ts_epoch"],
+                        "tags": r.get("tags") or [],
+                    }
+                )
+        return events
+
+    def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
+        ids = [t["task_id"] for t in self.tasks(flow, run, step)]
+        if pattern == ".*":
+            return ids
+        regex = re.compile(pattern)
+        return [
+            t
+            for t in ids
+            if any(
+                e["field_name"] == field_name and isinstance(e["value"], str) and regex.fullmatch(e["value"])
+                for e in self.task_metadata(flow, run, step, t)
+            )
+        ]

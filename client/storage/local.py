@@ -1,0 +1,46 @@
+"""The local filesystem backend: keys are paths below the datastore root directory."""
+from __future__ import annotations
+
+import json
+import os
+from typing import BinaryIO, List, Optional
+
+from .base import Storage
+
+
+class LocalStorage(Storage):
+    TYPE = "local"
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, key) if key else self.root
+
+    def read(self, key: str) -> bytes:
+        with open(self._path(key), "rb") as f:
+            return f.read()
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self._path(key), "rb")
+
+    def size(self, key: str) -> int:
+        return os.stat(self._path(key)).st_size
+
+    def exists(self, key: str) -> bool:
+        return os.path.exists(self._path(key))
+
+    def list(self, key: str) -> List[str]:
+        try:
+            return os.listdir(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def user_attributes(self, key: str) -> Optional[dict]:
+        try:
+            return json.loads(self.read(key + "_meta"))
+        except FileNotFoundError:
+            return None
+
+    def local_path(self, key: str) -> Optional[str]:
+        return self._path(key)
+
+    def url(self, key: str) -> str:
+        return self._path(key)
