@@ -177,6 +177,14 @@ class CachingProvider(MetadataProvider):
             lambda v: _settled(v) and self._task_final(key),
         )
 
+    def task_metadata_field(self, flow: str, run: str, step: str, task: str, field_name: str) -> List[dict]:
+        key = (flow, run, step, task)
+        return self._get(
+            ("metadata",) + key + (field_name,),
+            lambda: self.source.task_metadata_field(flow, run, step, task, field_name),
+            lambda v: _settled(v) and self._task_final(key),
+        )
+
     def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
         return self._get(
             ("filtered", flow, run, step, field_name, pattern),

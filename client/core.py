@@ -891,13 +891,17 @@ class Run(MetaflowObject):
 
     @property
     def _graph_endpoints(self) -> Tuple[str, str]:
-        start, end = "start", "end"
+        """(start step, end step) as registered by the `_parameters` task (absent on resumed runs)."""
         try:
-            meta = self["_parameters"].task.metadata_dict
-            start, end = meta.get("start_step", start), meta.get("end_step", end)
-        except (KeyError, MetaflowNotFound, AttributeError):
-            pass
-        return start, end
+            params = self["_parameters"].task
+        except KeyError:
+            params = None
+        names = []
+        for field, default in (("start_step", "start"), ("end_step", "end")):
+            events = self._provider.task_metadata_field(*params._components, field) if params else []
+            # the latest event wins; for equal times the later one in the list, as in metadata_dict
+            names.append(sorted(events, key=lambda e: e["ts_epoch"])[-1]["value"] if events else default)
+        return names[0], names[1]
 
     @property
     def end_task(self) -> Optional[Task]:

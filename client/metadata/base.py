@@ -68,6 +68,10 @@ class MetadataProvider(ABC):
     def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
         """Every metadata event of every attempt."""
 
+    def task_metadata_field(self, flow: str, run: str, step: str, task: str, field_name: str) -> List[dict]:
+        """The events of one field (providers that can read just those override this)."""
+        return [e for e in self.task_metadata(flow, run, step, task) if e["field_name"] == field_name]
+
     @abstractmethod
     def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
         """Ids of the step's tasks having a `field_name` event whose value matches the regex `pattern` in full

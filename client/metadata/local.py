@@ -117,12 +117,13 @@ class LocalMetadataProvider(MetadataProvider):
         except (FileNotFoundError, NotADirectoryError):
             return []
 
-    def _default_attempt(self, names: List[str], meta_dir: str) -> Optional[int]:
-        """The attempt Metaflow shows by default: the value of the newest `attempt-done` event."""
-        done = sorted(n for n in names if n.startswith("sysmeta_attempt-done_"))
-        if not done:
-            return None
-        return int(_read_json(os.path.join(meta_dir, done[-1]))["value"])
+    @staticmethod
+    def _default_attempt(names: List[str]) -> Optional[int]:
+        """The attempt Metaflow shows by default: the latest one that finished. Metaflow reads the value of the
+        newest `attempt-done` event; every finished attempt also registers its artifacts (`<A>_artifact_*.json`),
+        so the highest such A in the listing is the same attempt without reading a file."""
+        attempts = [int(m.group(1)) for m in map(_ARTIFACT_FILE.match, names) if m]
+        return max(attempts) if attempts else None
 
     @staticmethod
     def _artifact(r: dict) -> dict:
@@ -140,7 +141,7 @@ class LocalMetadataProvider(MetadataProvider):
         names = self._listing(flow, run, step, task)
         meta_dir = self._meta_dir(flow, run, step, task)
         if attempt is None:
-            attempt = self._default_attempt(names, meta_dir)
+            attempt = self._default_attempt(names)
             if attempt is None:
                 return []
         prefix = "%d_artifact_" % attempt
@@ -157,7 +158,7 @@ class LocalMetadataProvider(MetadataProvider):
             return None
         meta_dir = self._meta_dir(flow, run, step, task)
         if attempt is None:
-            attempt = self._default_attempt(self._listing(flow, run, step, task), meta_dir)
+            attempt = self._default_attempt(self._listing(flow, run, step, task))
             if attempt is None:
                 return None
         try:
@@ -166,10 +167,19 @@ class LocalMetadataProvider(MetadataProvider):
             return None
 
     def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
+        return self._events(flow, run, step, task, "sysmeta_")
+
+    def task_metadata_field(self, flow: str, run: str, step: str, task: str, field_name: str) -> List[dict]:
+        # File names are sysmeta_<field>_<ms>.json: read only those; the JSON inside still decides, since field
+        # names may themselves contain '_'.
+        events = self._events(flow, run, step, task, "sysmeta_%s_" % field_name)
+        return [e for e in events if e["field_name"] == field_name]
+
+    def _events(self, flow: str, run: str, step: str, task: str, prefix: str) -> List[dict]:
         meta_dir = self._meta_dir(flow, run, step, task)
         events = []
         for n in self._listing(flow, run, step, task):
-            if n.startswith("sysmeta_"):
+            if n.startswith(prefix) and n.endswith(".json"):
                 r = _read_json(os.path.join(meta_dir, n))
                 events.append(
                     {

@@ -87,8 +87,9 @@ def _component(value: str) -> Optional[str]:
 class ServiceMetadataProvider(MetadataProvider):
     TYPE = "service"
 
-    def __init__(self, url: str, ping: bool = False):
-        self.url = url.rstrip("/")
+    def __init__(self, url: Optional[str], ping: bool = False):
+        #: None when METAFLOW_SERVICE_URL is not set: every request then fails with Metaflow's message
+        self.url = url.rstrip("/") if url else None
         headers = dict(setting("SERVICE_HEADERS", {}) or {})
         auth_key = setting("SERVICE_AUTH_KEY")
         if auth_key:
@@ -109,7 +110,7 @@ class ServiceMetadataProvider(MetadataProvider):
             self.ping()
 
     def info(self) -> str:
-        return self.url
+        return str(self.url)
 
     # transport -------------------------------------------------------------------------------------------------
 
@@ -129,6 +130,10 @@ class ServiceMetadataProvider(MetadataProvider):
 
     def _send(self, path: str):
         """GET `path` with retries on connection errors and 503; the last response, or MetaflowBackendError."""
+        if self.url is None:
+            raise MetaflowBackendError(
+                "Missing Metaflow Service URL. Specify with METAFLOW_SERVICE_URL environment variable"
+            )
         import requests
 
         session = self._get_session()
