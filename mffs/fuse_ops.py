@@ -1,0 +1,308 @@
+"""The FUSE adapter: a thin mfusepy `Operations` over mffs.tree, plus the kernel-cache policy.
+
+Kernel caching. libfuse's high-level API has one entry/attr/negative timeout for the whole mount, so:
+  * entry_timeout = attr_timeout = `attr_ttl` (long, default 1 h): a second `ls -l` or `find` of anything
+    already seen is answered by the kernel without calling Python.
+  * Paths the tree reports as unstable (flow level, unfinished runs) are handed to a background thread when the
+    kernel stats them; every `refresh` seconds it calls libfuse3's `fuse_invalidate_path()` for each of them, which
+    drops the kernel's cached attributes and pages of that inode. Together with the tree's own `refresh`-second
+    TTL for unstable nodes, a running run shows new tasks and growing logs within about 2 x `refresh` (default
+    0.5 s). A path leaves that set once invalidated and returns only if the kernel asks for it again, so the
+    work is proportional to what is being looked at, not to the size of the run.
+  * negative_timeout = `refresh`: a cached "no such file" cannot be invalidated by path (there is no inode), so it
+    is kept short; new tasks and files in running runs therefore appear within `refresh` even after a miss.
+  * Files opened from stable nodes get `keep_cache` (their pages survive close/open); unstable ones do not.
+    Deferred files (size not known yet, see mffs/tree.py) are opened with `direct_io`, so reads are not cut at
+    the reported size 0; once read, their exact size is learned and the kernel's stale size is invalidated.
+Readdir is never cached by the kernel in the high-level API; the tree answers it from its own cache.
+
+Errors: OSErrors from the tree carry their errno (ENOENT, EIO, ...); any other exception in a callback is logged
+and returned as EIO (mfusepy would say EINVAL). Every write-type operation is EROFS (the mount is also `ro`).
+
+Callback counts (per operation, excluding the control files themselves) and cache sizes are served as JSON in the
+hidden control file `/.mffs/stats`.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import itertools
+import json
+import logging
+import os
+import resource
+import stat as stat_module
+import threading
+from ctypes.util import find_library
+from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple, Union
+
+from .tree import CONTROL_DIR, DIR, FILE, LINK, Reader, Tree
+
+if "FUSE_LIBRARY_NAME" not in os.environ and "FUSE_LIBRARY_PATH" not in os.environ and find_library("fuse3"):
+    # mfusepy prefers libfuse2 when both are installed; libfuse3 has fuse_invalidate_path and better readahead.
+    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+
+import mfusepy  # noqa: E402  (after choosing the library)
+
+log = logging.getLogger("mffs")
+
+_CONTROL_PREFIX = "/" + CONTROL_DIR
+_MODES = {DIR: stat_module.S_IFDIR | 0o555, FILE: stat_module.S_IFREG | 0o444, LINK: stat_module.S_IFLNK | 0o777}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+#: preferred I/O size reported in st_blksize: makes cat/cp use large reads
+_BLOCK_SIZE = 128 << 10
+
+
+def _callback(method: Callable) -> Callable:
+    """Count the call and make sure only an errno leaves it: OSError keeps its errno, anything else is EIO."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: "MffsOperations", path: str, *args: Any) -> Any:
+        if not path.startswith(_CONTROL_PREFIX):
+            self.count(name)
+        try:
+            return method(self, path, *args)
+        except OSError as exc:
+            if isinstance(exc.errno, int) and exc.errno > 0:
+                if exc.errno != errno.ENOENT:
+                    self.count("errors")
+                raise
+            self.count("errors")
+            log.error("%s %s: %s", name, path, exc)
+            raise mfusepy.FuseOSError(errno.EIO) from exc
+        except Exception as exc:
+            self.count("errors")
+            log.exception("%s %s failed", name, path)
+            raise mfusepy.FuseOSError(errno.EIO) from exc
+
+    return wrapper
+
+
+def _read_only(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self: "MffsOperations", *args: Any) -> Any:
+        raise mfusepy.FuseOSError(errno.EROFS)
+
+    return wrapper
+
+
+class Invalidator:
+    """Drops the kernel's cached attributes/pages of unstable paths every `interval` seconds (libfuse3 only)."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._paths: Set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._fuse: Optional[int] = None
+        self._invalidate: Optional[Callable[[Any, bytes], int]] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        """Called from the FUSE init callback, where the fuse handle is available."""
+        libfuse = mfusepy._libfuse  # the library mfusepy loaded; fuse_invalidate_path has no Python wrapper
+        invalidate = getattr(libfuse, "fuse_invalidate_path", None)
+        if invalidate is None:
+            log.warning("this libfuse has no fuse_invalidate_path: running runs refresh only when attr_ttl expires")
+            return
+        invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        invalidate.restype = ctypes.c_int
+        self._invalidate = invalidate
+        self._fuse = libfuse.fuse_get_context().contents.fuse
+        self._thread = threading.Thread(target=self._run, name="mffs-invalidator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def watch(self, path: str) -> None:
+        with self._lock:
+            self._paths.add(path)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                paths, self._paths = self._paths, set()
+            for path in paths:
+                # -ENOENT only means the kernel already forgot the path
+                self._invalidate(self._fuse, path.encode("utf-8", "surrogateescape"))
+
+
+class MffsOperations(mfusepy.Operations):
+    use_ns = True
+
+    def __init__(self, tree: Tree, refresh: float):
+        self.tree = tree
+        self.invalidator = Invalidator(refresh)
+        tree.on_size_learned = self.invalidator.watch
+        tree.control_files["stats"] = self._stats_json
+        self._handles: Dict[int, Reader] = {}
+        self._next_handle = itertools.count(1)
+        self._counts: Dict[str, int] = {}
+        self._counts_lock = threading.Lock()
+        self._uid, self._gid = os.getuid(), os.getgid()
+
+    # -- bookkeeping ------------------------------------------------------------------------------------------
+
+    def count(self, name: str) -> None:
+        with self._counts_lock:
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def stats(self) -> dict:
+        with self._counts_lock:
+            counts = dict(self._counts)
+        return {
+            "calls": counts,
+            "open_files": len(self._handles),
+            "cache": self.tree.cache_info(),
+            "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        }
+
+    def _stats_json(self) -> bytes:
+        return (json.dumps(self.stats(), indent=2, sort_keys=True) + "\n").encode()
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def init(self, path: str) -> None:
+        self.invalidator.start()
+
+    def destroy(self, path: str) -> None:
+        self.invalidator.stop()
+
+    # -- reads ------------------------------------------------------------------------------------------------
+
+    @_callback
+    def getattr(self, path: str, fh: Optional[int] = None) -> Dict[str, int]:
+        node_stat = self.tree.stat(path)
+        if not node_stat.stable:
+            self.invalidator.watch(path)
+        mtime_ns = int(node_stat.mtime * 1e9)
+        return {
+            "st_mode": _MODES[node_stat.kind],
+            "st_nlink": 2 if node_stat.kind == DIR else 1,
+            "st_size": node_stat.size,
+            "st_blocks": (node_stat.size + 511) // 512,
+            "st_blksize": _BLOCK_SIZE,
+            "st_uid": self._uid,
+            "st_gid": self._gid,
+            "st_mtime": mtime_ns,
+            "st_ctime": mtime_ns,
+            "st_atime": mtime_ns,
+        }
+
+    @_callback
+    def readdir(self, path: str, fh: int) -> Iterator[Union[str, Tuple[str, Dict[str, int], int]]]:
+        children = self.tree.list(path)
+        return itertools.chain(
+            (".", ".."), ((child.name, {"st_mode": _MODES[child.kind]}, 0) for child in children)
+        )
+
+    @_callback
+    def readlink(self, path: str) -> str:
+        return self.tree.readlink(path)
+
+    @_callback
+    def open(self, path: str, fi: Any) -> int:
+        if fi.flags & _WRITE_FLAGS:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        node_stat = self.tree.stat(path)
+        reader = self.tree.open(path)
+        handle = next(self._next_handle)
+        self._handles[handle] = reader
+        fi.fh = handle
+        fi.direct_io = node_stat.direct_io
+        fi.keep_cache = node_stat.stable and not node_stat.direct_io
+        return 0
+
+    @_callback
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        return self._handles[fi.fh].read(offset, size)
+
+    @_callback
+    def release(self, path: str, fi: Any) -> int:
+        reader = self._handles.pop(fi.fh, None)
+        if reader is not None:
+            reader.close()
+        return 0
+
+    @_callback
+    def statfs(self, path: str) -> Dict[str, int]:
+        return {"f_bsize": _BLOCK_SIZE, "f_frsize": _BLOCK_SIZE, "f_namemax": 255}
+
+    # -- writes: a read-only filesystem -----------------------------------------------------------------------
+
+    @_read_only
+    def chmod(self, path: str, mode: int) -> int: ...
+
+    @_read_only
+    def chown(self, path: str, uid: int, gid: int) -> int: ...
+
+    @_read_only
+    def create(self, path: str, mode: int, fi: Any = None) -> int: ...
+
+    @_read_only
+    def link(self, target: str, source: str) -> int: ...
+
+    @_read_only
+    def mkdir(self, path: str, mode: int) -> int: ...
+
+    @_read_only
+    def mknod(self, path: str, mode: int, dev: int) -> int: ...
+
+    @_read_only
+    def removexattr(self, path: str, name: str) -> int: ...
+
+    @_read_only
+    def rename(self, old: str, new: str) -> int: ...
+
+    @_read_only
+    def rmdir(self, path: str) -> int: ...
+
+    @_read_only
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int: ...
+
+    @_read_only
+    def symlink(self, target: str, source: str) -> int: ...
+
+    @_read_only
+    def truncate(self, path: str, length: int, fh: Optional[int] = None) -> int: ...
+
+    @_read_only
+    def unlink(self, path: str) -> int: ...
+
+    @_read_only
+    def utimens(self, path: str, times: Optional[Tuple[int, int]] = None) -> int: ...
+
+    @_read_only
+    def write(self, path: str, data: bytes, offset: int, fh: Any) -> int: ...
+
+
+def mount(
+    tree: Tree,
+    mountpoint: str,
+    *,
+    attr_ttl: float = 3600.0,
+    refresh: float = 0.5,
+    debug: bool = False,
+    allow_other: bool = False,
+) -> None:
+    """Serve `tree` at `mountpoint` in the foreground until unmounted (fusermount -u, SIGINT, SIGTERM)."""
+    operations = MffsOperations(tree, refresh)
+    options: Dict[str, Any] = {
+        "fsname": "mffs",
+        "subtype": "mffs",
+        "ro": True,
+        "entry_timeout": attr_ttl,
+        "attr_timeout": attr_ttl,
+        "negative_timeout": refresh,
+    }
+    if allow_other:
+        options["allow_other"] = True
+    try:
+        mfusepy.FUSE(operations, mountpoint, raw_fi=True, foreground=True, debug=debug, **options)
+    except RuntimeError as exc:
+        # libfuse3's fuse_main returns 8 when its loop ends on a signal (SIGINT/SIGTERM): a clean unmount.
+        if exc.args != (8,):
+            raise
