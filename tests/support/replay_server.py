@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,9 +40,7 @@ def load_answers(master: bool = False, datastore_root: str = DATASTORE_DIR) -> D
             for line in f:
                 exchange = json.loads(line)
                 body = exchange["body"].replace(PLACEHOLDER, datastore_root).encode("utf-8")
-                headers = dict(exchange["headers"])
-                headers["METADATA_SERVICE_VERSION"] = SERVICE_VERSION
-                answers[(exchange["method"], exchange["path"])] = (exchange["status"], headers, body)
+                answers[(exchange["method"], exchange["path"])] = (exchange["status"], exchange["headers"], body)
     return answers
 
 
@@ -81,13 +80,21 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     replay: "ReplayServer"
 
+    def handle_error(self, request, client_address) -> None:
+        # A client that gave up (read timeout) or a connection closed by stop() is expected in fault tests.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
 
 class ReplayServer:
     """The replay service. `url` is its base URL; use as a context manager or call start()/stop()."""
 
-    def __init__(self, master: bool = False, datastore_root: str = DATASTORE_DIR):
-        self.answers = load_answers(master, datastore_root)
+    def __init__(self, master: bool = False, datastore_root: str = DATASTORE_DIR, version: str = SERVICE_VERSION):
+        #: (method, path) → answer; a copy, so a test may remove routes to emulate an older service
+        self.answers = dict(load_answers(master, datastore_root))
         self.datastore_root = datastore_root
+        #: sent as METADATA_SERVICE_VERSION on every response (the README's advice; clients read it on /ping)
+        self.version = version
         self.port = 0
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
@@ -178,13 +185,11 @@ class ReplayServer:
             delay = self.delay
         if delay:
             time.sleep(delay)
+        version_header = {"METADATA_SERVICE_VERSION": self.version}
         if injected is not None:
-            body = json.dumps("injected failure %d" % injected).encode()
-            return injected, {"METADATA_SERVICE_VERSION": SERVICE_VERSION}, body
-        answer = self.answers.get((method, path))
-        if answer is None:
-            return 404, {"METADATA_SERVICE_VERSION": SERVICE_VERSION, "Content-Type": "text/plain"}, b"{}"
-        return answer
+            return injected, version_header, json.dumps("injected failure %d" % injected).encode()
+        status, headers, body = self.answers.get((method, path), (404, {"Content-Type": "text/plain"}, b"{}"))
+        return status, {**headers, **version_header}, body
 
 
 @pytest.fixture(scope="session")
@@ -200,3 +205,19 @@ def replay_service(replay_server_session):
     replay_server_session.reset()
     yield replay_server_session
     replay_server_session.reset()
+
+
+@pytest.fixture
+def service_env(monkeypatch, tmp_path):
+    """No Metaflow or mffs settings from this machine (empty METAFLOW_HOME, a cwd without `.metaflow`),
+    user alice, and quick retries (backoff 0.05 s) so fault tests stay short."""
+    for name in list(os.environ):
+        if name.startswith(("METAFLOW_", "MFFS_")):
+            monkeypatch.delenv(name)
+    for name in ("SUDO_USER", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("USER", "alice")
+    monkeypatch.setenv("METAFLOW_HOME", str(tmp_path / "metaflowconfig"))
+    monkeypatch.setenv("MFFS_SERVICE_RETRY_BACKOFF", "0.05")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

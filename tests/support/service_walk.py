@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
+import os
 import pickle
+import subprocess
 import sys
-from typing import Any, Callable, Optional
+import tempfile
+from typing import Any, Callable, Dict, Optional, Tuple
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPR_CHARS = 200
 EXCEPTION_CHARS = 300
+_STANDIN_NAMES: Dict[type, Tuple[str, str]] = {}
 
 
 def _time(value) -> Optional[str]:
@@ -30,10 +36,46 @@ def _outcome(action: Callable[[], Any]) -> Any:
         return "!" + type(ex).__name__
 
 
+class _AsMetaflowPickler(pickle._Pickler):
+    """Pickles our stand-ins for Metaflow's classes under the names of the classes they stand for, so a value
+    loaded by our client fingerprints like the same value loaded by Metaflow's (same state, same bytes)."""
+
+    def __init__(self, file, standin_names: Dict[type, Tuple[str, str]]):
+        super().__init__(file, protocol=4)
+        self.standin_names = standin_names
+
+    def save_global(self, obj, name=None):
+        names = self.standin_names.get(obj)
+        if names is None:
+            return super().save_global(obj, name)
+        # What pickle writes for a global at protocol 4.
+        self.save(names[0])
+        self.save(names[1])
+        self.write(pickle.STACK_GLOBAL)
+        self.memoize(obj)
+
+
+def _standin_names(mf) -> Dict[type, Tuple[str, str]]:
+    if mf.__name__ != "client":
+        return {}
+    from client.unpickle import _METAFLOW_STANDINS
+
+    names: Dict[type, Tuple[str, str]] = {}
+    for module_and_name, cls in _METAFLOW_STANDINS.items():
+        names.setdefault(cls, module_and_name)
+    return names
+
+
+def _fingerprint(value: Any, standin_names: Dict[type, Tuple[str, str]]) -> str:
+    buffer = io.BytesIO()
+    _AsMetaflowPickler(buffer, standin_names).dump(value)
+    return hashlib.sha1(buffer.getvalue()).hexdigest()[:12]
+
+
 def _value(value: Any) -> dict:
     text = repr(value)
     return {
-        "pickle": hashlib.sha1(pickle.dumps(value, protocol=4)).hexdigest()[:12],
+        "pickle": _fingerprint(value, _STANDIN_NAMES),
         "repr": text[:REPR_CHARS],
         "repr_len": len(text),
         "type": type(value).__name__,
@@ -136,6 +178,7 @@ def _flow(flow) -> dict:
 
 def walk(mf) -> dict:
     """The walk document, using `mf` (a module with Metaflow's client API)."""
+    _STANDIN_NAMES.update(_standin_names(mf))
     doc: dict = {"default_namespace": mf.get_namespace()}
     doc["none_namespace"] = mf.namespace(None)
     doc["flows"] = [_flow(f) for f in sorted(mf.Metaflow().flows, key=lambda f: f.id)]
@@ -160,6 +203,32 @@ def walk(mf) -> dict:
 
     doc["after_default"] = mf.namespace(mf.default_namespace())
     return doc
+
+
+def run_walk(which: str, service_url: str, datastore_root: str, timeout: float = 240) -> dict:
+    """Run the walk with client `which` ('metaflow' or 'client') in a clean subprocess as user alice against
+    the service at `service_url`; the document with `datastore_root` written as `{DATASTORE_ROOT}`."""
+    with tempfile.TemporaryDirectory() as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("METAFLOW_", "MFFS_"))}
+        for name in ("SUDO_USER", "USERNAME"):
+            env.pop(name, None)
+        env.update(
+            USER="alice",
+            HOME=home,
+            METAFLOW_HOME=os.path.join(home, "metaflowconfig"),
+            METAFLOW_CLIENT_CACHE_PATH=os.path.join(home, "client-cache"),
+            METAFLOW_DEFAULT_METADATA="service",
+            METAFLOW_SERVICE_URL=service_url,
+            PYTHONPATH=REPO_ROOT,
+        )
+        # cwd = an empty directory, so no project `.metaflow/config.json` is picked up.
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.support.service_walk", which],
+            cwd=home, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+    if done.returncode != 0:
+        raise RuntimeError("the %s walk failed:\n%s" % (which, done.stderr[-4000:]))
+    return json.loads(done.stdout.replace(datastore_root, "{DATASTORE_ROOT}"))
 
 
 def main(argv=None) -> None:
