@@ -110,6 +110,14 @@ def step_record(step: Any) -> dict:
     }
 
 
+def _related_tasks(pathspecs: Any) -> Optional[List[str]]:
+    """Parent/child task pathspecs; None while the task has no artifacts yet (running: no `_graph_info`)."""
+    try:
+        return _pathspecs(pathspecs())
+    except KeyError:
+        return None
+
+
 def task_record(task: Any) -> dict:
     return {
         "pathspec": task.pathspec,
@@ -120,8 +128,8 @@ def task_record(task: Any) -> dict:
         "finished": task.finished,
         "successful": task.successful,
         "current_attempt": task.current_attempt,
-        "parents": _pathspecs(task.parent_task_pathspecs),
-        "children": _pathspecs(task.child_task_pathspecs),
+        "parents": _related_tasks(lambda: task.parent_task_pathspecs),
+        "children": _related_tasks(lambda: task.child_task_pathspecs),
     }
 
 

@@ -64,14 +64,20 @@ def _is_not_found(exc: BaseException) -> bool:
 
 
 @contextmanager
-def client_errors(path: str) -> Iterator[None]:
-    """Turn client exceptions into OSErrors: not found -> ENOENT, anything else -> EIO (logged)."""
+def client_errors(path: str, object_lookup: bool = True) -> Iterator[None]:
+    """Turn client exceptions into OSErrors: not found -> ENOENT, anything else -> EIO (logged).
+
+    With object_lookup=False (rendering a file that exists), "not found" is a backend inconsistency: EIO too.
+    """
     try:
         yield
-    except OSError:
-        raise
+    except OSError as exc:
+        if exc.errno:
+            raise
+        log.warning("backend failure for %s: %s: %s", path, type(exc).__name__, exc)
+        raise OSError(errno.EIO, "%s: %s" % (type(exc).__name__, exc), path) from exc
     except Exception as exc:
-        if _is_not_found(exc):
+        if object_lookup and _is_not_found(exc):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from exc
         log.warning("backend failure for %s: %s: %s", path, type(exc).__name__, exc, exc_info=log.isEnabledFor(10))
         raise OSError(errno.EIO, "%s: %s" % (type(exc).__name__, exc), path) from exc
@@ -139,8 +145,9 @@ class StreamReader(Reader):
     read and kept rather than skipped, and only a read before the window reopens the stream.
     """
 
-    def __init__(self, opener: Callable[[], BinaryIO], window: int = 8 << 20):
+    def __init__(self, opener: Callable[[], BinaryIO], window: int = 8 << 20, path: str = ""):
         self._opener = opener
+        self._path = path
         self._window = window
         self._lock = threading.Lock()
         self._stream: Optional[BinaryIO] = None
@@ -172,7 +179,7 @@ class StreamReader(Reader):
             self._kept -= len(data)
 
     def read(self, offset: int, size: int) -> bytes:
-        with self._lock:
+        with self._lock, client_errors(self._path, object_lookup=False):  # a corrupt stream fails this read: EIO
             kept_from = self._chunks[0][0] if self._chunks else self._pos
             if self._stream is None or offset < kept_from:
                 self._reopen()
@@ -216,15 +223,26 @@ class File(Node):
 
 
 class RenderedFile(File):
-    """A file whose bytes come from `render()`; eager ones are rendered at stat time, deferred ones when read."""
+    """A file whose bytes come from `render()`; eager ones are rendered at stat time, deferred ones when read.
+
+    A volatile file (control files) is rendered afresh at every open and always read with direct I/O, size 0.
+    """
 
     def __init__(
-        self, tree: "Tree", path: str, mtime: float, stable: bool, render: Callable[[], bytes], eager: bool = True
+        self,
+        tree: "Tree",
+        path: str,
+        mtime: float,
+        stable: bool,
+        render: Callable[[], bytes],
+        eager: bool = True,
+        volatile: bool = False,
     ):
         super().__init__(tree, path, mtime, stable)
         self._render = render
         self._size: Optional[int] = None
-        self._eager = eager
+        self._eager = eager and not volatile
+        self._volatile = volatile
         self._failed = False
         self._lock = threading.Lock()
 
@@ -232,7 +250,7 @@ class RenderedFile(File):
         with self._lock:
             data = self.tree.cached_content(self.path) if self._size is not None else None
             if data is None:
-                with client_errors(self.path):
+                with client_errors(self.path, object_lookup=False):
                     data = self._render()
                 learned = self._size is None and not self._eager
                 self._size = len(data)
@@ -257,6 +275,9 @@ class RenderedFile(File):
         return Stat(FILE, size, self.mtime, self.stable, direct_io=self._size is None)
 
     def open(self) -> Reader:
+        if self._volatile:
+            with client_errors(self.path, object_lookup=False):
+                return BytesReader(self._render())
         return BytesReader(self._rendered())
 
 
@@ -276,7 +297,7 @@ class BlobFile(File):
             with client_errors(self.path):
                 return self.artifact.open_blob()
 
-        reader = StreamReader(opener)
+        reader = StreamReader(opener, path=self.path)
         reader.read(0, 0)  # open now, so a missing blob fails the open(2), not a later read
         return reader
 
@@ -586,7 +607,7 @@ class ControlDir(Dir):
         render_control = self.tree.control_files.get(name)
         if render_control is None:
             raise self._missing(name)
-        return RenderedFile(self.tree, join(self.path, name), time.time(), False, render_control, eager=False)
+        return RenderedFile(self.tree, join(self.path, name), time.time(), False, render_control, volatile=True)
 
 
 _KEEP_NAMESPACE = object()
