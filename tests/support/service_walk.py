@@ -205,26 +205,32 @@ def walk(mf) -> dict:
     return doc
 
 
+def client_env(service_url: str, home: str) -> dict:
+    """The environment of a client process: user alice, the service at `service_url` as default metadata,
+    nothing from this machine's Metaflow configuration, caches under `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("METAFLOW_", "MFFS_"))}
+    for name in ("SUDO_USER", "USERNAME"):
+        env.pop(name, None)
+    env.update(
+        USER="alice",
+        HOME=home,
+        METAFLOW_HOME=os.path.join(home, "metaflowconfig"),
+        METAFLOW_CLIENT_CACHE_PATH=os.path.join(home, "client-cache"),
+        METAFLOW_DEFAULT_METADATA="service",
+        METAFLOW_SERVICE_URL=service_url,
+        PYTHONPATH=REPO_ROOT,
+    )
+    return env
+
+
 def run_walk(which: str, service_url: str, datastore_root: str, timeout: float = 240) -> dict:
     """Run the walk with client `which` ('metaflow' or 'client') in a clean subprocess as user alice against
     the service at `service_url`; the document with `datastore_root` written as `{DATASTORE_ROOT}`."""
     with tempfile.TemporaryDirectory() as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("METAFLOW_", "MFFS_"))}
-        for name in ("SUDO_USER", "USERNAME"):
-            env.pop(name, None)
-        env.update(
-            USER="alice",
-            HOME=home,
-            METAFLOW_HOME=os.path.join(home, "metaflowconfig"),
-            METAFLOW_CLIENT_CACHE_PATH=os.path.join(home, "client-cache"),
-            METAFLOW_DEFAULT_METADATA="service",
-            METAFLOW_SERVICE_URL=service_url,
-            PYTHONPATH=REPO_ROOT,
-        )
         # cwd = an empty directory, so no project `.metaflow/config.json` is picked up.
         done = subprocess.run(
             [sys.executable, "-m", "tests.support.service_walk", which],
-            cwd=home, env=env, capture_output=True, text=True, timeout=timeout,
+            cwd=home, env=client_env(service_url, home), capture_output=True, text=True, timeout=timeout,
         )
     if done.returncode != 0:
         raise RuntimeError("the %s walk failed:\n%s" % (which, done.stderr[-4000:]))
