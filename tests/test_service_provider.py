@@ -333,3 +333,34 @@ def test_an_answer_that_is_not_json(service_env):
         server.answers[("GET", "/flows")] = (200, {"Content-Type": "text/html"}, b"<html>proxy login</html>")
         with pytest.raises(MetaflowBackendError, match="not JSON"):
             provider(server).flows()
+
+
+# -- selecting the service through the client, as with Metaflow ----------------------------------------------------
+def test_default_metadata_service_from_settings_is_not_pinged(service_env, monkeypatch, replay_service):
+    import client
+
+    monkeypatch.setenv("METAFLOW_DEFAULT_METADATA", "service")
+    monkeypatch.setenv("METAFLOW_SERVICE_URL", replay_service.url + "/")
+    assert client.get_metadata() == "service@" + replay_service.url
+    assert replay_service.total_requests() == 0
+    assert client.Run("RecTeamFlow/8").id == "8"
+
+
+@pytest.mark.parametrize("spec", ["service@{url}", "{url}"])
+def test_metadata_switch_pings_the_service(service_env, replay_service, spec):
+    import client
+
+    assert client.metadata(spec.format(url=replay_service.url)) == "service@" + replay_service.url
+    assert replay_service.counts == {("GET", "/ping"): 1}
+    # Every flow has a run of alice's; Metaflow() keeps the service's order.
+    assert [f.id for f in client.Metaflow()] == [f["flow_id"] for f in recorded(replay_service, "/flows")]
+
+
+def test_metadata_switch_to_an_unreachable_service(service_env, monkeypatch):
+    import client
+
+    monkeypatch.setenv("METAFLOW_SERVICE_RETRY_COUNT", "2")
+    server = ReplayServer().start()
+    server.stop()
+    with pytest.raises(MetaflowBackendError, match="unreachable"):
+        client.metadata("service@" + server.url)
