@@ -50,6 +50,7 @@ log = logging.getLogger("mffs")
 _CONTROL_PREFIX = "/" + CONTROL_DIR
 _MODES = {DIR: stat_module.S_IFDIR | 0o555, FILE: stat_module.S_IFREG | 0o444, LINK: stat_module.S_IFLNK | 0o777}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+_FUSE_CAP_CACHE_SYMLINKS = 1 << 23  # libfuse3 fuse_common.h
 #: preferred I/O size reported in st_blksize: makes cat/cp use large reads
 _BLOCK_SIZE = 128 << 10
 
@@ -165,7 +166,11 @@ class MffsOperations(mfusepy.Operations):
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
-    def init(self, path: str) -> None:
+    def init_with_config(self, conn_info: Any, config: Any) -> None:
+        if config is not None and conn_info is not None and conn_info.capable & _FUSE_CAP_CACHE_SYMLINKS:
+            # Let the kernel keep link targets: paths through `latest` would otherwise cost a readlink per
+            # syscall. Invalidating a link's inode (unstable ones are, every refresh) drops its cached target too.
+            conn_info.want |= _FUSE_CAP_CACHE_SYMLINKS
         self.invalidator.start()
 
     def destroy(self, path: str) -> None:
@@ -201,6 +206,8 @@ class MffsOperations(mfusepy.Operations):
 
     @_callback
     def readlink(self, path: str) -> str:
+        if not self.tree.stat(path).stable:
+            self.invalidator.watch(path)  # the kernel caches link targets (see init_with_config)
         return self.tree.readlink(path)
 
     @_callback

@@ -14,7 +14,7 @@ import pytest
 import client
 from mffs import render
 from mffs.tree import CONTROL_DIR, DIR, FILE, LINK, StreamReader, Tree
-from tests.support.mount import corrupt_datastore  # noqa: F401
+from tests.support.mount import corrupt_datastore, data_json_info, expected_task_record  # noqa: F401
 
 PLAIN_TYPES = {"<class '%s'>" % name for name in ("int", "float", "str", "bool", "list", "dict", "tuple", "bytes")}
 
@@ -120,21 +120,6 @@ def test_steps_are_listed_like_metaflow_and_parameters_step_is_hidden(tree, mf, 
     assert tree.read_file("/%s/_parameters/%s/label/repr.txt" % (pathspec, task_id)) == b"'kitchen'\n"
 
 
-def _expected_task_record(task) -> dict:
-    return {
-        "pathspec": task.pathspec,
-        "id": task.id,
-        "index": task.index,
-        "created_at": render.iso_time(task.created_at),
-        "finished_at": render.iso_time(task.finished_at),
-        "finished": task.finished,
-        "successful": task.successful,
-        "current_attempt": task.current_attempt,
-        "parents": sorted(task.parent_task_pathspecs),
-        "children": sorted(task.child_task_pathspecs),
-    }
-
-
 def test_task_files_match_metaflow(tree, mf, manifest):
     run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
     for step in run:
@@ -142,7 +127,7 @@ def test_task_files_match_metaflow(tree, mf, manifest):
             base = "/" + task.pathspec
             record = read_json(tree, base + "/task.json")
             record["parents"], record["children"] = sorted(record["parents"]), sorted(record["children"])
-            assert record == _expected_task_record(task)
+            assert record == expected_task_record(task)
             assert tree.read_file(base + "/stdout.log") == task.stdout.encode("utf-8")
             assert tree.read_file(base + "/stderr.log") == task.stderr.encode("utf-8")
             expected_metadata = sorted(
@@ -173,13 +158,6 @@ def test_exception_txt_only_for_a_task_with_an_exception(tree, mf, manifest):
         tree.stat("/%s/exception.txt" % ok.pathspec)
 
 
-def _data_json_info(root: Path, artifact) -> dict:
-    attempt = artifact._object["attempt_id"]
-    flow, run, step, task, name = artifact.path_components
-    with open(root / ".metaflow" / flow / run / step / task / ("%d.data.json" % attempt)) as handle:
-        return json.load(handle)["info"][name]
-
-
 def test_artifact_files_match_metaflow(tree, mf, manifest, local_root):
     run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
     checked_values = 0
@@ -188,7 +166,7 @@ def test_artifact_files_match_metaflow(tree, mf, manifest, local_root):
             for artifact in task:
                 base = "/" + artifact.pathspec
                 assert names(tree, base) == ["repr.txt", "data.pickle", "meta.json"]
-                info = _data_json_info(local_root, artifact)
+                info = data_json_info(local_root, artifact)
                 assert read_json(tree, base + "/meta.json") == {
                     "pathspec": artifact.pathspec,
                     "name": artifact.id,

@@ -21,10 +21,35 @@ from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
+from mffs import render
 from tests.support.datastores import run_flow
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 30.0
+
+
+def expected_task_record(task) -> dict:
+    """task.json as Metaflow's client describes `task` (parents/children sorted)."""
+    return {
+        "pathspec": task.pathspec,
+        "id": task.id,
+        "index": task.index,
+        "created_at": render.iso_time(task.created_at),
+        "finished_at": render.iso_time(task.finished_at),
+        "finished": task.finished,
+        "successful": task.successful,
+        "current_attempt": task.current_attempt,
+        "parents": sorted(task.parent_task_pathspecs),
+        "children": sorted(task.child_task_pathspecs),
+    }
+
+
+def data_json_info(root: Path, artifact) -> dict:
+    """The artifact's entry in its attempt's `<A>.data.json`, read straight from the local datastore."""
+    attempt = artifact._object["attempt_id"]
+    flow, run, step, task, name = artifact.path_components
+    with open(root / ".metaflow" / flow / run / step / task / ("%d.data.json" % attempt)) as handle:
+        return json.load(handle)["info"][name]
 
 
 def mffs_command(*args: str) -> List[str]:
