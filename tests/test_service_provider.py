@@ -13,6 +13,7 @@ from client.exceptions import MetaflowBackendError, MetaflowInternalError
 from client.metadata.service import ServiceMetadataProvider, parse_postgres_array
 from tests.support.replay_server import (  # noqa: F401
     DATASTORE_DIR,
+    DROP,
     ReplayServer,
     replay_server_session,
     replay_service,
@@ -264,12 +265,25 @@ def test_service_down_is_a_clear_error_within_the_bound_then_recovers(service_en
         elapsed = time.monotonic() - started
         message = str(info.value)
         assert server.url in message and "unreachable" in message and "4 attempts" in message
-        assert 0.1 + 0.2 + 0.4 <= elapsed < 5  # the backoff between 4 attempts, no hang
+        assert "Connection refused" in message
+        assert 0.1 + 0.2 <= elapsed < 5  # the backoff between attempts 2, 3 and 4; no hang
 
         server.start()  # same port: the same provider recovers
         assert [r["run_number"] for r in p.runs("RecShapesFlow")] == ["1"]
     finally:
         server.stop()
+
+
+def test_a_connection_closed_without_an_answer_is_retried_at_once(service_env, monkeypatch, replay_service):
+    """What a client sees when the server closes an idle pooled connection just as it is reused."""
+    monkeypatch.setenv("MFFS_SERVICE_RETRY_BACKOFF", "5")
+    p = provider(replay_service)
+    replay_service.fail(DROP, times=1)
+    started = time.monotonic()
+    assert p.flow("RecShapesFlow")["flow_id"] == "RecShapesFlow"
+    assert time.monotonic() - started < 2  # no backoff before the first retry
+    assert replay_service.counts[("GET", "/flows/RecShapesFlow")] == 2
+    assert replay_service.connections == 2
 
 
 def test_unanswered_connection_times_out(service_env, monkeypatch):

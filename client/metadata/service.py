@@ -7,11 +7,14 @@ a connect and a read timeout, so a dead service is an error after a bounded time
 
 Settings: SERVICE_AUTH_KEY, SERVICE_HEADERS and SERVICE_RETRY_COUNT (attempts per request, Metaflow's, default 5);
 MFFS_SERVICE_CONNECT_TIMEOUT (s, default 5), MFFS_SERVICE_TIMEOUT (read timeout, s, default 20) and
-MFFS_SERVICE_RETRY_BACKOFF (s, default 0.5: sleeps 0.5, 1, 2, 4 between attempts).
+MFFS_SERVICE_RETRY_BACKOFF (s, default 0.5: the second attempt is immediate, then sleeps 0.5, 1, 2 ...). So a
+service that is down fails a call after about 3.5 s (5 attempts), one that accepts connections but does not
+answer after the read timeout (not retried), and one that is unreachable after 5 × connect timeout + 3.5 s.
 """
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from typing import Any, List, Optional, Tuple
@@ -21,6 +24,8 @@ from ..config import mffs_setting, setting
 from ..exceptions import MetaflowBackendError, MetaflowInternalError
 from .base import MetadataProvider
 
+#: the OS's reason inside a requests/urllib3 connection error, e.g. "[Errno 111] Connection refused"
+_ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 #: service versions that introduced a route the client needs (Metaflow gates on the same numbers)
 _ATTEMPT_ROUTES_VERSION = (2, 0, 6)
 
@@ -140,12 +145,17 @@ class ServiceMetadataProvider(MetadataProvider):
         url = self.url + path
         problem = ""
         for attempt in range(self.attempts):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+            # The first retry is immediate: the usual cause is a pooled connection the server had closed.
+            if attempt > 1:
+                time.sleep(self.backoff * 2 ** (attempt - 2))
             try:
                 response = session.get(url, timeout=self.timeout)
+            except requests.exceptions.ConnectTimeout:
+                problem = "no connection within %gs" % self.timeout[0]
+                continue
             except requests.exceptions.ConnectionError as ex:
-                problem = "cannot connect (%s)" % ex.__class__.__name__
+                reason = _ERRNO_REASON.search(str(ex))
+                problem = "cannot connect (%s)" % (reason.group(1) if reason else ex.__class__.__name__)
                 continue
             except requests.exceptions.Timeout:
                 raise MetaflowBackendError(

@@ -27,6 +27,8 @@ MASTER_OVERRIDES = os.path.join(FIXTURE_DIR, "main-branch-overrides.jsonl")
 EXPECTED_WALK = os.path.join(FIXTURE_DIR, "expected-client.json")
 PLACEHOLDER = "{DATASTORE_ROOT}"
 SERVICE_VERSION = "2.5.1"
+#: a `fail()` status: close the connection instead of answering
+DROP = 0
 
 Answer = Tuple[int, Dict[str, str], bytes]
 
@@ -61,6 +63,10 @@ class _Handler(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         status, headers, body = self.server.replay._respond(self.command, self.path, dict(self.headers.items()))
+        if status == DROP:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         self.send_response(status)
         for name, value in headers.items():
             if name.lower() != "content-length":
@@ -152,7 +158,8 @@ class ReplayServer:
             self.delay = 0.0
 
     def fail(self, status: int, times: Optional[int] = None) -> None:
-        """Answer the next `times` requests (all of them when None) with `status` and an error body."""
+        """Answer the next `times` requests (all of them when None) with `status` and an error body, or
+        with `status=DROP` close the connection without answering (a server closing an idle connection)."""
         with self._lock:
             self._failures.append((status, times))
 
@@ -186,6 +193,8 @@ class ReplayServer:
         if delay:
             time.sleep(delay)
         version_header = {"METADATA_SERVICE_VERSION": self.version}
+        if injected == DROP:
+            return DROP, {}, b""
         if injected is not None:
             return injected, version_header, json.dumps("injected failure %d" % injected).encode()
         status, headers, body = self.answers.get((method, path), (404, {"Content-Type": "text/plain"}, b"{}"))
