@@ -378,3 +378,17 @@ def test_metadata_switch_to_an_unreachable_service(service_env, monkeypatch):
     server.stop()
     with pytest.raises(MetaflowBackendError, match="unreachable"):
         client.metadata("service@" + server.url)
+
+
+def test_concurrent_callers_share_the_pool(service_env, replay_service):
+    """The mount calls the provider from many FUSE threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = provider(replay_service)
+    tasks = [t["task_id"] for t in p.tasks("RecShapesFlow", "1", "inner")]
+    expected = {t: recorded(replay_service, "/flows/RecShapesFlow/runs/1/steps/inner/tasks/%s/artifacts/cell" % t)["sha"]
+                for t in tasks}
+    with ThreadPoolExecutor(8) as pool:
+        shas = list(pool.map(lambda t: p.artifact("RecShapesFlow", "1", "inner", t, "cell")["sha"], tasks * 10))
+    assert shas == [expected[t] for t in tasks * 10]
+    assert replay_service.connections <= 8
