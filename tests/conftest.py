@@ -70,10 +70,8 @@ def reset_client_state() -> None:
         LocalStorage.datastore_root = None
     our_core = sys.modules.get("client.core")
     if our_core is not None:
-        # Our client keeps metaflow's names and "unset" sentinel for these globals.
-        for name in ("current_namespace", "current_metadata"):
-            if hasattr(our_core, name):
-                setattr(our_core, name, False)
+        our_core._namespace = our_core._NOT_SET
+        our_core._provider = None
 
 
 @pytest.fixture(autouse=True)
@@ -93,3 +91,17 @@ def client_env(monkeypatch: pytest.MonkeyPatch, local_root: Path) -> Path:
     monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(local_root))
     reset_client_state()
     return local_root
+
+
+@pytest.fixture
+def clients(client_env: Path) -> dict:
+    """Both Client API implementations in this process, on the standard datastore, in alice's namespace:
+    `{"metaflow": <metaflow module>, "client": <our client package>}`. Metaflow is pinned to the datastore with
+    `metadata()` because it reads METAFLOW_DATASTORE_SYSROOT_LOCAL only when first imported."""
+    import metaflow
+
+    import client
+
+    for api in (metaflow, client):
+        api.metadata("local@%s" % client_env)
+    return {"metaflow": metaflow, "client": client}

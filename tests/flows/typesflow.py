@@ -41,7 +41,7 @@ class TypesFlow(FlowSpec):
         from PIL import Image
 
         self.nested = {"a": [1, [2, 3], {"b": [4, 5]}], "c": {"d": []}}
-        self.nonstr_keys = {1: "one", (2, 3): "tuple", None: "none", 2.5: "float", True: "bool"}
+        self.nonstr_keys = {1: "one", (2, 3): "tuple", None: "none", 2.5: "float", b"k": "bytes"}
         self.tup = (1, "two", 3.0)
         self.a_set = {3, 1, 2}
         self.a_frozenset = frozenset({"x", "y"})

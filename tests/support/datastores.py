@@ -193,18 +193,19 @@ def _metaflow_version() -> str:
     return importlib.metadata.version("metaflow")
 
 
-def _cache_key(kind: str, spec: object) -> str:
+def _cache_key(kind: str, spec: object, flow_files: Sequence[str]) -> str:
+    """Depends only on the flows a datastore runs, so editing another flow does not force a rebuild."""
     digest = hashlib.sha256()
     digest.update(repr((kind, spec, _metaflow_version())).encode())
-    for flow in sorted(FLOWS_DIR.glob("*.py")):
-        digest.update(flow.name.encode() + b"\0" + flow.read_bytes() + b"\0")
+    for name in sorted(flow_files):
+        digest.update(name.encode() + b"\0" + flow_path(name).read_bytes() + b"\0")
     return "%s-%s" % (kind, digest.hexdigest()[:16])
 
 
-def _cached_build(kind: str, spec: object, build: Callable[[Path], dict]) -> Path:
+def _cached_build(kind: str, spec: object, flow_files: Sequence[str], build: Callable[[Path], dict]) -> Path:
     """Return `<TESTDATA_DIR>/<key>` holding a complete datastore, building it with `build(parent) -> runs`
-    unless a complete one (with its manifest) exists."""
-    parent = TESTDATA_DIR / _cache_key(kind, spec)
+    unless a complete one (with its manifest) exists. `flow_files` are the flows `build` runs."""
+    parent = TESTDATA_DIR / _cache_key(kind, spec, flow_files)
     manifest_path = parent / MANIFEST_NAME
     if manifest_path.is_file():
         return parent
@@ -253,6 +254,7 @@ STANDARD_SCENARIOS = {
     "sleep_done": "SleepFlow by alice with --seconds 0: successful",
     "unfinished": "SleepFlow by alice with --seconds 3600, killed while `sleeper` ran: unfinished forever",
 }
+STANDARD_FLOWS = ["kitchenflow.py", "typesflow.py", "failflow.py", "helloflow.py", "sleepflow.py"]
 
 
 def _build_standard(parent: Path) -> dict:
@@ -301,7 +303,7 @@ def _check_unfinished(parent: Path, run_id: str) -> None:
 def build_local_datastore() -> Path:
     """The standard test datastore (see STANDARD_SCENARIOS); returns the directory holding `.metaflow` and
     `manifest.json`. Built once, then reused by every session until a flow or the scenario list changes."""
-    return _cached_build("standard", STANDARD_SCENARIOS, _build_standard)
+    return _cached_build("standard", STANDARD_SCENARIOS, STANDARD_FLOWS, _build_standard)
 
 
 def build_foreach_datastore(n_tasks: int, n_runs: int) -> Path:
@@ -319,7 +321,7 @@ def build_foreach_datastore(n_tasks: int, n_runs: int) -> Path:
             runs["hello_%d" % i] = _record("HelloFlow", run_id, "alice", lr=lr)
         return runs
 
-    return _cached_build("foreach", {"n_tasks": n_tasks, "n_runs": n_runs}, build)
+    return _cached_build("foreach", {"n_tasks": n_tasks, "n_runs": n_runs}, ["wideflow.py", "helloflow.py"], build)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""Artifact values that the field-by-field walk cannot cover: values whose loading runs code, and classes that
+exist only in the flow file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.datastores import PICKLE_MARKER_ENV
+
+
+def _types_start(api, manifest: dict):
+    return api.Task("%s/start/1" % manifest["runs"]["types"]["pathspec"])
+
+
+@pytest.fixture
+def marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The file that unpickling TypesFlow's `evil` artifact creates (see tests/flows/typesflow.py)."""
+    path = tmp_path / "unpickled-code-ran"
+    monkeypatch.setenv(PICKLE_MARKER_ENV, str(path))
+    return path
+
+
+@pytest.mark.parametrize("api_name", ["metaflow", "client"])
+def test_trusted_load_runs_pickled_code_like_metaflow(api_name: str, clients: dict, manifest: dict,
+                                                      marker: Path) -> None:
+    """The Client API trusts artifacts, as Metaflow's does: `task.data.evil` runs the pickled os.system call.
+    Checking Metaflow too proves the marker mechanism works, so the untrusted test below can fail."""
+    value = _types_start(clients[api_name], manifest).data.evil
+    assert marker.exists()
+    assert value == 0  # os.system's exit status
+
+
+def test_untrusted_load_never_runs_pickled_code(clients: dict, manifest: dict, marker: Path) -> None:
+    artifact = _types_start(clients["client"], manifest)["evil"]
+    value = artifact.load(trusted=False)
+    assert not marker.exists()
+    assert "UntrustedObject" in [cls.__name__ for cls in type(value).__mro__]
+    assert "posix.system" in repr(value) or "os.system" in repr(value)
+
+
+@pytest.mark.parametrize("name", ["nested", "nonstr_keys", "a_set", "when_utc", "price", "big", "array", "frame",
+                                  "series"])
+def test_untrusted_load_keeps_data_types(name: str, clients: dict, manifest: dict) -> None:
+    """Allow-listed data types load normally when untrusted (compared with Metaflow's trusted value)."""
+    theirs = _types_start(clients["metaflow"], manifest).data
+    ours = _types_start(clients["client"], manifest)[name].load(trusted=False)
+    expected = getattr(theirs, name)
+    if hasattr(expected, "equals"):  # pandas
+        assert expected.equals(ours)
+    elif hasattr(expected, "tolist"):  # numpy
+        assert expected.tolist() == ours.tolist() and expected.dtype == ours.dtype
+    else:
+        assert ours == expected and type(ours) is type(expected)
+
+
+def test_user_class_from_flow_file(clients: dict, manifest: dict) -> None:
+    """`__main__.Point` exists only in the flow file. Metaflow fails with pickle's AttributeError; ours must raise
+    the same class (so `except AttributeError` keeps working) with a message naming the class."""
+    with pytest.raises(AttributeError):
+        _types_start(clients["metaflow"], manifest).data.point
+    with pytest.raises(AttributeError) as raised:
+        _types_start(clients["client"], manifest).data.point
+    assert "__main__.Point" in str(raised.value)
