@@ -6,8 +6,8 @@
   short TTL (default 1 s)              flow and run lists, run records (tags can be mutated), missing objects,
                                        and everything about tasks and runs that are not final yet
 
-A task is final when its latest finished attempt stored `_task_ok = True` (no retry can follow). A run is final
-when the object model has seen its end task final (it calls `mark_run_final`). Lists are taken as complete only
+A task is final once its `_task_ok` was read and is True (no retry can follow); a run once the object model saw
+its end task complete (it calls `mark_run_final`). Finality is only ever learnt from reads made anyway. Lists are taken as complete only
 once their newest record is older than a grace period, because local metadata is written file by file.
 """
 from __future__ import annotations
@@ -81,10 +81,8 @@ class CachingProvider(MetadataProvider):
         return (flow, run) in self._final_runs
 
     def _task_final(self, key: Tuple[str, str, str, str]) -> bool:
-        if key in self._final_tasks or self._run_final(key[0], key[1]):
-            return True
-        ok = self.artifact(*key, "_task_ok")
-        return ok is not None and ok["sha"] == TRUE_SHA and key in self._final_tasks
+        # Decided from what was already read (never an extra request just to decide what to keep).
+        return key in self._final_tasks or self._run_final(key[0], key[1])
 
     def _note_task_ok(self, key: Tuple[str, str, str, str], record: Optional[dict]) -> bool:
         final = record is not None and record["sha"] == TRUE_SHA and _settled([record])

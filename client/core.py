@@ -165,6 +165,8 @@ class MetaflowObject:
             self.id = self._id_of(_object)
             self._components = (_parent._components + [self.id]) if _parent is not None else pathspec.split("/")
             self._pathspec = "/".join(self._components)
+        if _run_tags is None and "tags" in self._object and self._DEPTH >= 3:
+            _run_tags = (self._object["tags"], self._object["system_tags"])
         self._run_tags = _run_tags
         if self._namespace_check and not self._is_in_namespace(self._current_namespace):
             raise MetaflowNamespaceMismatch(self._current_namespace)
@@ -916,19 +918,21 @@ class Run(MetaflowObject):
         end = self.end_task
         return end.data if end else None
 
+    def _settled(self, done: bool) -> bool:
+        if done is True:
+            # The end task completed (successful implies finished): no step or task can be added any more.
+            self._provider.mark_run_final(*self._components)
+        return done
+
     @property
     def successful(self) -> bool:
         end = self.end_task
-        return end.successful if end else False
+        return self._settled(end.successful if end else False)
 
     @property
     def finished(self) -> bool:
         end = self.end_task
-        finished = end.finished if end else False
-        if finished is True:
-            # The end task stored _task_ok: no step or task can be added any more; their lists can be kept.
-            self._provider.mark_run_final(*self._components)
-        return finished
+        return self._settled(end.finished if end else False)
 
     @property
     def finished_at(self) -> Optional[datetime]:

@@ -14,8 +14,9 @@ Records:
   metadata  {"field_name", "value", "type", "ts_epoch", "tags": [...]}   (value as the source stores it;
             `foreach-stack` is normalised to a list of "var=value" strings)
 
-Steps, tasks and artifacts carry no tags: the run's are authoritative (the object model takes them from
-the run record). Errors other than "not found" are raised as exceptions (OSError / MetaflowBackendError).
+The run's tags are authoritative. Steps, tasks and artifacts carry them as "tags"/"system_tags" only when the
+source serves the run's current tags with each row (the service does); otherwise the object model reads the run
+record (local step/task files hold stale copies, which are never used). Errors other than "not found" are raised as exceptions (OSError / MetaflowBackendError).
 """
 from __future__ import annotations
 

@@ -245,16 +245,22 @@ class ServiceMetadataProvider(MetadataProvider):
         }
 
     @staticmethod
-    def _step(r: dict) -> dict:
-        return {"step_name": r["step_name"], "ts_epoch": r["ts_epoch"]}
+    def _run_tags(r: dict) -> dict:
+        """The run's current tags, which the service serves with every step, task and artifact row."""
+        return {"tags": r.get("tags") or [], "system_tags": r.get("system_tags") or []}
 
-    @staticmethod
-    def _task(r: dict) -> dict:
-        return {"task_id": str(r["task_id"]), "ts_epoch": r["ts_epoch"]}
+    @classmethod
+    def _step(cls, r: dict) -> dict:
+        return {"step_name": r["step_name"], "ts_epoch": r["ts_epoch"], **cls._run_tags(r)}
 
-    @staticmethod
-    def _artifact(r: dict) -> dict:
+    @classmethod
+    def _task(cls, r: dict) -> dict:
+        return {"task_id": str(r["task_id"]), "ts_epoch": r["ts_epoch"], **cls._run_tags(r)}
+
+    @classmethod
+    def _artifact(cls, r: dict) -> dict:
         return {
+            **cls._run_tags(r),
             "name": r["name"],
             "sha": r["sha"],
             "content_type": r.get("content_type"),

@@ -1,0 +1,415 @@
+"""S3 storage through boto3: Metaflow's S3 datastore read with bounded timeouts, retries and parallelism.
+
+boto3 is imported only when an `S3Storage` is first used. One boto3 client per set of connection settings is shared
+by every root and thread (boto3 clients are thread-safe; sessions are not, so they are only touched under a lock).
+
+Settings (Metaflow's, as `client.config.setting` resolves them): S3_ENDPOINT_URL, S3_VERIFY_CERTIFICATE,
+DATATOOLS_CLIENT_PARAMS (extra boto3 client arguments; its "config" dict overrides ours). mffs's own (environment
+only): MFFS_S3_CONNECT_TIMEOUT, MFFS_S3_READ_TIMEOUT (seconds), MFFS_S3_MAX_ATTEMPTS (per request, standard retry
+mode), MFFS_S3_THREADS (parallel requests), MFFS_S3_FAILFAST_SECONDS (see `_EndpointHealth`).
+"""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
+
+from cachetools import LRUCache
+
+from ..config import mffs_setting, setting
+from .base import Storage
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+USER_ATTRIBUTES_HEADER = "metaflow-user-attributes"
+
+# Error codes S3 (and S3-compatible servers) use for "does not exist" / "not allowed".
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
+_DENIED_CODES = {
+    "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+    "AllAccessDisabled", "AccountProblem", "InvalidObjectState",
+}
+
+# Read-ahead of `S3ObjectReader`: a random read fetches the smallest window; each sequential read doubles it.
+_MIN_WINDOW = 256 * 1024
+_MAX_WINDOW = 16 * 1024 * 1024
+
+
+def _settings() -> Dict[str, Any]:
+    return {
+        "connect_timeout": mffs_setting("S3_CONNECT_TIMEOUT", 5.0),
+        "read_timeout": mffs_setting("S3_READ_TIMEOUT", 10.0),
+        "max_attempts": mffs_setting("S3_MAX_ATTEMPTS", 3),
+        "threads": mffs_setting("S3_THREADS", 32),
+        "failfast_seconds": mffs_setting("S3_FAILFAST_SECONDS", 5.0),
+    }
+
+
+def _client_params(conf: Dict[str, Any]) -> Dict[str, Any]:
+    """boto3 `client('s3', **params)` arguments: Metaflow's DATATOOLS_CLIENT_PARAMS, endpoint and verify settings,
+    and our timeouts/retries unless the user's "config" sets them."""
+    params = dict(setting("DATATOOLS_CLIENT_PARAMS", {}))
+    endpoint = setting("S3_ENDPOINT_URL")
+    if endpoint:
+        params.setdefault("endpoint_url", endpoint)
+    verify = setting("S3_VERIFY_CERTIFICATE")
+    if verify:
+        # Metaflow passes the value through to boto3, where a string is a CA bundle path; accept booleans too.
+        lowered = str(verify).strip().lower()
+        params["verify"] = {"false": False, "0": False, "true": True, "1": True}.get(lowered, verify)
+    config = {
+        "connect_timeout": conf["connect_timeout"],
+        "read_timeout": conf["read_timeout"],
+        "retries": {"max_attempts": conf["max_attempts"], "mode": "standard"},
+        "max_pool_connections": conf["threads"] + 4,
+    }
+    config.update(params.pop("config", None) or {})
+    params["config"] = config
+    return params
+
+
+_clients: Dict[str, Any] = {}
+_clients_lock = threading.Lock()
+_pool: Optional[ThreadPoolExecutor] = None
+
+
+def _shared_client(params: Dict[str, Any]) -> Any:
+    """One boto3 S3 client per distinct set of parameters, shared process-wide (and its connection pool)."""
+    cache_key = json.dumps(params, sort_keys=True, default=str)
+    with _clients_lock:
+        client = _clients.get(cache_key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            kwargs = dict(params)
+            kwargs["config"] = Config(**kwargs["config"])
+            client = boto3.session.Session().client("s3", **kwargs)
+            _clients[cache_key] = client
+        return client
+
+
+def _shared_pool(threads: int) -> ThreadPoolExecutor:
+    global _pool
+    with _clients_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mffs-s3")
+        return _pool
+
+
+class _EndpointHealth:
+    """Fails fast while an endpoint is known to be unreachable.
+
+    Each request is already bounded (timeouts x attempts), but a walk over a thousand objects with the server down
+    would still wait that bound a thousand times. After a transport failure (timeout, refused connection), requests
+    to the same endpoint fail immediately with EIO for `failfast_seconds`; the first request after that window tries
+    the server again, so service resumes on its own once the server is back."""
+
+    def __init__(self, failfast_seconds: float):
+        self.failfast_seconds = failfast_seconds
+        self._down_until = 0.0
+        self._last_error = ""
+
+    def check(self, url: str) -> None:
+        remaining = self._down_until - time.monotonic()
+        if remaining > 0:
+            raise OSError(
+                errno.EIO,
+                "S3 endpoint unreachable (%s); not retrying for another %.1fs" % (self._last_error, remaining),
+                url,
+            )
+
+    def failed(self, error: str) -> None:
+        self._last_error = error
+        self._down_until = time.monotonic() + self.failfast_seconds
+
+    def succeeded(self) -> None:
+        self._down_until = 0.0
+
+
+_health: Dict[str, _EndpointHealth] = {}
+
+
+def _error_code(exc: Exception) -> Tuple[str, Optional[int]]:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", "")), response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+class S3Storage(Storage):
+    """A Metaflow datastore root in S3: `s3://bucket/prefix`; keys are '/'-joined paths under the prefix."""
+
+    TYPE = "s3"
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        if not self.root.startswith("s3://") or len(self.root) <= len("s3://"):
+            raise ValueError("Not an S3 datastore root (expected s3://bucket/prefix): %r" % root)
+        self.bucket, _, self.prefix = self.root[len("s3://"):].partition("/")
+        self._conf = _settings()
+        self._client_obj: Any = None
+        self._health_obj: Optional[_EndpointHealth] = None
+        # User attributes are set when Metaflow writes a blob and never change (blobs are written once), so they
+        # are remembered per key; a full GET fills this too, saving the HEAD before or after reading a blob.
+        self._attributes: LRUCache = LRUCache(maxsize=100_000)
+        self._attributes_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+
+    def _connection(self) -> Tuple[Any, _EndpointHealth]:
+        """The shared boto3 client and the health record of its endpoint, created on first use."""
+        if self._client_obj is None:
+            params = _client_params(self._conf)
+            endpoint = params.get("endpoint_url") or "aws"
+            with _clients_lock:
+                self._health_obj = _health.setdefault(endpoint, _EndpointHealth(self._conf["failfast_seconds"]))
+            self._client_obj = _shared_client(params)
+        return self._client_obj, self._health_obj
+
+    @property
+    def _client(self) -> Any:
+        return self._connection()[0]
+
+    def _s3_key(self, key: str) -> str:
+        key = key.strip("/")
+        if not self.prefix:
+            return key
+        return self.prefix + "/" + key if key else self.prefix
+
+    def _call(self, what: str, key: str, request: Callable[[], T]) -> T:
+        """Run one S3 request (botocore retries it within its bounds) and map failures to built-in OSErrors."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+        url = self.url(key)
+        health = self._connection()[1]
+        health.check(url)
+        try:
+            result = request()
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            health.succeeded()  # the server answered
+            if code == "NoSuchBucket":
+                raise FileNotFoundError(errno.ENOENT, "No such S3 bucket: %s" % self.bucket, url) from None
+            if code in _NOT_FOUND_CODES or status == 404:
+                raise FileNotFoundError(errno.ENOENT, "No such S3 object", url) from None
+            if code in _DENIED_CODES or status == 403:
+                raise PermissionError(errno.EACCES, "S3 denied access (%s)" % (code or status), url) from None
+            if code == "PreconditionFailed" or status == 412:
+                raise OSError(errno.ESTALE, "S3 object changed while it was being read", url) from None
+            log.warning("S3 %s %s failed after %d attempts: %s", what, url, self._conf["max_attempts"], exc)
+            raise OSError(errno.EIO, "S3 %s failed after retries: %s" % (what, exc), url) from None
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise PermissionError(errno.EACCES, "No usable AWS credentials: %s" % exc, url) from None
+        except BotoCoreError as exc:
+            health.failed(str(exc))
+            log.warning("S3 %s %s failed after %d attempts: %s", what, url, self._conf["max_attempts"], exc)
+            raise OSError(errno.EIO, "S3 %s failed: %s" % (what, exc), url) from None
+        health.succeeded()
+        return result
+
+    def _get(self, key: str, byte_range: Optional[Tuple[int, int]] = None, etag: Optional[str] = None) -> bytes:
+        """GET the object or the inclusive byte range; reading the body is part of the bounded retried request."""
+        from botocore.exceptions import HTTPClientError
+
+        kwargs: Dict[str, Any] = {"Bucket": self.bucket, "Key": self._s3_key(key)}
+        if byte_range is not None:
+            kwargs["Range"] = "bytes=%d-%d" % byte_range
+        if etag is not None:
+            kwargs["IfMatch"] = etag
+
+        def request() -> bytes:
+            # botocore retries the request but not a body read cut midway; retry that here within the same bound.
+            for attempt in range(1, self._conf["max_attempts"] + 1):
+                response = self._client.get_object(**kwargs)
+                try:
+                    data = response["Body"].read()
+                except HTTPClientError:
+                    if attempt == self._conf["max_attempts"]:
+                        raise
+                    continue
+                if byte_range is None:
+                    self._remember_attributes(key, response)
+                return data
+            raise AssertionError("unreachable")
+
+        return self._call("GET", key, request)
+
+    def _head(self, key: str) -> Dict[str, Any]:
+        response = self._call(
+            "HEAD", key, lambda: self._client.head_object(Bucket=self.bucket, Key=self._s3_key(key))
+        )
+        self._remember_attributes(key, response)
+        return response
+
+    def _remember_attributes(self, key: str, response: Dict[str, Any]) -> None:
+        attributes = _parse_attributes(response.get("Metadata"))
+        with self._attributes_lock:
+            self._attributes[key] = attributes
+
+    # -- Storage interface -----------------------------------------------------------------------------------
+
+    def read(self, key: str) -> bytes:
+        return self._get(key)
+
+    def read_many(self, keys: Iterable[str]) -> Dict[str, Optional[bytes]]:
+        """Fetch the keys in parallel on the shared bounded pool; None for missing keys.
+
+        The first other failure cancels what has not started yet and is raised, so a dead server costs one
+        request timeout, not one per key."""
+        keys = list(dict.fromkeys(keys))
+        if len(keys) <= 1:
+            return super().read_many(keys)
+        pool = _shared_pool(self._conf["threads"])
+        futures: Dict[Future, str] = {pool.submit(self._get, key): key for key in keys}
+        out: Dict[str, Optional[bytes]] = {}
+        for future in as_completed(futures):
+            try:
+                out[futures[future]] = future.result()
+            except FileNotFoundError:
+                out[futures[future]] = None
+            except BaseException:
+                for other in futures:
+                    other.cancel()
+                raise
+        return out
+
+    def open(self, key: str) -> BinaryIO:
+        response = self._head(key)
+        return S3ObjectReader(self, key, int(response["ContentLength"]), response.get("ETag"))
+
+    def size(self, key: str) -> int:
+        return int(self._head(key)["ContentLength"])
+
+    def exists(self, key: str) -> bool:
+        """Whether an object with exactly this key exists ("directories" are not objects in S3)."""
+        try:
+            self._head(key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list(self, key: str) -> List[str]:
+        prefix = self._s3_key(key)
+        prefix = prefix + "/" if prefix else ""
+        names = set()
+        paginator = self._client.get_paginator("list_objects_v2")
+
+        def request() -> None:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                for common in page.get("CommonPrefixes", ()):
+                    names.add(common["Prefix"][len(prefix):].rstrip("/"))
+                for obj in page.get("Contents", ()):
+                    names.add(obj["Key"][len(prefix):])
+
+        self._call("LIST", key, request)
+        names.discard("")
+        return sorted(names)
+
+    def user_attributes(self, key: str) -> Optional[dict]:
+        with self._attributes_lock:
+            if key in self._attributes:
+                return self._attributes[key]
+        return _parse_attributes(self._head(key).get("Metadata"))
+
+
+def _parse_attributes(metadata: Optional[Dict[str, str]]) -> Optional[dict]:
+    value = (metadata or {}).get(USER_ATTRIBUTES_HEADER)
+    return json.loads(value) if value else None
+
+
+class S3ObjectReader(io.RawIOBase):
+    """A seekable, read-only file over one S3 object, fetched with ranged GETs.
+
+    Random reads fetch a small window around the position; sequential reads double the window (up to 16 MiB) and
+    prefetch the next one on the shared pool, so streaming overlaps download with the caller's work. Every range is
+    requested with If-Match on the ETag seen at open: an object replaced meanwhile gives ESTALE, never mixed bytes."""
+
+    def __init__(self, storage: S3Storage, key: str, size: int, etag: Optional[str]):
+        super().__init__()
+        self.name = storage.url(key)
+        self._storage = storage
+        self._key = key
+        self._size = size
+        self._etag = etag
+        self._pos = 0
+        self._lock = threading.Lock()
+        self._window = _MIN_WINDOW
+        self._buffer_start = 0
+        self._buffer = b""
+        self._prefetch: Optional[Tuple[int, Future]] = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with self._lock:
+            base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+            if base + offset < 0:
+                raise OSError(errno.EINVAL, "negative seek position", self.name)
+            self._pos = base + offset
+            return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        with self._lock:
+            filled = 0
+            while filled < len(view) and self._pos < self._size:
+                offset = self._pos - self._buffer_start
+                if not 0 <= offset < len(self._buffer):
+                    self._load(self._pos)
+                    offset = 0
+                chunk = self._buffer[offset:offset + len(view) - filled]
+                view[filled:filled + len(chunk)] = chunk
+                filled += len(chunk)
+                self._pos += len(chunk)
+            return filled
+
+    def readall(self) -> bytes:
+        return self.read(max(self._size - self._pos, 0))
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(self._size - self._pos, 0)
+        buffer = bytearray(min(size, max(self._size - self._pos, 0)))
+        return bytes(buffer[: self.readinto(buffer)])
+
+    def _fetch(self, start: int, length: int) -> bytes:
+        end = min(start + length, self._size) - 1
+        return self._storage._get(self._key, (start, end), self._etag)
+
+    def _load(self, pos: int) -> None:
+        """Make the buffer hold `pos`, growing the window on sequential access and prefetching the next one."""
+        sequential = bool(self._buffer) and pos == self._buffer_start + len(self._buffer)
+        self._window = min(self._window * 2, _MAX_WINDOW) if sequential else _MIN_WINDOW
+        prefetched = self._prefetch
+        self._prefetch = None
+        if prefetched is not None and prefetched[0] == pos:
+            data = prefetched[1].result()
+        else:
+            if prefetched is not None:
+                prefetched[1].cancel()
+            data = self._fetch(pos, self._window)
+        self._buffer_start, self._buffer = pos, data
+        next_start = pos + len(data)
+        if sequential and next_start < self._size:
+            pool = _shared_pool(self._storage._conf["threads"])
+            self._prefetch = (next_start, pool.submit(self._fetch, next_start, self._window))
+
+    def close(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch[1].cancel()
+            self._prefetch = None
+        self._buffer = b""
+        super().close()
