@@ -61,18 +61,26 @@ def test_step_task_and_artifact_records(service_env, replay_service):
     assert [(s["step_name"], s["ts_epoch"]) for s in steps] == [
         (r["step_name"], r["ts_epoch"]) for r in recorded(replay_service, base + "/steps")]
     assert "_parameters" in [s["step_name"] for s in steps]  # hiding it is the object model's business
+    raw_step = recorded(replay_service, base + "/steps/inner")
     assert p.step("RecShapesFlow", "1", "inner") == {
-        "step_name": "inner", "ts_epoch": recorded(replay_service, base + "/steps/inner")["ts_epoch"]}
+        "step_name": "inner", "ts_epoch": raw_step["ts_epoch"], **run_tags(raw_step)}
 
     tasks = p.tasks("RecShapesFlow", "1", "inner")
     raw_tasks = recorded(replay_service, base + "/steps/inner/tasks")
-    assert tasks == [{"task_id": str(r["task_id"]), "ts_epoch": r["ts_epoch"]} for r in raw_tasks]
+    assert tasks == [{"task_id": str(r["task_id"]), "ts_epoch": r["ts_epoch"], **run_tags(r)} for r in raw_tasks]
     assert p.task("RecShapesFlow", "1", "inner", tasks[0]["task_id"]) == tasks[0]
 
     raw = recorded(replay_service, base + "/steps/inner/tasks/10/artifacts/cell")
     assert p.artifact("RecShapesFlow", "1", "inner", "10", "cell") == {
         "name": "cell", "sha": raw["sha"], "content_type": "pickle-v4",
-        "location": ":root:" + DATASTORE_DIR, "ds_type": "local", "attempt_id": 0, "ts_epoch": raw["ts_epoch"]}
+        "location": ":root:" + DATASTORE_DIR, "ds_type": "local", "attempt_id": 0, "ts_epoch": raw["ts_epoch"],
+        **run_tags(raw)}
+
+
+def run_tags(row: dict) -> dict:
+    """The run's tags, which the service serves on step, task and artifact rows (and the provider passes on)."""
+    assert row["tags"] is not None and row["system_tags"]
+    return {"tags": row["tags"], "system_tags": row["system_tags"]}
 
 
 def test_metadata_events_and_foreach_stack(service_env, replay_service):
