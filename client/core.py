@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Dict, FrozenSet, Iterator, List
 from . import mflog, unpickle
 from .cache import CachingProvider
 from .config import find_local_root, setting, username
-from .datastore import MAX_ATTEMPTS, FlowDatastore, read_url, root_from_blob_url, split_location
+from .datastore import MAX_ATTEMPTS, CardStore, FlowDatastore, read_url, root_from_blob_url, split_location
 from .exceptions import (
     MetaflowInternalError,
     MetaflowInvalidPathspec,
@@ -709,6 +709,18 @@ class Task(MetaflowObject):
         if not code or not code.info.get("environment_type"):
             return None
         return "Local environment" if code.info["environment_type"] == "local" else None
+
+    # -- cards -----------------------------------------------------------------------------------------------
+    def cards(self) -> Optional[CardStore]:
+        """The task's Metaflow cards (HTML files, as stored), or None when the task has no datastore root.
+        A cloned (resumed) task shows its origin's cards, as Metaflow's `get_cards` does."""
+        meta = self.metadata_dict
+        flow, run, step, task = self._components
+        if meta.get("origin-task-id") and meta.get("origin-run-id"):
+            run, task = meta["origin-run-id"], meta["origin-task-id"]
+        if not meta.get("ds-root"):
+            return None
+        return CardStore(meta["ds-root"], flow, run, step, task)
 
     # -- graph neighbours ------------------------------------------------------------------------------------
     def _matching(self, steps: List[str], pattern: str) -> Iterator[str]:

@@ -131,6 +131,26 @@ class FlowDatastore:
         return total
 
 
+class CardStore:
+    """Metaflow cards of one task: `<ds-root>/mf.cards/<F>/runs/<R>/steps/<S>/tasks/<T>/cards/*.html`
+    (or the pre-2022 path without `steps/<S>/`)."""
+
+    def __init__(self, ds_root: str, flow: str, run: str, step: str, task: str):
+        self.storage = get_storage(ds_root.rstrip("/") + "/mf.cards")
+        task_path = "/".join((flow, "runs", run, "steps", step, "tasks", task, "cards"))
+        legacy_path = "/".join((flow, "runs", run, "tasks", task, "cards"))
+        self.prefix = task_path
+        self.names = sorted(n for n in self.storage.list(task_path) if n.endswith(".html"))
+        if not self.names:
+            self.prefix = legacy_path
+            self.names = sorted(n for n in self.storage.list(legacy_path) if n.endswith(".html"))
+
+    def read(self, name: str) -> bytes:
+        if name not in self.names:
+            raise FileNotFoundError(name)
+        return self.storage.read(self.prefix + "/" + name)
+
+
 def split_location(location: str) -> Tuple[str, bool]:
     """(datastore root, is_root) from an artifact `location`: ':root:<root>' or an old full blob URL."""
     if location.startswith(":root:"):
