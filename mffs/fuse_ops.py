@@ -154,11 +154,13 @@ class MffsOperations(mfusepy.Operations):
     def stats(self) -> dict:
         with self._counts_lock:
             counts = dict(self._counts)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "calls": counts,
             "open_files": len(self._handles),
             "cache": self.tree.cache_info(),
-            "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "max_rss_kb": usage.ru_maxrss,
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
         }
 
     def _stats_json(self) -> bytes:

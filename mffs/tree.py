@@ -36,7 +36,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 from cachetools import LRUCache, TTLCache
 
@@ -225,7 +225,8 @@ class File(Node):
 class RenderedFile(File):
     """A file whose bytes come from `render()`; eager ones are rendered at stat time, deferred ones when read.
 
-    A volatile file (control files) is rendered afresh at every open and always read with direct I/O, size 0.
+    `eager` may be a callable deciding on first stat (so merely listing a directory costs nothing). A volatile
+    file (control files) is rendered afresh at every open and always read with direct I/O, size 0.
     """
 
     def __init__(
@@ -235,13 +236,13 @@ class RenderedFile(File):
         mtime: float,
         stable: bool,
         render: Callable[[], bytes],
-        eager: bool = True,
+        eager: Union[bool, Callable[[], bool]] = True,
         volatile: bool = False,
     ):
         super().__init__(tree, path, mtime, stable)
         self._render = render
         self._size: Optional[int] = None
-        self._eager = eager and not volatile
+        self._eager = False if volatile else eager
         self._volatile = volatile
         self._failed = False
         self._lock = threading.Lock()
@@ -252,15 +253,21 @@ class RenderedFile(File):
             if data is None:
                 with client_errors(self.path, object_lookup=False):
                     data = self._render()
-                learned = self._size is None and not self._eager
+                learned = self._size is None and not self._is_eager()
                 self._size = len(data)
                 self.tree.keep_content(self.path, data)
                 if learned:
                     self.tree.on_size_learned(self.path)
             return data
 
+    def _is_eager(self) -> bool:
+        if callable(self._eager):
+            with client_errors(self.path, object_lookup=False):
+                self._eager = bool(self._eager())
+        return self._eager
+
     def size(self) -> int:
-        if self._size is None and self._eager and not self._failed:
+        if self._size is None and not self._failed and self._is_eager():
             try:
                 self._rendered()
             except OSError:
@@ -515,20 +522,16 @@ class TaskDir(Dir):
             mtime = _mtime(task.created_at)
         super().__init__(tree, path, mtime, run_stable)
         self.task = task
-        self._contents: Optional[Tuple[bool, float]] = None
+        self._contents_stable: Optional[bool] = None
 
-    def _contents_info(self) -> Tuple[bool, float]:
-        """(stable, mtime) for everything inside the task directory."""
-        if self._contents is None:
+    def contents_stable(self) -> bool:
+        if self._contents_stable is None:
             with client_errors(self.path):
-                stable = self.stable or bool(self.task.finished)
-                mtime = _mtime(self.task.finished_at, self.task.created_at)
-            self._contents = (stable, mtime)
-        return self._contents
+                self._contents_stable = self.stable or bool(self.task.finished)
+        return self._contents_stable
 
     def _file(self, name: str) -> Node:
         task = self.task
-        stable, mtime = self._contents_info()
         renderers: Dict[str, Callable[[], bytes]] = {
             "task.json": lambda: render.json_bytes(render.task_record(task)),
             "metadata.json": lambda: render.json_bytes(render.metadata_records(task)),
@@ -536,7 +539,9 @@ class TaskDir(Dir):
             "stderr.log": lambda: render.text_bytes(task.stderr),
             "exception.txt": lambda: render.exception_bytes(task.exception),
         }
-        return RenderedFile(self.tree, join(self.path, name), mtime, stable, renderers[name])
+        with client_errors(self.path):
+            mtime = _mtime(task.finished_at, task.created_at)
+        return RenderedFile(self.tree, join(self.path, name), mtime, self.contents_stable(), renderers[name])
 
     def _has_exception(self) -> bool:
         with client_errors(self.path):
@@ -545,9 +550,9 @@ class TaskDir(Dir):
     def children(self) -> List[Node]:
         names = [name for name in self.FILES if name != "exception.txt" or self._has_exception()]
         nodes = [self._file(name) for name in names]
-        stable, _ = self._contents_info()
         with client_errors(self.path):
             artifacts = list(self.task)
+        stable = self.contents_stable()
         nodes.extend(ArtifactDir(self.tree, join(self.path, a.id), a, stable) for a in artifacts)
         return nodes
 
@@ -557,10 +562,9 @@ class TaskDir(Dir):
                 raise self._missing(name)
             return self._file(name)
         path = join(self.path, name)
-        stable, _ = self._contents_info()
         with client_errors(path):
             artifact = self.task[name]
-        return ArtifactDir(self.tree, path, artifact, stable)
+        return ArtifactDir(self.tree, path, artifact, self.contents_stable())
 
 
 class ArtifactDir(Dir):
@@ -582,10 +586,13 @@ class ArtifactDir(Dir):
             return RenderedFile(
                 tree, path, self.mtime, self.stable, lambda: render.json_bytes(render.artifact_record(artifact))
             )
-        with client_errors(path):
-            eager = artifact.blob_size <= tree.render_threshold
         return RenderedFile(
-            tree, path, self.mtime, self.stable, lambda: render.repr_bytes(artifact.data, tree.repr_limit), eager
+            tree,
+            path,
+            self.mtime,
+            self.stable,
+            lambda: render.repr_bytes(artifact.data, tree.repr_limit),
+            eager=lambda: artifact.blob_size <= tree.render_threshold,
         )
 
     def children(self) -> List[Node]:
