@@ -37,7 +37,8 @@ from typing import Any, Callable, Iterable, List, Optional
 from tests.support.datastores import STANDARD_SCENARIOS, load_manifest
 
 # Namespaces walked: label -> argument of namespace(). "default" is the user's (alice's) namespace.
-NAMESPACES = {"default": "<default>", "user:bob": "user:bob", "tag:mytag": "mytag", "None": None}
+NAMESPACES = {"default": "<default>", "user:bob": "user:bob", "tag:mytag": "mytag", "tag:failtag": "failtag",
+              "tag:nosuchtag": "nosuchtag", "None": None}
 # Artifacts whose values are not walked: loading `evil` runs code (tests check it separately).
 UNSAFE_ARTIFACTS = frozenset({"evil"})
 # Internal artifacts read by name (iteration hides `_`-prefixed ones).
@@ -252,6 +253,7 @@ class Walker:
         if deep:
             out["data"] = capture(lambda: None if run.data is None else _public_names(run.data))
             out["code"] = capture(lambda: self.code_view(run.code), convert=lambda v: v)
+            out["trigger"] = capture(lambda: run.trigger)
         return out
 
     def step_view(self, step: Any, deep: bool) -> dict:
@@ -263,6 +265,12 @@ class Walker:
             "tasks()": capture(lambda: order_groups(step.tasks())),
             "step[999999]": capture(lambda: step["999999"].pathspec),
         }
+        if deep:
+            out.update({
+                "parent_steps": capture(lambda: sorted(s.id for s in step.parent_steps)),
+                "child_steps": capture(lambda: sorted(s.id for s in step.child_steps)),
+                "environment_info": capture(lambda: step.environment_info),
+            })
         for task in step:
             out["task:" + task.id] = self.task_view(task, deep)
             out["in:" + task.id] = capture(lambda: task.id in step)
@@ -304,6 +312,11 @@ class Walker:
                 lambda: [[_str(ts), line] for ts, line in task.loglines("stdout", as_unicode=False)]),
             "parent_tasks": capture(lambda: sorted(t.pathspec for t in task.parent_tasks)),
             "child_tasks": capture(lambda: sorted(t.pathspec for t in task.child_tasks)),
+            "parent_task_pathspecs": capture(lambda: sorted(task.parent_task_pathspecs)),
+            "child_task_pathspecs": capture(lambda: sorted(task.child_task_pathspecs)),
+            "runtime_name": capture(lambda: task.runtime_name),
+            "environment_info": capture(lambda: task.environment_info),
+            "artifacts namedtuple": capture(lambda: sorted(task.artifacts._fields)),
             "code": capture(lambda: _str(task.code and task.code.path)),
             "dir(data)": capture(lambda: _public_names(task.data)),
             "str(data)": capture(lambda: str(task.data)),
