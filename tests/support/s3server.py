@@ -1,0 +1,293 @@
+"""A real S3-compatible server on 127.0.0.1 for the tests: moto in server mode, in its own process.
+
+`MotoServer` starts `python -m moto.server` on a free port and stops it (always, also when a test fails).
+`FaultProxy` sits between a client and the server and can make the server look hung (connections accepted, never
+answered), down (connections reset), or throttling (every request answered 503 SlowDown), then heal again, while
+the server keeps its state: that is how the fault tests stop the server "mid-walk" and watch the client recover.
+
+Fixtures (import them explicitly in test modules): `s3_server` (session), `s3_env` (the environment that points
+boto3 and Metaflow at it), `fault_proxy` (per test, in front of `s3_server`).
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+
+BUCKET = "mffs-test"
+REGION = "us-east-1"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("moto server exited with code %s before listening" % process.returncode)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError("moto server did not listen on port %d within %.0fs" % (port, timeout))
+
+
+class MotoServer:
+    """moto's S3 (and IAM) server in a child process. `extra_env` e.g. INITIAL_NO_AUTH_ACTION_COUNT turns on
+    moto's IAM enforcement after that many requests."""
+
+    def __init__(self, extra_env: Optional[Dict[str, str]] = None):
+        self._lock = threading.Lock()
+        self._s3 = None
+        self.port = free_port()
+        self.endpoint_url = "http://127.0.0.1:%d" % self.port
+        env = dict(os.environ, **CREDENTIALS, **(extra_env or {}))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            _wait_for_port(self.port, self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def client(self, service: str = "s3", endpoint_url: Optional[str] = None, **credentials: str):
+        """A boto3 client for this server (with the test credentials unless others are given). The default S3
+        client is created once and shared: creating clients costs far more than the requests themselves."""
+        if service == "s3" and endpoint_url is None and not credentials:
+            with self._lock:
+                if self._s3 is None:
+                    self._s3 = self._new_client("s3", self.endpoint_url, {})
+                return self._s3
+        return self._new_client(service, endpoint_url or self.endpoint_url, credentials)
+
+    @staticmethod
+    def _new_client(service: str, endpoint_url: str, credentials: Dict[str, str]):
+        import boto3
+
+        return boto3.session.Session().client(
+            service,
+            endpoint_url=endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=credentials.get("aws_access_key_id", CREDENTIALS["AWS_ACCESS_KEY_ID"]),
+            aws_secret_access_key=credentials.get("aws_secret_access_key", CREDENTIALS["AWS_SECRET_ACCESS_KEY"]),
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 in front of `target_port` whose behaviour a test switches at will.
+
+    Modes: "forward" (transparent), "hang" (new and open connections get no answer, like a stopped server),
+    "reset" (connections are reset, like a server that is not running), "throttle" (every request is answered
+    `503 SlowDown`, as S3 does under load)."""
+
+    MODES = ("forward", "hang", "reset", "throttle")
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self._mode = "forward"
+        self._closed = threading.Event()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self._listener.settimeout(0.1)  # accept() wakes up to notice close()
+        self.port = self._listener.getsockname()[1]
+        self.endpoint_url = "http://127.0.0.1:%d" % self.port
+        self._sockets: List[socket.socket] = []
+        self._lock = threading.Lock()
+        self._accepter = threading.Thread(target=self._accept_loop, name="fault-proxy", daemon=True)
+        self._accepter.start()
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in self.MODES:
+            raise ValueError("unknown proxy mode %r" % mode)
+        self._mode = mode
+        if mode != "forward":
+            # Connections opened in "forward" mode must not keep working through the fault.
+            self._drop_connections()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        self._drop_connections()
+        self._accepter.join(timeout=5)
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def _drop_connections(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _close_with_reset(sock)
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        mode = self._mode
+        if mode == "reset":
+            _close_with_reset(conn)
+        elif mode == "hang":
+            self._track(conn)  # held open, never read nor answered; dropped when the mode changes
+        elif mode == "throttle":
+            self._track(conn)
+            self._answer_slow_down(conn)
+        else:
+            self._forward(conn)
+
+    def _answer_slow_down(self, conn: socket.socket) -> None:
+        body = (
+            b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>"
+        )
+        response = (
+            b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        try:
+            while self._mode == "throttle":
+                request = _read_http_request(conn)
+                if request is None:
+                    break
+                conn.sendall(response)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _forward(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            _close_with_reset(conn)
+            return
+        self._track(conn)
+        self._track(upstream)
+        pair = {conn: upstream, upstream: conn}
+        try:
+            while self._mode == "forward" and not self._closed.is_set():
+                readable, _, _ = select.select(list(pair), [], [], 0.1)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    pair[sock].sendall(data)
+        except (OSError, ValueError):
+            pass
+        finally:
+            for sock in pair:
+                sock.close()
+
+
+def _close_with_reset(sock: socket.socket) -> None:
+    try:
+        # SO_LINGER with timeout 0 makes close() send RST: the peer sees "connection reset", not a clean EOF.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    except OSError:
+        pass
+    sock.close()
+
+
+def _read_http_request(conn: socket.socket) -> Optional[bytes]:
+    """Read one HTTP/1.1 request (headers + Content-Length body); None at EOF."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        body += chunk
+    return head
+
+
+def s3_environment(endpoint_url: str) -> Dict[str, str]:
+    """Environment variables that point boto3, Metaflow and our client at a test S3 endpoint."""
+    return {
+        **CREDENTIALS,
+        "AWS_DEFAULT_REGION": REGION,
+        "METAFLOW_S3_ENDPOINT_URL": endpoint_url,
+        # Keep the user's real AWS config files out of the tests.
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    server = MotoServer()
+    try:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]:
+    """Points this process's boto3 and settings at `s3_server` for one test."""
+    env = s3_environment(s3_server.endpoint_url)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return env
+
+
+@pytest.fixture
+def fault_proxy(s3_server: MotoServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(s3_server.port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
