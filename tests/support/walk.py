@@ -516,9 +516,9 @@ def _is_leaf_dict(tree: dict) -> bool:
 
 
 # The single keys of recorded errors and of the dicts `comparable` makes.
-_LEAF_TAGS = frozenset({"error", "float", "bytes", "bytes_sha1", "namedtuple", "list", "tuple", "dict", "set", "frozenset",
-                         "exception", "datetime", "date", "time", "timedelta", "Decimal", "numpy", "DataFrame",
-                         "Series", "PIL.Image", "object"})
+_LEAF_TAGS = frozenset({"error", "float", "bytes", "bytes_sha1", "namedtuple", "list", "tuple", "dict", "set",
+                        "frozenset", "exception", "datetime", "date", "time", "timedelta", "Decimal", "numpy",
+                        "DataFrame", "Series", "PIL.Image", "object"})
 
 
 MISSING = "<missing>"
@@ -531,7 +531,7 @@ def differences(ours: Any, theirs: Any) -> List[tuple]:
             for path in sorted(set(mine) | set(other)) if mine.get(path) != other.get(path)]
 
 
-def clean_env(local_root: Path, scratch: Path, **extra: str) -> dict:
+def clean_env(local_root: Path, scratch: Path) -> dict:
     """Environment for a walk subprocess: user alice, the datastore as local root, private caches under
     `scratch`, no other METAFLOW_*/MFFS_* settings or user variables."""
     repo = str(Path(__file__).resolve().parents[2])
@@ -546,7 +546,6 @@ def clean_env(local_root: Path, scratch: Path, **extra: str) -> dict:
         MFFS_CACHE_DIR=str(scratch / "mffs-cache"),
         PYTHONPATH=os.pathsep.join([repo] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
     )
-    env.update(extra)
     return env
 
 
