@@ -340,12 +340,12 @@ class RootDir(Dir):
 
     def children(self) -> List[Node]:
         with client_errors(self.path):
-            return [self.tree.flow_dir(join(self.path, flow.id), flow) for flow in self.tree.client.Metaflow()]
+            return [FlowDir(self.tree, join(self.path, flow.id), flow) for flow in self.tree.client.Metaflow()]
 
     def child(self, name: str) -> Node:
         with client_errors(join(self.path, name)):
             flow = self.tree.client.Flow(name)
-        return self.tree.flow_dir(join(self.path, name), flow)
+        return FlowDir(self.tree, join(self.path, name), flow)
 
 
 class FlowDir(Dir):
@@ -375,7 +375,7 @@ class FlowDir(Dir):
             if successful is not None:
                 nodes.append(self._link("latest_successful", successful))
         nodes.append(TagsDir(self.tree, join(self.path, "tags"), self.mtime, self.flow))
-        nodes.extend(self.tree.run_dir(join(self.path, run.id), run) for run in runs)
+        nodes.extend(RunDir(self.tree, join(self.path, run.id), run) for run in runs)
         return nodes
 
     def child(self, name: str) -> Node:
@@ -387,7 +387,7 @@ class FlowDir(Dir):
             elif name == "latest_successful":
                 run = self.flow.latest_successful_run
             else:
-                return self.tree.run_dir(join(self.path, name), self.flow[name])
+                return RunDir(self.tree, join(self.path, name), self.flow[name])
         if run is None:
             raise self._missing(name)
         return self._link(name, run)
@@ -652,14 +652,6 @@ class Tree:
         self._content: LRUCache = LRUCache(maxsize=content_cache_bytes, getsizeof=len)
         self._started = time.time()
         self.lookup("/")  # fail now on an unknown pathspec
-
-    # -- node factories (also used by the directory classes) --------------------------------------------------
-
-    def flow_dir(self, path: str, flow: Any) -> FlowDir:
-        return FlowDir(self, path, flow)
-
-    def run_dir(self, path: str, run: Any) -> RunDir:
-        return RunDir(self, path, run)
 
     def _root(self) -> Node:
         if not self.pathspec:
