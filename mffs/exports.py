@@ -1,0 +1,430 @@
+"""Typed exports of artifact values: the files next to repr.txt / data.pickle / meta.json that real tools can read.
+
+API (used by the path tree):
+  * `export_names(type_name)` -> the export file names an artifact has, decided from the type string Metaflow
+    stored at save time (`info[name]["type"]` in data.json, e.g. "<class 'pandas.DataFrame'>"). It never loads
+    a value, so listing an artifact directory stays cheap. An export that needs an optional library (pandas,
+    pyarrow, Pillow, matplotlib) is listed only when that library is importable here.
+  * `render_export(name, value)` -> the file's bytes for the loaded value. Raises `ExportError` (a ValueError)
+    with a clear message when it cannot: the value is not of the kind the name promises (a subclass the type
+    string did not reveal), an `UntrustedObject` placeholder (the mount runs without --trust-pickles), or the
+    library refuses it. The tree turns that into EIO for that one file.
+  * `EXPORT_NAMES`: every name `export_names` can return.
+
+Which exports a type gets
+  | stored type                                                      | exports                    |
+  | str                                                              | value.txt, value.json      |
+  | bytes, bytearray                                                 | value.bin                  |
+  | dict, list, tuple, set, frozenset, int, float, bool, None,       | value.json                 |
+  | complex, OrderedDict, defaultdict, Counter, deque, datetime,     |                            |
+  | date, time, timedelta, Decimal, Fraction, UUID, numpy scalars,   |                            |
+  | pandas Timestamp / Timedelta                                     |                            |
+  | numpy.ndarray                                                    | value.npy                  |
+  | pandas DataFrame, Series                                         | value.csv, value.parquet   |
+  | PIL images (PIL.Image.Image, PIL.*ImageFile), matplotlib Figure  | value.png                  |
+  | metaflow.includefile.IncludedFile                                | content                    |
+
+Formats
+  * value.txt: the string encoded as UTF-8 (surrogate escapes from undecodable input are written back as the
+    original bytes). value.bin: the bytes as they are.
+  * content (IncludeFile): the included file's content as the client resolves it: bytes as they are, text as
+    UTF-8. Its name has no extension because the stored type does not say whether the file was text or binary.
+  * value.npy: `numpy.save` format, readable by `numpy.load(path)`. Object-dtype arrays embed a pickle, as numpy
+    writes them, and need `numpy.load(path, allow_pickle=True)`.
+  * value.csv: `DataFrame.to_csv` with the index as the first column (the index name, if any, heads it), so
+    `pandas.read_csv(path, index_col=0)` gives the frame back for typical frames (one-level index and columns;
+    dtypes are re-inferred). A Series is written as a one-column frame headed by its name (`0` when unnamed):
+    `pandas.read_csv(path, index_col=0).squeeze("columns")` gives it back.
+  * value.parquet: `DataFrame.to_parquet` with pyarrow, index included, so `pandas.read_parquet(path)` gives the
+    frame back with dtypes and index. Parquet needs string column names: other names are written as `str(name)`.
+    A Series is written as `series.to_frame()`.
+  * value.png: PIL images in a mode PNG stores (1, L, LA, I, I;16, P, RGB, RGBA) are saved as they are; other
+    modes are converted to RGBA when they carry alpha, else RGB. Matplotlib figures are saved with
+    `savefig(format="png")` at the figure's own dpi.
+  * value.json: UTF-8, indented by 2, a trailing newline; the same value always gives the same bytes. Rules:
+      - str, int, bool, None and finite floats as themselves; NaN -> null; inf / -inf -> "Infinity" / "-Infinity".
+      - dicts (and Mapping types) -> objects, keys in the value's own order (not sorted: pickles keep insertion
+        order, so the output is deterministic and reads like the repr). Keys that are not strings become
+        strings: int/float/bool/None as JSON writes them ("1", "2.5", "true", "null"); other keys by these rules
+        when they give a string (a datetime key -> its ISO 8601 string, an object -> its repr), else `str(key)`
+        (a tuple key (1, 'a') -> "(1, 'a')"). Two keys that become the same string (1 and "1") make the
+        export fail rather than silently drop one.
+      - list, tuple (also namedtuples), deque -> arrays. set, frozenset -> arrays sorted by value, or by the
+        elements' JSON text when the values cannot be compared (mixed types), so the order never depends on
+        hashing.
+      - datetime, date, time (also pandas Timestamp) -> ISO 8601 strings (`isoformat()`); timedelta (also pandas
+        Timedelta) -> total seconds as a number; NaT and pandas NA -> null.
+      - Decimal -> string (exact digits, e.g. "1.10"); Fraction -> "1/3"; complex -> {"real": x, "imag": y};
+        UUID and paths -> their string.
+      - bytes, bytearray -> base64 strings (standard alphabet, padded).
+      - numpy scalars -> the Python value (`item()`), datetime64 / timedelta64 -> numpy's ISO-like string
+        (`str(value)`, e.g. "2020-01-01T00:00:00.000000000"); numpy arrays -> nested arrays of their elements
+        by the same rules.
+      - anything else (a custom object, a nested DataFrame, an untrusted placeholder) -> its repr() string.
+      - a value that contains itself fails the export.
+    Strings are written as UTF-8 characters (not \\u escapes) unless the value holds lone surrogates that UTF-8
+    cannot encode; then the whole file is written with ASCII escapes, which JSON readers decode identically.
+
+numpy, pandas, pyarrow, PIL and matplotlib are imported only inside the renderers that need them.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import fractions
+import importlib.util
+import io
+import json
+import math
+import pathlib
+import re
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple
+
+from client.unpickle import UntrustedObject
+
+
+class ExportError(ValueError):
+    """A value cannot be rendered as the requested export file."""
+
+
+# --- which exports a stored type gets ----------------------------------------------------------------------------
+
+_JSON_TYPES = frozenset(
+    {
+        "dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool", "NoneType", "complex",
+        "collections.OrderedDict", "collections.defaultdict", "collections.Counter", "collections.deque",
+        "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta",
+        "decimal.Decimal", "fractions.Fraction", "uuid.UUID",
+        "pandas.Timestamp", "pandas._libs.tslibs.timestamps.Timestamp",
+        "pandas.Timedelta", "pandas._libs.tslibs.timedeltas.Timedelta",
+    }
+)  # fmt: skip
+# str(type(x)) of numpy scalars is "numpy.<name>" (numpy 1 and 2; platform aliases like intc print as int32).
+_NUMPY_SCALAR_NAMES = frozenset(
+    {
+        "bool", "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "longlong",
+        "ulonglong", "float16", "float32", "float64", "float96", "float128", "longdouble", "complex64",
+        "complex128", "complex192", "complex256", "clongdouble", "str_", "bytes_", "void", "datetime64", "timedelta64",
+    }
+)  # fmt: skip
+_PANDAS_TABLE_TYPES = frozenset(
+    {"pandas.DataFrame", "pandas.core.frame.DataFrame", "pandas.Series", "pandas.core.series.Series"}
+)
+
+
+def _is_json_type(qualname: str) -> bool:
+    if qualname in _JSON_TYPES:
+        return True
+    module, _, name = qualname.rpartition(".")
+    return module == "numpy" and name in _NUMPY_SCALAR_NAMES
+
+
+def _is_pil_image_type(qualname: str) -> bool:
+    # Image.open() returns format subclasses (PIL.PngImagePlugin.PngImageFile, ...), which pickle as themselves.
+    return qualname == "PIL.Image.Image" or (qualname.startswith("PIL.") and qualname.endswith("ImageFile"))
+
+
+class _Listing(NamedTuple):
+    name: str
+    matches: Callable[[str], bool]
+    requires: Tuple[str, ...]  # top-level modules that must be importable to render it
+
+
+_LISTINGS = (
+    _Listing("value.json", _is_json_type, ()),
+    _Listing("value.txt", lambda qualname: qualname == "str", ()),
+    _Listing("value.bin", lambda qualname: qualname in ("bytes", "bytearray"), ()),
+    _Listing("value.npy", lambda qualname: qualname == "numpy.ndarray", ("numpy",)),
+    _Listing("value.csv", _PANDAS_TABLE_TYPES.__contains__, ("pandas",)),
+    _Listing("value.parquet", _PANDAS_TABLE_TYPES.__contains__, ("pandas", "pyarrow")),
+    _Listing("value.png", _is_pil_image_type, ("PIL",)),
+    _Listing("value.png", lambda qualname: qualname == "matplotlib.figure.Figure", ("matplotlib",)),
+    _Listing("content", lambda qualname: qualname == "metaflow.includefile.IncludedFile", ()),
+)
+EXPORT_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(listing.name for listing in _LISTINGS))
+
+_TYPE_STRING = re.compile(r"<(?:class|type) '([^']+)'>")
+
+
+@lru_cache(maxsize=None)
+def _importable(module: str) -> bool:
+    # find_spec locates a top-level package without importing it.
+    return importlib.util.find_spec(module) is not None
+
+
+@lru_cache(maxsize=1024)
+def _names_for_type(type_name: str) -> Tuple[str, ...]:
+    match = _TYPE_STRING.fullmatch(type_name.strip())
+    if match is None:
+        return ()
+    qualname = match.group(1)
+    names = (
+        listing.name
+        for listing in _LISTINGS
+        if listing.matches(qualname) and all(_importable(module) for module in listing.requires)
+    )
+    return tuple(dict.fromkeys(names))
+
+
+def export_names(type_name: str) -> List[str]:
+    """The export files of an artifact whose stored type string (`str(type(value))`) is `type_name`."""
+    return list(_names_for_type(type_name))
+
+
+# --- rendering ---------------------------------------------------------------------------------------------------
+
+
+def render_export(name: str, value: Any) -> bytes:
+    """The bytes of export file `name` for the loaded artifact `value`; ExportError when it cannot be rendered."""
+    renderer = _RENDERERS.get(name)
+    if renderer is None:
+        raise ExportError("%r is not an export file (exports: %s)" % (name, ", ".join(EXPORT_NAMES)))
+    if isinstance(value, UntrustedObject):
+        raise ExportError("%s: %r" % (name, value))
+    try:
+        return renderer(value)
+    except ExportError:
+        raise
+    except Exception as exc:  # the libraries raise many types; the tree needs one, with the reason kept
+        raise ExportError("cannot render %s of a %s: %s: %s" % (name, _type_label(value), type(exc).__name__, exc)) from exc
+
+
+def _type_label(value: Any) -> str:
+    cls = type(value)
+    return cls.__name__ if cls.__module__ == "builtins" else "%s.%s" % (cls.__module__, cls.__qualname__)
+
+
+def _wrong_kind(name: str, value: Any, expected: str) -> ExportError:
+    return ExportError("%s needs %s, not a %s" % (name, expected, _type_label(value)))
+
+
+def _render_text(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise _wrong_kind("value.txt", value, "a str")
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _render_binary(value: Any) -> bytes:
+    if not isinstance(value, (bytes, bytearray)):
+        raise _wrong_kind("value.bin", value, "bytes or a bytearray")
+    return bytes(value)
+
+
+def _render_included_file(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    raise _wrong_kind("content", value, "the included file's text or bytes")
+
+
+def _render_npy(value: Any) -> bytes:
+    import numpy
+
+    if not isinstance(value, numpy.ndarray):
+        raise _wrong_kind("value.npy", value, "a numpy array")
+    buffer = io.BytesIO()
+    numpy.save(buffer, value)
+    return buffer.getvalue()
+
+
+def _as_frame(name: str, value: Any) -> Any:
+    import pandas
+
+    if isinstance(value, pandas.Series):
+        return value.to_frame()
+    if isinstance(value, pandas.DataFrame):
+        return value
+    raise _wrong_kind(name, value, "a pandas DataFrame or Series")
+
+
+def _render_csv(value: Any) -> bytes:
+    return _as_frame("value.csv", value).to_csv(index=True).encode("utf-8")
+
+
+def _render_parquet(value: Any) -> bytes:
+    frame = _as_frame("value.parquet", value)
+    if not all(isinstance(column, str) for column in frame.columns):
+        frame = frame.rename(columns=str)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, engine="pyarrow", index=None)
+    return buffer.getvalue()
+
+
+_PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})  # not "LAB": its A is a colour axis
+
+
+def _render_png(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    if type(value).__module__.split(".")[0] == "matplotlib":
+        from matplotlib.figure import Figure
+
+        if isinstance(value, Figure):
+            value.savefig(buffer, format="png")
+            return buffer.getvalue()
+    elif type(value).__module__.split(".")[0] == "PIL":
+        from PIL import Image
+
+        if isinstance(value, Image.Image):
+            image = value
+            if image.mode not in _PNG_MODES:
+                has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+                image = image.convert("RGBA" if has_alpha else "RGB")
+            image.save(buffer, format="PNG")
+            return buffer.getvalue()
+    raise _wrong_kind("value.png", value, "a PIL image or a matplotlib figure")
+
+
+def _render_json(value: Any) -> bytes:
+    if not _is_json_kind(value):
+        raise _wrong_kind("value.json", value, "data (containers, numbers, text, times, numpy scalars)")
+    document = _JsonConverter().convert(value)
+    try:
+        return (json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: ASCII escapes are valid JSON for them
+        return (json.dumps(document, indent=2, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+
+
+_RENDERERS: Dict[str, Callable[[Any], bytes]] = {
+    "value.json": _render_json,
+    "value.txt": _render_text,
+    "value.bin": _render_binary,
+    "value.npy": _render_npy,
+    "value.csv": _render_csv,
+    "value.parquet": _render_parquet,
+    "value.png": _render_png,
+    "content": _render_included_file,
+}
+
+
+# --- value.json conversion (rules in the module docstring) --------------------------------------------------------
+
+
+class _JsonConverter:
+    """Converts a value into JSON-native data (dict with str keys, list, str, int, float, bool, None)."""
+
+    def __init__(self) -> None:
+        self._open_containers: set = set()  # ids of the containers being converted, to catch self-reference
+
+    def convert(self, value: Any) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return str(value)
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float):
+            return _float(float(value))
+        if type(value).__module__ == "numpy":
+            if type(value).__name__ == "ndarray":
+                return self._container(value, lambda: self.convert(_array_items(value)))
+            if getattr(value, "ndim", None) == 0:
+                return self.convert(_numpy_scalar_item(value))
+        scalar = _convert_scalar(value)
+        if scalar is not _NOT_SCALAR:
+            return scalar
+        if isinstance(value, Mapping):
+            return self._container(value, lambda: self._mapping(value))
+        if isinstance(value, (list, tuple, deque)):
+            return self._container(value, lambda: [self.convert(item) for item in value])
+        if isinstance(value, (set, frozenset)):
+            return self._container(value, lambda: _sorted_set([self.convert(item) for item in value]))
+        return repr(value)
+
+    def _container(self, value: Any, convert_items: Callable[[], Any]) -> Any:
+        if id(value) in self._open_containers:
+            raise ExportError("value.json: the value contains itself (a %s)" % _type_label(value))
+        self._open_containers.add(id(value))
+        try:
+            return convert_items()
+        finally:
+            self._open_containers.discard(id(value))
+
+    def _mapping(self, mapping: Mapping) -> Dict[str, Any]:
+        converted: Dict[str, Any] = {}
+        original_keys: Dict[str, Any] = {}
+        for key, item in mapping.items():
+            text = self._key(key)
+            if text in converted:
+                raise ExportError(
+                    "value.json: keys %r and %r both become the JSON key %r" % (original_keys[text], key, text)
+                )
+            original_keys[text] = key
+            converted[text] = self.convert(item)
+        return converted
+
+    def _key(self, key: Any) -> str:
+        if isinstance(key, str):
+            return str(key)
+        converted = self.convert(key)
+        if isinstance(converted, str):
+            return converted
+        if converted is None or isinstance(converted, (bool, int, float)):
+            return json.dumps(converted)
+        return str(key)
+
+
+_NOT_SCALAR = object()
+
+
+def _float(value: float) -> Any:
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _convert_scalar(value: Any) -> Any:
+    """JSON form of a scalar that is not str/int/float/bool/None or a numpy value, or _NOT_SCALAR."""
+    if type(value).__name__ in ("NaTType", "NAType"):  # pandas' missing values (NaT is a datetime subclass)
+        return None
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (decimal.Decimal, fractions.Fraction, uuid.UUID, pathlib.PurePath)):
+        return str(value)
+    if isinstance(value, complex):
+        return {"real": _float(value.real), "imag": _float(value.imag)}
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return _NOT_SCALAR
+
+
+def _is_json_kind(value: Any) -> bool:
+    """Whether value.json applies to the value itself (inside it, anything goes: unknown objects give their repr)."""
+    if value is None or isinstance(value, (bool, int, float, str, Mapping, list, tuple, deque, set, frozenset)):
+        return True
+    if type(value).__module__ == "numpy":
+        return type(value).__name__ != "ndarray" and getattr(value, "ndim", None) == 0
+    return _convert_scalar(value) is not _NOT_SCALAR and not isinstance(value, (bytes, bytearray, pathlib.PurePath))
+
+
+def _numpy_scalar_item(value: Any) -> Any:
+    """The Python value of a numpy scalar (a structured void gives a tuple); datetimes as numpy's string."""
+    if type(value).__name__ in ("datetime64", "timedelta64"):
+        return str(value)  # item() would give an int for ns precision
+    item = value.item()
+    if type(item).__module__ == "numpy":  # no exact Python type (longdouble, clongdouble): nearest one
+        return complex(value) if value.dtype.kind == "c" else float(value)
+    return item
+
+
+def _array_items(array: Any) -> Any:
+    if array.dtype.kind in "mM":  # tolist() would give integers for ns precision: keep numpy's ISO strings
+        return array.astype(str).tolist()
+    return array.tolist()
+
+
+def _sorted_set(items: List[Any]) -> List[Any]:
+    try:
+        return sorted(items)
+    except TypeError:  # mixed or unorderable elements
+        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True, ensure_ascii=False))
