@@ -16,9 +16,10 @@ kernel may cache (see mffs/fuse_ops.py).
 File sizes are exact at stat time. JSON files, logs, exception.txt and the repr.txt of artifacts whose pickle is at
 most `render_threshold` bytes (`DataArtifact.blob_size`, known without loading the blob) are rendered when first
 stat'ed; their bytes go to an LRU cache bounded to `content_cache_bytes`, their size stays with the node. The
-repr.txt of a larger artifact is *deferred*: it reports size 0 and must be read with direct I/O until something
-reads it; that read renders it (`repr_limit` bounds the text), after which its exact size is reported and
-`on_size_learned(path)` is called so the front end can drop the kernel's stale size. So `stat`/`ls -l` never
+repr.txt of a larger artifact is *deferred*: it reports size 0 until something reads it (always with direct I/O,
+so reads are not cut at the size the kernel knows); that read renders it (`repr_limit` bounds the text), after
+which its exact size is reported and `on_size_learned(path)` is called so the front end can drop the kernel's
+stale size. So `stat`/`ls -l` never
 unpickle anything bigger than `render_threshold`. data.pickle streams from `DataArtifact.open_blob()` and is never
 held in memory whole.
 
@@ -56,7 +57,7 @@ class Stat:
     size: int
     mtime: float  # epoch seconds
     stable: bool
-    direct_io: bool = False  # size is not known yet: read with direct I/O
+    direct_io: bool = False  # read without the page cache: the size is unknown, or was unknown to the kernel
 
 
 def _is_not_found(exc: BaseException) -> bool:
@@ -279,7 +280,8 @@ class RenderedFile(File):
 
     def stat(self) -> Stat:
         size = self.size()
-        return Stat(FILE, size, self.mtime, self.stable, direct_io=self._size is None)
+        # Deferred files stay direct I/O even once their size is known: the kernel may still hold size 0.
+        return Stat(FILE, size, self.mtime, self.stable, direct_io=self._size is None or not self._is_eager())
 
     def open(self) -> Reader:
         if self._volatile:

@@ -95,6 +95,19 @@ def test_layout_and_records_match_metaflow(mount, mf, manifest, local_root):
             assert os.stat(path).st_size == len(path.read_bytes()), path
 
 
+def test_big_artifact_repr_reads_fully_before_and_after_its_size_is_known(mount, mf, manifest):
+    task = mf.Run(manifest["runs"]["types"]["pathspec"])["start"].task
+    path = mount.path / task.pathspec / "big" / "repr.txt"
+    assert os.stat(path).st_size == 0  # not rendered by stat: the pickle is above --render-threshold
+    first = path.read_bytes()
+    assert first.startswith(repr(task["big"].data)[:1000].encode())
+    assert path.read_bytes() == first  # right away, while the kernel may still hold size 0
+    deadline = time.monotonic() + 5
+    while os.stat(path).st_size != len(first):
+        assert time.monotonic() < deadline, "the learned size never reached the kernel"
+        time.sleep(0.1)
+
+
 def test_mtimes_are_the_objects_times(mount, mf, manifest):
     run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
     task = run["start"].task

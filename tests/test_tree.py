@@ -207,7 +207,7 @@ def test_big_artifact_repr_is_deferred_then_exact(client_env, mf, manifest):
     full = repr(task["big"].data)
     assert text == full[: tree.repr_limit] + render.REPR_CUT_MARKER % (tree.repr_limit, len(full))
     after = tree.stat(path)
-    assert (after.size, after.direct_io) == (len(text.encode()), False)
+    assert (after.size, after.direct_io) == (len(text.encode()), True)
     assert learned == [path]
     assert tree.stat("/%s/big/data.pickle" % task.pathspec).size == task["big"].size
 
