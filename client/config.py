@@ -18,7 +18,7 @@ def find_local_root(start: Optional[str] = None) -> Optional[str]:
 
     `METAFLOW_DATASTORE_SYSROOT_LOCAL` names the parent of `.metaflow`; otherwise search upward from `start`
     (default: the current directory) like Metaflow does."""
-    sysroot = os.environ.get("METAFLOW_DATASTORE_SYSROOT_LOCAL")
+    sysroot = setting("DATASTORE_SYSROOT_LOCAL")
     if sysroot:
         return os.path.join(sysroot, ".metaflow")
     path = os.path.realpath(start or os.getcwd())
@@ -96,9 +96,9 @@ def mffs_setting(name: str, default: Any) -> Any:
 
 
 def username() -> Optional[str]:
-    """The user as Metaflow detects it: the first of these that is set and is not 'root'."""
-    for var in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER"):
-        user = os.environ.get(var)
+    """The user as Metaflow detects it: the METAFLOW_USER setting, else the first of these environment variables
+    that is set and is not 'root'."""
+    for user in [setting("USER")] + [os.environ.get(var) for var in ("SUDO_USER", "USERNAME", "USER")]:
         if user and user != "root":
             return user
     return None

@@ -504,12 +504,9 @@ class MetaflowCode:
 
     def is_user_file(self, name: str) -> bool:
         """Whether an archive member is user code (what `extract()` extracts), not Metaflow's own files."""
-        if self._v1:
-            return not name.startswith((".mf_meta", ".mf_code"))
-        return not (
-            name.startswith(("metaflow/", "metaflow_extensions/"))
-            or name in ("INFO", "CONFIG", "conda.manifest", "uv.lock", "pyproject.toml", "condav2-1.cnd")
-        )
+        # As Metaflow's extract(USER_CONTENT) does: v1 packages hold Metaflow's code under .mf_code/ (its
+        # .mf_meta/ files and the .mf_install marker are extracted too); from v0 packages it extracts everything.
+        return not (self._v1 and name.startswith(".mf_code"))
 
     def user_members(self) -> List["tarfile.TarInfo"]:
         return [m for m in self.tarball.getmembers() if self.is_user_file(m.name)]

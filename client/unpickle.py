@@ -8,6 +8,7 @@ anything else becomes an `UntrustedObject` placeholder, so crawling a mount neve
 """
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 from collections import namedtuple
@@ -77,10 +78,6 @@ class UntrustedObject:
         return "<untrusted %s.%s: not loaded; mount with --trust-pickles to load it>" % (self.module, self.name)
 
 
-class ClassNotFound(ImportError):
-    """A pickled class cannot be imported here (e.g. a class defined in the flow file, pickled as __main__.X)."""
-
-
 _METAFLOW_STANDINS = {
     ("metaflow.exception", "MetaflowExceptionWrapper"): MetaflowExceptionWrapper,
     ("__main__", "ForeachFrame"): ForeachFrame,
@@ -104,12 +101,18 @@ _SAFE_GLOBALS = {
     "zoneinfo._zoneinfo": {"ZoneInfo"},
     "_codecs": {"encode"},
 }
-# numpy/pandas: classes, and the module-level reconstructor functions their pickles use. Submodules that can
-# read files or evaluate expressions (io, computation, testing, ...) are excluded by taking only these prefixes.
-_SAFE_PACKAGE_PREFIXES = ("numpy.core.", "numpy._core.", "numpy.dtypes", "numpy.random.", "pandas.core.", "pandas._libs.",
-                          "pandas.tseries.", "pandas.arrays", "pandas._config")
+# numpy/pandas/pyarrow: classes, and the reconstructor functions their pickles name. What a name resolves to is
+# checked by the module that really defines it, so an alias cannot smuggle in a function from elsewhere; the
+# submodules that read files or evaluate expressions (io, computation, testing, ...) are not in these prefixes.
+_SAFE_DEFINING_MODULES = ("numpy._core.", "numpy.core.", "numpy.dtypes", "numpy.random.", "numpy.ma.core",
+                          "pandas.core.", "pandas._libs.", "pandas.arrays", "pandas.tseries.", "pyarrow.lib")
+_UNSAFE_DEFINING_MODULES = ("pandas.core.computation", "pandas.io")
 _SAFE_FUNCTION_PREFIXES = ("_reconstruct", "_unpickle", "_new_", "scalar", "__pyx_unpickle", "_frombuffer",
-                           "_restore", "__bit_generator_ctor", "__generator_ctor", "_make_")
+                           "_restore", "__bit_generator_ctor", "__generator_ctor", "_make_", "_mareconstruct",
+                           "type_for_alias", "py_buffer")
+_PACKAGES_WITH_RECONSTRUCTORS = ("numpy", "pandas", "pyarrow")
+# Public classes that numpy/pandas re-export under their top-level name but that open, create or run things.
+_UNSAFE_CLASSES = {"memmap", "DataSource", "vectorize", "HDFStore", "ExcelWriter", "ExcelFile"}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -129,24 +132,33 @@ class _Unpickler(pickle.Unpickler):
             return _placeholder(module, name)
         try:
             return super().find_class(module, name)
-        except (ImportError, AttributeError) as exc:
-            raise ClassNotFound(
-                "cannot unpickle %s.%s: module '%s' %s (is the flow's code importable here?)"
-                % (module, name, module, "is not installed" if isinstance(exc, ImportError) else "has no " + name)
+        except ImportError as exc:
+            raise ModuleNotFoundError(
+                "cannot unpickle %s.%s: module '%s' is not installed here" % (module, name, module), name=module
+            ) from exc
+        except AttributeError as exc:
+            raise AttributeError(
+                "cannot unpickle %s.%s: module '%s' has no '%s' here (a class defined in the flow's file is only "
+                "importable when running from the flow's directory)" % (module, name, module, name)
             ) from exc
 
     @staticmethod
     def _is_safe(module: str, name: str) -> bool:
         if name in _SAFE_GLOBALS.get(module, ()):
             return True
-        if module in ("numpy", "pandas"):
-            return name in ("ndarray", "dtype", "DataFrame", "Series", "Index", "Timestamp", "Timedelta",
-                            "Categorical", "MultiIndex", "RangeIndex")
-        if not module.startswith(_SAFE_PACKAGE_PREFIXES) and module not in ("numpy.dtypes", "pandas.arrays"):
+        if module.split(".")[0] not in _PACKAGES_WITH_RECONSTRUCTORS:
             return False
-        if name[:1].isupper():  # a class
-            return True
-        return name.startswith(_SAFE_FUNCTION_PREFIXES)
+        try:
+            obj = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            return False
+        defining = getattr(obj, "__module__", None) or module
+        if name in _UNSAFE_CLASSES or defining.startswith(_UNSAFE_DEFINING_MODULES):
+            return False
+        if isinstance(obj, type):
+            # numpy and pandas name their public classes after the top-level package
+            return defining in ("numpy", "pandas") or defining.startswith(_SAFE_DEFINING_MODULES)
+        return defining.startswith(_SAFE_DEFINING_MODULES) and name.startswith(_SAFE_FUNCTION_PREFIXES)
 
 
 def _placeholder(module: str, name: str) -> type:
