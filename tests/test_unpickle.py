@@ -1,0 +1,366 @@
+"""Safe unpickling (client.unpickle.loads): with trusted=False a pickle cannot run code, not even through the
+numpy/pandas names the allow-list admits, while the data types artifacts really hold load exactly as pickle loads
+them; with trusted=True everything loads as Python would."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import decimal
+import fractions
+import os
+import pickle
+import shlex
+import struct
+import subprocess
+import sys
+import time
+import uuid
+import zoneinfo
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy
+import pandas
+import pytest
+
+from client.unpickle import UntrustedObject, loads
+
+
+# --- hand-written pickles: the opcodes an attacker can write, not only what pickle.dumps produces ----------------
+
+
+def _text(value: str) -> bytes:
+    data = value.encode("utf-8")
+    return b"X" + struct.pack("<I", len(data)) + data  # BINUNICODE
+
+
+def _operand(value: Any) -> bytes:
+    if isinstance(value, Op):
+        return value.code
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, bool) or value is None:
+        return {None: b"N", True: b"\x88", False: b"\x89"}[value]
+    if isinstance(value, int):
+        return b"J" + struct.pack("<i", value)  # BININT
+    if isinstance(value, list):
+        return b"(" + b"".join(_operand(item) for item in value) + b"l"  # MARK ... LIST
+    raise TypeError(value)
+
+
+class Op:
+    """A pickle fragment that leaves one object on the stack."""
+
+    def __init__(self, code: bytes):
+        self.code = code
+
+    def __call__(self, *args: Any) -> "Op":
+        # MARK args TUPLE REDUCE: call whatever this fragment produced (a global or an earlier call's result).
+        return Op(self.code + b"(" + b"".join(_operand(arg) for arg in args) + b"tR")
+
+
+def global_(module: str, name: str) -> Op:
+    return Op(_text(module) + _text(name) + b"\x93")  # STACK_GLOBAL (protocol 4 resolves dotted names)
+
+
+def program(op: Op) -> bytes:
+    return b"\x80\x04" + op.code + b"."
+
+
+# --- pickles that run code on load -------------------------------------------------------------------------------
+
+
+class _Reduces:
+    """Pickles as `callable(*args)`, the way a malicious artifact would (pickle.dumps writes the reference)."""
+
+    def __init__(self, func: Callable, *args: Any):
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple:
+        return self.func, self.args
+
+
+def _touch_command(marker: Path) -> str:
+    return "touch %s" % shlex.quote(str(marker))
+
+
+def _touch_code(marker: Path) -> str:
+    return "open(%r, 'w').close()" % str(marker)
+
+
+def _evil_pickle_file(marker: Path, path: Path) -> str:
+    path.write_bytes(pickle.dumps(_Reduces(os.system, _touch_command(marker)), protocol=4))
+    return str(path)
+
+
+def _evil_npy_file(marker: Path, path: Path) -> str:
+    numpy.save(path, numpy.array([_Reduces(os.system, _touch_command(marker))], dtype=object), allow_pickle=True)
+    return str(path)
+
+
+class Attack(NamedTuple):
+    build: Callable[[Path, Path], bytes]  # (marker, scratch directory) -> pickle bytes
+    refused: str  # the global named by the placeholder that comes out with trusted=False
+
+
+ATTACKS = {
+    "os.system": Attack(lambda m, d: pickle.dumps(_Reduces(os.system, _touch_command(m)), protocol=4), "posix.system"),
+    "exec": Attack(lambda m, d: pickle.dumps(_Reduces(exec, _touch_code(m)), protocol=4), "builtins.exec"),
+    "eval": Attack(
+        lambda m, d: pickle.dumps(_Reduces(eval, "__import__('os').system(%r)" % _touch_command(m))),
+        "builtins.eval",
+    ),
+    "subprocess.Popen": Attack(
+        lambda m, d: pickle.dumps(_Reduces(subprocess.Popen, ["touch", str(m)]), protocol=4), "subprocess.Popen"
+    ),
+    "getattr(__import__('os'), 'system')": Attack(
+        lambda m, d: program(
+            global_("builtins", "getattr")(global_("builtins", "__import__")("os"), "system")(_touch_command(m))
+        ),
+        "builtins.getattr",
+    ),
+    "pickle.loads": Attack(
+        lambda m, d: pickle.dumps(
+            _Reduces(pickle.loads, pickle.dumps(_Reduces(os.system, _touch_command(m)))), protocol=4
+        ),
+        "_pickle.loads",
+    ),
+    "pandas.read_pickle": Attack(
+        lambda m, d: program(global_("pandas", "read_pickle")(_evil_pickle_file(m, d / "evil.pkl"))),
+        "pandas.read_pickle",
+    ),
+    "numpy.load(allow_pickle=True)": Attack(
+        lambda m, d: program(global_("numpy", "load")(_evil_npy_file(m, d / "evil.npy"), None, True)), "numpy.load"
+    ),
+    # Through the names the allow-list admits: a dotted name (protocol 4 resolves it attribute by attribute)
+    # that starts at an allowed pandas class and walks to the builtins' exec.
+    "dotted name from an allowed class": Attack(
+        lambda m, d: program(
+            global_("pandas.core.frame", "DataFrame.__init__.__builtins__.get")("exec")(_touch_code(m))
+        ),
+        "pandas.core.frame.DataFrame.__init__.__builtins__.get",
+    ),
+    # pandas' expression engine: an Expr instance evaluates its string when called; `@name` resolves names in the
+    # globals of the frame its Scope captures (level -2 = pandas' scope module, which imports sys).
+    "pandas Expr": Attack(
+        lambda m, d: program(
+            global_("pandas.core.computation.expr", "Expr")(
+                "@sys.modules.get('os').system(%r)" % _touch_command(m), "python", "pandas", None, -2
+            )()
+        ),
+        "pandas.core.computation.expr.Expr",
+    ),
+    # numpy's test runner: pytest with the pickle's arguments (it writes a report where the pickle says).
+    "numpy PytestTester": Attack(
+        lambda m, d: program(
+            global_("numpy._pytesttester", "PytestTester")("numpy")(
+                "fast", 0, ["--junitxml=%s" % m, "-p", "no:cacheprovider", "-q"], False, False, -1, ["numpy.version"]
+            )
+        ),
+        "numpy._pytesttester.PytestTester",
+    ),
+}
+
+
+def _wait_for(path: Path, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS), ids=list(ATTACKS))
+def test_code_running_pickle_runs_only_when_trusted(tmp_path: Path, attack: str) -> None:
+    build, refused = ATTACKS[attack]
+    marker = tmp_path / "MARKER"
+    data = build(marker, tmp_path)
+
+    placeholder = loads(data, trusted=False)
+    time.sleep(0.2)  # a spawned process would have touched the marker by now
+    assert not marker.exists(), "the pickle ran code with trusted=False"
+    assert isinstance(placeholder, UntrustedObject)
+    assert refused in repr(placeholder) and "--trust-pickles" in repr(placeholder)
+
+    result = loads(data, trusted=True)
+    if isinstance(result, subprocess.Popen):
+        result.wait(timeout=10)
+    assert _wait_for(marker), "the payload is broken: it does not run even with trusted=True"
+
+
+def test_untrusted_pickle_cannot_run_library_modules_by_importing_them(capfd: pytest.CaptureFixture) -> None:
+    # Importing numpy.f2py.__main__ runs f2py's command line (it prints and exits): checking a name must not
+    # import modules a pickle picks.
+    data = program(global_("numpy.f2py.__main__", "main"))
+    placeholder = loads(data, trusted=False)
+    assert isinstance(placeholder, UntrustedObject)
+    assert capfd.readouterr().out == ""
+    with pytest.raises(SystemExit):
+        loads(data, trusted=True)
+
+
+# --- data loads identically --------------------------------------------------------------------------------------
+
+
+def _data_values() -> dict:
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    return {
+        "int64 matrix": numpy.arange(12, dtype=numpy.int64).reshape(3, 4),
+        "float32 fortran": numpy.asfortranarray(numpy.linspace(-1, 1, 6, dtype=numpy.float32).reshape(2, 3)),
+        "float nan": numpy.array([1.5, numpy.nan, -numpy.inf]),
+        "complex128": numpy.array([1 + 2j, -3j]),
+        "bool": numpy.array([True, False]),
+        "unicode": numpy.array(["naïve", "日本"]),
+        "bytes": numpy.array([b"ab", b"\x00\xff"]),
+        "datetime64": numpy.array(["2024-01-01T12:00:00.123456789", "NaT"], dtype="datetime64[ns]"),
+        "datetime64 days": numpy.array(["2024-01-01", "1970-01-02"], dtype="datetime64[D]"),
+        "timedelta64": numpy.array([1, -2], dtype="timedelta64[ms]"),
+        "structured": numpy.array(
+            [(1, 2.5, b"x", "a"), (2, -1.0, b"yz", "b")],
+            dtype=[("id", "<i4"), ("score", "<f8"), ("tag", "S2"), ("name", "<U3")],
+        ),
+        "object array": numpy.array([1, "a", None, (2, 3)], dtype=object),
+        "0-d": numpy.array(3.5),
+        "numpy scalars": [numpy.float64(2.5), numpy.int8(-3), numpy.bool_(True), numpy.datetime64("2024-05-06")],
+        "DataFrame": pandas.DataFrame(
+            {
+                "count": [3, 1, 2],
+                "ratio": [0.5, numpy.nan, -3.0],
+                "label": ["a", "b", None],
+                "flag": [True, False, True],
+                "when": pandas.to_datetime(["2024-01-01", "2024-06-01", None]).tz_localize("Europe/Paris"),
+                "utc": pandas.to_datetime(["2024-01-01 10:00", "2024-01-02 00:00", "2024-01-03 23:59"], utc=True),
+                "kind": pandas.Categorical(["x", "y", "x"]),
+                "maybe": pandas.array([1, None, 3], dtype="Int64"),
+            },
+            index=pandas.Index(["r1", "r2", "r3"], name="row"),
+        ),
+        "Series": pandas.Series([1.5, 2.5], index=pandas.Index(["x", "y"]), name="score"),
+        "string Series": pandas.Series(["a", None, "c"], dtype="string"),
+        "Index": pandas.Index([3, 1, 2], name="ids"),
+        "RangeIndex": pandas.RangeIndex(2, 10, 2),
+        "MultiIndex": pandas.MultiIndex.from_tuples([(1, "a"), (2, "b")], names=["n", "s"]),
+        "DatetimeIndex": pandas.date_range("2024-01-01", periods=3, freq="D", tz="UTC"),
+        "Categorical": pandas.Categorical(["lo", "hi", "lo"], categories=["lo", "hi"], ordered=True),
+        "Timestamp tz": pandas.Timestamp("2024-03-31 01:30", tz="Europe/Paris"),
+        "Timestamp utc": pandas.Timestamp("2024-03-31 01:30:00.000000001", tz="UTC"),
+        "Timedelta": pandas.Timedelta("1 days 02:03:04"),
+        "NaT and NA": [pandas.NaT, pandas.NA],
+        "datetime": dt.datetime(2024, 5, 6, 7, 8, 9, 123456),
+        "datetime utc": dt.datetime(2024, 5, 6, 7, 8, tzinfo=dt.timezone.utc),
+        "datetime offset": dt.datetime(2024, 5, 6, tzinfo=dt.timezone(dt.timedelta(hours=-3), "BRT")),
+        "datetime zoneinfo": dt.datetime(2024, 5, 6, 7, 8, tzinfo=paris),
+        "date, time, timedelta": [dt.date(2024, 5, 6), dt.time(7, 8, 9), dt.timedelta(days=-1, seconds=5)],
+        "Decimal": [decimal.Decimal("1.10"), decimal.Decimal("-Infinity"), decimal.Decimal("NaN")],
+        "OrderedDict": collections.OrderedDict([("z", 1), ("a", 2)]),
+        "defaultdict": collections.defaultdict(list, {"a": [1, 2]}),
+        "Counter": collections.Counter("abracadabra"),
+        "deque": collections.deque([1, 2, 3], maxlen=5),
+        "set": {1, "two", (3, 4)},
+        "frozenset": frozenset({"a", "b"}),
+        "complex": [1 + 2j, complex(0, -1)],
+        "bytes and bytearray": [b"\x00\xff", bytearray(b"abc")],
+        "Fraction, UUID, range": [fractions.Fraction(2, 3), uuid.UUID(int=42), range(1, 10, 3)],
+        "nested builtins": {"a": [1, 2.5, None, True], "b": ("t", {"c": b"d"}), 3: {4, 5}},
+    }
+
+
+DATA = _data_values()
+
+
+def assert_same(expected: Any, loaded: Any) -> None:
+    if expected is pandas.NaT or expected is pandas.NA:  # singletons, and NA refuses == in a bool context
+        assert loaded is expected
+        return
+    assert type(loaded) is type(expected)
+    if isinstance(expected, pandas.DataFrame):
+        pandas.testing.assert_frame_equal(loaded, expected)
+    elif isinstance(expected, pandas.Series):
+        pandas.testing.assert_series_equal(loaded, expected)
+    elif isinstance(expected, pandas.Index):
+        pandas.testing.assert_index_equal(loaded, expected, exact=True)
+    elif isinstance(expected, pandas.Categorical):
+        pandas.testing.assert_extension_array_equal(loaded, expected)
+    elif isinstance(expected, numpy.ndarray):
+        assert loaded.dtype == expected.dtype and loaded.shape == expected.shape
+        assert loaded.flags.f_contiguous == expected.flags.f_contiguous
+        if expected.dtype == object:
+            assert loaded.tolist() == expected.tolist()
+        else:
+            numpy.testing.assert_array_equal(loaded, expected)  # NaN and NaT compare equal here
+    elif isinstance(expected, (list, tuple)):
+        assert len(loaded) == len(expected)
+        for expected_item, loaded_item in zip(expected, loaded):
+            assert_same(expected_item, loaded_item)
+    else:
+        if isinstance(expected, collections.defaultdict):
+            assert loaded.default_factory is expected.default_factory
+        if isinstance(expected, collections.deque):
+            assert loaded.maxlen == expected.maxlen
+        # repr shows what == may not (time zones, Decimal digits, NaN); == covers containers' contents.
+        assert repr(loaded) == repr(expected)
+        if not (isinstance(expected, decimal.Decimal) and expected.is_nan()):
+            assert loaded == expected
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("kind", list(DATA))
+def test_data_loads_identically_without_trust(kind: str, protocol: int) -> None:
+    value = DATA[kind]
+    data = pickle.dumps(value, protocol=protocol)
+    assert_same(value, pickle.loads(data))  # the comparison itself is sound
+    assert_same(value, loads(data, trusted=False))
+    assert_same(value, loads(data, trusted=True))
+
+
+# --- classes that cannot be imported -----------------------------------------------------------------------------
+
+
+def test_user_class_from_the_flow_file_is_a_placeholder_or_a_clear_error() -> None:
+    # The way TypesFlow's `pt` artifact is made: a class defined in the script that ran, pickled as __main__.Point.
+    code = (
+        "import pickle, sys\n"
+        "class Point:\n"
+        "    def __init__(self, x, y):\n"
+        "        self.x, self.y = x, y\n"
+        "sys.stdout.buffer.write(pickle.dumps(Point(1, 2), protocol=4))\n"
+    )
+    data = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=60).stdout
+    assert b"__main__" in data and b"Point" in data
+
+    placeholder = loads(data, trusted=False)
+    assert isinstance(placeholder, UntrustedObject)
+    assert "__main__.Point" in repr(placeholder) and "--trust-pickles" in repr(placeholder)
+
+    with pytest.raises((ImportError, AttributeError)) as raised:
+        loads(data, trusted=True)
+    assert "__main__.Point" in str(raised.value)
+
+
+# --- Metaflow's own classes --------------------------------------------------------------------------------------
+
+
+def test_metaflow_classes_load_as_stand_ins_without_trust() -> None:
+    from metaflow.exception import MetaflowExceptionWrapper
+    from metaflow.includefile import IncludedFile
+    from metaflow.tuple_util import ForeachFrame
+
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        wrapper = MetaflowExceptionWrapper(exc)
+    frames = [ForeachFrame("body", "items", 3, 1, "'b'")]
+    descriptor = {"type": "uploader-v2", "url": "local:///tmp/x", "is_text": True, "encoding": "utf-8", "size": 3}
+    included = IncludedFile(descriptor)
+
+    loaded_wrapper = loads(pickle.dumps(wrapper, protocol=4), trusted=False)
+    assert str(loaded_wrapper) == str(wrapper) and "ValueError: boom" in str(loaded_wrapper)
+    assert (loaded_wrapper.type, loaded_wrapper.exception) == ("builtins.ValueError", "boom")
+
+    loaded_frames = loads(pickle.dumps(frames, protocol=4), trusted=False)
+    assert [tuple(frame) for frame in loaded_frames] == [tuple(frame) for frame in frames]
+    assert loaded_frames[0].index == 1 and loaded_frames[0].step == "body"
+
+    assert loads(pickle.dumps(included, protocol=4), trusted=False).descriptor == descriptor
