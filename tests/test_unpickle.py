@@ -5,9 +5,11 @@ them; with trusted=True everything loads as Python would."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import decimal
 import fractions
+import importlib
 import os
 import pickle
 import shlex
@@ -193,12 +195,34 @@ def test_code_running_pickle_runs_only_when_trusted(tmp_path: Path, attack: str)
 def test_untrusted_pickle_cannot_run_library_modules_by_importing_them(capfd: pytest.CaptureFixture) -> None:
     # Importing numpy.f2py.__main__ runs f2py's command line (it prints and exits): checking a name must not
     # import modules a pickle picks.
-    data = program(global_("numpy.f2py.__main__", "main"))
+    data = program(global_("numpy.f2py.__main__", "main")())
     placeholder = loads(data, trusted=False)
     assert isinstance(placeholder, UntrustedObject)
     assert capfd.readouterr().out == ""
     with pytest.raises(SystemExit):
         loads(data, trusted=True)
+
+
+@pytest.mark.parametrize("module, name", [("pandas", "Index"), ("pathlib", "PurePath")])
+def test_untrusted_pickle_cannot_change_a_class_for_the_whole_process(module: str, name: str) -> None:
+    # BUILD with a slot state on a class sets class attributes: here Index.__repr__ = os.getcwd, which would
+    # break every later repr of an Index in the mount's process.
+    cls = getattr(importlib.import_module(module), name)
+    before = dict(vars(cls))
+    patch = Op(global_(module, name).code + b"N}" + _text("__repr__") + global_("os", "getcwd").code + b"s\x86b")
+    data = program(patch)
+    try:
+        with contextlib.suppress(Exception):  # refusing the pickle is as good as ignoring the state
+            loads(data, trusted=False)
+        assert dict(vars(cls)) == before
+        loads(data, trusted=True)
+        assert vars(cls)["__repr__"] is os.getcwd  # the payload is real
+    finally:
+        for attribute in set(vars(cls)) - set(before):
+            delattr(cls, attribute)
+        for attribute, value in before.items():
+            if vars(cls).get(attribute) is not value:
+                setattr(cls, attribute, value)
 
 
 # --- data loads identically --------------------------------------------------------------------------------------
