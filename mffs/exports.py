@@ -191,7 +191,8 @@ def render_export(name: str, value: Any) -> bytes:
     except ExportError:
         raise
     except Exception as exc:  # the libraries raise many types; the tree needs one, with the reason kept
-        raise ExportError("cannot render %s of a %s: %s: %s" % (name, _type_label(value), type(exc).__name__, exc)) from exc
+        reason = "%s: %s" % (type(exc).__name__, exc)
+        raise ExportError("cannot render %s of a %s: %s" % (name, _type_label(value), reason)) from exc
 
 
 def _type_label(value: Any) -> str:

@@ -338,7 +338,8 @@ def test_json_of_top_level_scalars_and_text() -> None:
 def test_json_output_does_not_depend_on_hash_seeds() -> None:
     code = (
         "import sys; from mffs.exports import render_export\n"
-        "sys.stdout.buffer.write(render_export('value.json', {'s': set('abcdefghij'), 'f': frozenset({('x', 1), 2})}))\n"
+        "value = {'s': set('abcdefghij'), 'f': frozenset({('x', 1), 2})}\n"
+        "sys.stdout.buffer.write(render_export('value.json', value))\n"
     )
     outputs = set()
     for seed in ("1", "2", "3"):
