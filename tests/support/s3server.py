@@ -6,10 +6,13 @@ answered), down (connections reset), or throttling (every request answered 503 S
 the server keeps its state: that is how the fault tests stop the server "mid-walk" and watch the client recover.
 
 Fixtures (import them explicitly in test modules): `s3_server` (session), `s3_env` (the environment that points
-boto3 and Metaflow at it), `fault_proxy` (per test, in front of `s3_server`).
+boto3 and Metaflow at it), `fault_proxy` (per test, in front of `s3_server`), `s3_root_parent` (session: the standard
+test scenarios run by real Metaflow with `--datastore=s3`, see `build_s3_standard_datastore`).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import select
 import socket
@@ -17,9 +20,13 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, Iterator, List, Optional
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
+
+from tests.support import datastores
 
 BUCKET = "mffs-test"
 REGION = "us-east-1"
@@ -291,3 +298,123 @@ def fault_proxy(s3_server: MotoServer) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+# -- S3 datastores made by real Metaflow runs with --datastore=s3 ------------------------------------------------
+
+S3_PREFIX = "standard"
+S3_ROOT = "s3://%s/%s" % (BUCKET, S3_PREFIX)
+_DUMP_DIR = "s3-objects"
+_DUMP_INDEX = "s3-objects.json"
+
+
+@contextlib.contextmanager
+def _environ(values: Dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _s3_keys(server: MotoServer, prefix: str) -> List[str]:
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", ())]
+
+
+def _dump(server: MotoServer, prefix: str, parent: Path) -> None:
+    """Save every object under `prefix` (bytes and user metadata) next to the datastore, to restore it in later
+    sessions: moto keeps objects in memory only."""
+    client = server.client()
+    index = {}
+    for key in _s3_keys(server, prefix + "/"):
+        response = client.get_object(Bucket=BUCKET, Key=key)
+        path = parent / _DUMP_DIR / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(response["Body"].read())
+        index[key] = response.get("Metadata") or {}
+    (parent / _DUMP_INDEX).write_text(json.dumps(index, indent=0, sort_keys=True))
+
+
+def _restore(server: MotoServer, parent: Path) -> None:
+    client = server.client()
+    index = json.loads((parent / _DUMP_INDEX).read_text())
+
+    def put(key: str) -> None:
+        client.put_object(Bucket=BUCKET, Key=key, Body=(parent / _DUMP_DIR / key).read_bytes(), Metadata=index[key])
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, index))
+
+
+def build_s3_datastore(
+    server: MotoServer, kind: str, scenarios: object, flow_files: List[str], run_flows: Callable[[Path], dict],
+    prefix: str,
+) -> Path:
+    """A datastore whose runs `run_flows(parent) -> manifest runs` makes with `datastores.run_flow`, each run using
+    `--datastore=s3` into `s3://BUCKET/<prefix>` on `server` and local metadata under `parent`. Returns `parent`
+    (it holds `.metaflow`, with metadata only, and `manifest.json`).
+
+    Built once per machine like the local datastores (`datastores._cached_build`); the S3 objects are saved beside
+    it and uploaded again into each session's fresh server."""
+
+    def build(parent: Path) -> dict:
+        # Metaflow reads $METAFLOW_HOME/config.json, and run_flow points METAFLOW_HOME at parent/metaflow-home.
+        config = parent / "metaflow-home" / "config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps({
+            "METAFLOW_DEFAULT_DATASTORE": "s3",
+            "METAFLOW_DATASTORE_SYSROOT_S3": root,
+            "METAFLOW_S3_ENDPOINT_URL": server.endpoint_url,
+        }))
+        aws_env = {k: v for k, v in s3_environment(server.endpoint_url).items() if not k.startswith("METAFLOW_")}
+        with _environ(aws_env):  # run_flow passes the environment on, except METAFLOW_* settings
+            runs = run_flows(parent)
+        config.unlink()  # it names this session's endpoint; readers get theirs from their environment
+        _dump(server, prefix, parent)
+        return runs
+
+    root = "s3://%s/%s" % (BUCKET, prefix)
+    parent = datastores._cached_build(kind, {"scenarios": scenarios, "root": root}, flow_files, build)
+    if not _s3_keys_exist(server, prefix):
+        _restore(server, parent)
+    return parent
+
+
+def _s3_keys_exist(server: MotoServer, prefix: str) -> bool:
+    response = server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/", MaxKeys=1)
+    return bool(response.get("Contents"))
+
+
+def build_s3_standard_datastore(server: MotoServer) -> Path:
+    """The standard test scenarios (tests/support/datastores.py) with their data in `S3_ROOT`."""
+
+    def unfinished_in_s3(parent: Path, run_id: str) -> None:
+        # The standard build's check of the killed SleepFlow run, where an S3 run keeps its attempt files.
+        keys = _s3_keys(server, "%s/SleepFlow/%s/sleeper/" % (S3_PREFIX, run_id))
+        names = [key.rsplit("/", 1)[1] for key in keys]
+        if "0.attempt.json" not in names or "0.DONE.lock" in names:
+            raise datastores.FlowRunError("SleepFlow/%s is not in the expected unfinished state: %s" % (run_id, names))
+
+    def run_flows(parent: Path) -> dict:
+        local_check = datastores._check_unfinished
+        datastores._check_unfinished = unfinished_in_s3
+        try:
+            return datastores._build_standard(parent)
+        finally:
+            datastores._check_unfinished = local_check
+
+    return build_s3_datastore(server, "s3-standard", datastores.STANDARD_SCENARIOS, datastores.STANDARD_FLOWS,
+                              run_flows, S3_PREFIX)
+
+
+@pytest.fixture(scope="session")
+def s3_root_parent(s3_server: MotoServer) -> Path:
+    """The S3 test datastore (see `build_s3_standard_datastore`): local metadata here, data in `S3_ROOT` on
+    `s3_server`."""
+    return build_s3_standard_datastore(s3_server)
