@@ -8,9 +8,13 @@ anything else becomes an `UntrustedObject` placeholder, so crawling a mount neve
 """
 from __future__ import annotations
 
+import _compat_pickle
+import enum
 import importlib
 import io
 import pickle
+import types
+import zoneinfo
 from collections import namedtuple
 from typing import Any, Optional
 
@@ -101,64 +105,153 @@ _SAFE_GLOBALS = {
     "zoneinfo._zoneinfo": {"ZoneInfo"},
     "_codecs": {"encode"},
 }
-# numpy/pandas/pyarrow: classes, and the reconstructor functions their pickles name. What a name resolves to is
-# checked by the module that really defines it, so an alias cannot smuggle in a function from elsewhere; the
-# submodules that read files or evaluate expressions (io, computation, testing, ...) are not in these prefixes.
-_SAFE_DEFINING_MODULES = ("numpy._core.", "numpy.core.", "numpy.dtypes", "numpy.random.", "numpy.ma.core",
-                          "pandas.core.", "pandas._libs.", "pandas.arrays", "pandas.tseries.", "pyarrow.lib")
-_UNSAFE_DEFINING_MODULES = ("pandas.core.computation", "pandas.io")
-_SAFE_FUNCTION_PREFIXES = ("_reconstruct", "_unpickle", "_new_", "scalar", "__pyx_unpickle", "_frombuffer",
-                           "_restore", "__bit_generator_ctor", "__generator_ctor", "_make_", "_mareconstruct",
-                           "type_for_alias", "py_buffer")
-_PACKAGES_WITH_RECONSTRUCTORS = ("numpy", "pandas", "pyarrow")
-# Public classes that numpy/pandas re-export under their top-level name but that open, create or run things.
-_UNSAFE_CLASSES = {"memmap", "DataSource", "vectorize", "HDFStore", "ExcelWriter", "ExcelFile"}
+# numpy/pandas/pyarrow: a name is looked up only in these modules (never importing a module a pickle picks: some
+# run code on import, e.g. numpy.f2py.__main__), and what it resolves to must be a data type (a subclass of
+# `_data_classes`), an instance of one (pandas.NA), or one of the reconstructor functions their pickles name.
+_LIBRARY_MODULES = {"numpy", "numpy.dtypes", "numpy.ma", "pandas", "pandas.arrays", "pandas.api.typing", "pyarrow",
+                    "pyarrow.lib"}
+_LIBRARY_SUBPACKAGES = ("numpy.core.", "numpy._core.", "numpy.ma.", "numpy.random.", "pandas.core.", "pandas._libs.",
+                        "pandas.tseries.")
+_LIBRARY_EXCLUDED_PARTS = {"__main__", "tests", "testing", "conftest", "computation", "io"}
+_RECONSTRUCTOR_FUNCTIONS = {"_reconstruct", "scalar", "_frombuffer", "_mareconstruct", "__bit_generator_ctor",
+                            "__generator_ctor", "__randomstate_ctor", "_unpickle_block", "_unpickle_timestamp",
+                            "_timedelta_unpickle", "_nat_unpickle", "_new_Index", "_new_DatetimeIndex",
+                            "_new_PeriodIndex", "_new_IntervalIndex", "_new_TimedeltaIndex", "_restore_array",
+                            "py_buffer", "type_for_alias"}
+
+
+def _library_module_allowed(module: str) -> bool:
+    if module not in _LIBRARY_MODULES and not module.startswith(_LIBRARY_SUBPACKAGES):
+        return False
+    return not _LIBRARY_EXCLUDED_PARTS.intersection(module.split("."))
+
+
+def _data_classes(package: str) -> tuple:
+    """The base classes of the data types `package` pickles (the package is imported: its pickle names it)."""
+    if package == "numpy":
+        import numpy
+        import numpy.ma
+        import numpy.random
+
+        return (numpy.ndarray, numpy.generic, numpy.dtype, numpy.ma.MaskedArray, numpy.random.BitGenerator,
+                numpy.random.Generator, numpy.random.RandomState, numpy.random.SeedSequence)
+    if package == "pandas":
+        import pandas
+        from pandas._libs.arrays import NDArrayBacked
+        from pandas._libs.sparse import SparseIndex
+        from pandas.api.extensions import ExtensionArray, ExtensionDtype
+        from pandas.core import internals
+        from pandas.core.generic import NDFrame
+        from pandas.tseries.offsets import BaseOffset
+
+        managers = tuple(getattr(internals.managers, name) for name in ("BaseBlockManager", "BlockManager",
+                                                                       "SingleBlockManager")
+                         if hasattr(internals.managers, name))
+        return (NDFrame, pandas.Index, ExtensionArray, ExtensionDtype, NDArrayBacked, SparseIndex, BaseOffset,
+                pandas.Timestamp, pandas.Timedelta, pandas.Period, pandas.Interval, type(pandas.NaT),
+                type(pandas.NA)) + managers
+    if package == "pyarrow":
+        import pyarrow
+
+        return (pyarrow.DataType, pyarrow.Array, pyarrow.ChunkedArray, pyarrow.Buffer, pyarrow.Scalar,
+                pyarrow.Table, pyarrow.RecordBatch, pyarrow.Schema, pyarrow.Field)
+    return ()
+
+
+def _is_safe_library_global(module: str, name: str) -> bool:
+    package = module.split(".")[0]
+    if not _library_module_allowed(module) or "." in name:
+        return False
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    data_classes = _data_classes(package)
+    if isinstance(obj, type):
+        return issubclass(obj, data_classes)
+    if callable(obj):
+        if not _library_module_allowed(getattr(obj, "__module__", None) or ""):
+            return False
+        if name.startswith("__pyx_unpickle_"):  # Cython's per-class reconstructor: the class must be a data type
+            cls = getattr(importlib.import_module(module), name[len("__pyx_unpickle_"):], None)
+            return isinstance(cls, type) and issubclass(cls, data_classes)
+        return name in _RECONSTRUCTOR_FUNCTIONS
+    return isinstance(obj, data_classes)  # a constant such as pandas.NA
+
+
+def _restricted_getattr(obj: Any, name: str) -> Any:
+    """builtins.getattr for untrusted pickles: only what pickles of data types use it for, on allowed classes:
+    an enum member (`getattr(Color, 'RED')`) or ZoneInfo's unpickling classmethod."""
+    if isinstance(obj, type) and issubclass(obj, enum.Enum) and name in obj.__members__:
+        return obj[name]
+    if obj is zoneinfo.ZoneInfo and name == "_unpickle":
+        return zoneinfo.ZoneInfo._unpickle
+    return _placeholder("builtins", "getattr")(obj, name)
+
+
+def _find_class(unpickler: Any, find_real: Any, module: str, name: str) -> Any:
+    # Protocol 0-2 pickles name Python 2 modules (__builtin__.set, copy_reg._reconstructor): check and
+    # resolve the Python 3 names, as pickle's own find_class does.
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    standin = _METAFLOW_STANDINS.get((module, name))
+    if standin is not None:
+        return standin
+    if module == "metaflow.client.core" and name in _CLIENT_CLASSES:
+        from . import core
+
+        return getattr(core, name)
+    if not unpickler.trusted:
+        if (module, name) == ("builtins", "getattr"):
+            return _restricted_getattr
+        if not (name in _SAFE_GLOBALS.get(module, ()) or _is_safe_library_global(module, name)):
+            return _placeholder(module, name)
+    try:
+        return find_real(module, name)
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            "cannot unpickle %s.%s: module '%s' is not installed here" % (module, name, module), name=module
+        ) from exc
+    except AttributeError as exc:
+        raise AttributeError(
+            "cannot unpickle %s.%s: module '%s' has no '%s' here (a class defined in the flow's file is only "
+            "importable when running from the flow's directory)" % (module, name, module, name)
+        ) from exc
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, trusted: bool):
-        super().__init__(file)
-        self.trusted = trusted
+    """trusted=True: the C unpickler."""
+
+    trusted = True
 
     def find_class(self, module: str, name: str) -> Any:
-        standin = _METAFLOW_STANDINS.get((module, name))
-        if standin is not None:
-            return standin
-        if module == "metaflow.client.core" and name in _CLIENT_CLASSES:
-            from . import core
+        return _find_class(self, super().find_class, module, name)
 
-            return getattr(core, name)
-        if not self.trusted and not self._is_safe(module, name):
-            return _placeholder(module, name)
-        try:
-            return super().find_class(module, name)
-        except ImportError as exc:
-            raise ModuleNotFoundError(
-                "cannot unpickle %s.%s: module '%s' is not installed here" % (module, name, module), name=module
-            ) from exc
-        except AttributeError as exc:
-            raise AttributeError(
-                "cannot unpickle %s.%s: module '%s' has no '%s' here (a class defined in the flow's file is only "
-                "importable when running from the flow's directory)" % (module, name, module, name)
-            ) from exc
 
-    @staticmethod
-    def _is_safe(module: str, name: str) -> bool:
-        if name in _SAFE_GLOBALS.get(module, ()):
-            return True
-        if module.split(".")[0] not in _PACKAGES_WITH_RECONSTRUCTORS:
-            return False
-        try:
-            obj = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            return False
-        defining = getattr(obj, "__module__", None) or module
-        if name in _UNSAFE_CLASSES or defining.startswith(_UNSAFE_DEFINING_MODULES):
-            return False
-        if isinstance(obj, type):
-            # numpy and pandas name their public classes after the top-level package
-            return defining in ("numpy", "pandas") or defining.startswith(_SAFE_DEFINING_MODULES)
-        return defining.startswith(_SAFE_DEFINING_MODULES) and name.startswith(_SAFE_FUNCTION_PREFIXES)
+class _RestrictedUnpickler(pickle._Unpickler):
+    """trusted=False: pickle's pure-Python unpickler, because its BUILD can be checked. BUILD on a class, function
+    or constant that the pickle named would change it for the whole process (set `pandas.Index.__repr__`);
+    pickles of data only ever BUILD objects they have just created."""
+
+    trusted = False
+
+    def __init__(self, file: io.BytesIO):
+        super().__init__(file)
+        self._named_globals: set = set()  # ids of what find_class returned during this load
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _find_class(self, super().find_class, module, name)
+        self._named_globals.add(id(found))
+        return found
+
+    def _load_build(self) -> None:
+        target = self.stack[-2]
+        if isinstance(target, (type, types.ModuleType)) or id(target) in self._named_globals:
+            raise pickle.UnpicklingError("untrusted pickle sets attributes of %r: refused" % (target,))
+        pickle._Unpickler.load_build(self)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = _load_build
 
 
 def _placeholder(module: str, name: str) -> type:
@@ -167,4 +260,5 @@ def _placeholder(module: str, name: str) -> type:
 
 def loads(data: bytes, trusted: bool = True) -> Any:
     """Unpickle artifact bytes; `trusted=False` loads only allow-listed data types (see the module docstring)."""
-    return _Unpickler(io.BytesIO(data), trusted).load()
+    unpickler = _Unpickler(io.BytesIO(data)) if trusted else _RestrictedUnpickler(io.BytesIO(data))
+    return unpickler.load()
