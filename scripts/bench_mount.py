@@ -35,6 +35,7 @@ from typing import Dict, List, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.support import datastores  # noqa: E402
 from tests.support.datastores import TESTDATA_DIR, run_flow  # noqa: E402
 from tests.support.mount import mounted  # noqa: E402
 
@@ -111,6 +112,7 @@ def build(tasks: int, big_mb: int) -> tuple:
         flow_file = parent / "mountbenchflow.py"
         flow_file.write_text(FLOW_SOURCE)
         print("building %d-task MountBenchFlow run in %s (once) ..." % (tasks, parent), flush=True)
+        datastores.RUN_TIMEOUT_S = 4 * 3600  # a 1000-task foreach takes longer than a test flow may
         started = time.monotonic()
         run_id = run_flow(
             str(flow_file),
