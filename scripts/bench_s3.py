@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""Benchmark of the client core over an S3 datastore against Metaflow's client on the same S3 server (issue #5).
+
+The two patterns of scripts/bench_client.py ("Compare Runs" over many HelloFlow runs, "Analyze Foreach Results"
+over a wide WideFlow foreach), written as a user writes them, each run as a whole Python process:
+
+  ours-cold       `from client import Flow`, a fresh mffs disk cache (MFFS_CACHE_DIR) for every repetition
+  ours-warm       `from client import Flow`, one mffs disk cache populated by an untimed run beforehand
+  metaflow-cold   `from metaflow import Flow`, a fresh METAFLOW_CLIENT_CACHE_PATH for every repetition
+  metaflow-warm   `from metaflow import Flow`, one Metaflow client cache populated beforehand
+  ours-local      `from client import Flow` on a local datastore of the same shape (the target for ours-warm)
+
+The data: real Metaflow runs with `--datastore=s3` into a moto S3 server started here on 127.0.0.1 (local
+metadata), built once and cached under /tmp/mffs-testdata (see tests/support/s3server.py), and the local twin
+from tests/support/datastores.py. Every S3 variant must print the same answer on every repetition (the local twin
+has other run ids, so it must agree on the number of results). Repetitions are interleaved across variants and
+medians reported. Goals: metaflow-cold / ours-cold >= 5x; ours-warm / ours-local <= 1.5x.
+
+Note the server is moto (a Python process on the same 2 cores), so every request costs far more CPU than a real
+S3 request and wall times include the server's work.
+
+    .venv/bin/python scripts/bench_s3.py                         # 100 tasks, 20 runs, 3 repetitions
+    .venv/bin/python scripts/bench_s3.py --tasks 1000 --runs 100 # the sizes of bench_client.py (long build)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench_client  # noqa: E402
+from tests.support import datastores  # noqa: E402
+from tests.support.s3server import BUCKET, MotoServer, build_s3_datastore, s3_environment  # noqa: E402
+
+SPEEDUP_GOAL = 5.0  # metaflow-cold / ours-cold
+LOCAL_GOAL = 1.5  # ours-warm / ours-local
+VARIANTS = ("ours-cold", "ours-warm", "metaflow-cold", "metaflow-warm", "ours-local")
+
+
+def build_s3_bench_datastore(server: MotoServer, tasks: int, runs: int) -> Path:
+    """One WideFlow run with a `tasks`-wide foreach and `runs` HelloFlow runs, all with their data in S3."""
+
+    def run_flows(parent: Path) -> dict:
+        records = {}
+        run_id = datastores.run_flow(
+            "wideflow.py", ["run", "--width", str(tasks), "--max-num-splits", str(tasks + 1)], parent)
+        records["wide"] = datastores._record("WideFlow", run_id, "alice", n_tasks=tasks)
+        for i in range(runs):
+            lr = round(0.001 * (i + 1), 6)
+            run_id = datastores.run_flow("helloflow.py", ["run", "--lr", str(lr)], parent)
+            records["hello_%d" % i] = datastores._record("HelloFlow", run_id, "alice", lr=lr)
+        return records
+
+    datastores.RUN_TIMEOUT_S = max(datastores.RUN_TIMEOUT_S, 600 + 6 * tasks)
+    return build_s3_datastore(server, "s3-foreach", {"n_tasks": tasks, "n_runs": runs},
+                              ["wideflow.py", "helloflow.py"], run_flows, "bench-%d-%d" % (tasks, runs))
+
+
+class S3Bench:
+    """Writes one program per pattern and client, and runs them in each variant's environment."""
+
+    def __init__(self, s3_parent: Path, local_parent: Path, endpoint_url: str, work: Path):
+        self.work = work
+        self.s3_env = dict(bench_client.base_env(s3_parent, work), **s3_environment(endpoint_url))
+        self.local_env = bench_client.base_env(local_parent, work)
+        self.programs = {}
+        for pattern, sources in bench_client.PATTERNS.items():
+            for module in ("client", "metaflow"):
+                path = work / ("%s_%s.py" % (pattern, module))
+                path.write_text(sources["client"].format(module=module) + bench_client.ANSWER)
+                self.programs[pattern, module] = path
+
+    def variant_env(self, pattern: str, variant: str, repetition: int) -> Dict[str, str]:
+        env = dict(self.local_env if variant == "ours-local" else self.s3_env)
+        if variant.startswith("ours"):
+            env["PYTHONPATH"] = str(REPO)
+            cache = "mffs-cache-%s-%s" % (pattern, repetition if variant == "ours-cold" else variant)
+            env["MFFS_CACHE_DIR"] = str(self.work / cache)
+        else:
+            cache = "mf-cache-%s-%s" % (pattern, repetition if variant == "metaflow-cold" else "warm")
+            env["METAFLOW_CLIENT_CACHE_PATH"] = str(self.work / cache)
+        return env
+
+    def run(self, pattern: str, variant: str, repetition: int) -> bench_client.Child:
+        env = self.variant_env(pattern, variant, repetition)
+        cold_cache = env.get("MFFS_CACHE_DIR") if variant == "ours-cold" else env.get("METAFLOW_CLIENT_CACHE_PATH")
+        if variant.endswith("-cold"):
+            shutil.rmtree(cold_cache, ignore_errors=True)
+        module = "metaflow" if variant.startswith("metaflow") else "client"
+        child = bench_client.run_child([sys.executable, str(self.programs[pattern, module])], env, self.work)
+        if variant.endswith("-cold"):
+            shutil.rmtree(cold_cache, ignore_errors=True)
+        return child
+
+    def measure(self, pattern: str, repeat: int) -> Dict[str, bench_client.Timing]:
+        # Untimed round: bytecode, page cache, and the warm variants' caches.
+        check_answers(pattern, {variant: self.run(pattern, variant, -1).stdout for variant in VARIANTS})
+        timings = {variant: bench_client.Timing() for variant in VARIANTS}
+        for repetition in range(repeat):
+            answers = {}
+            for variant in VARIANTS:
+                child = self.run(pattern, variant, repetition)
+                answers[variant] = child.stdout
+                timings[variant].wall.append(child.wall)
+                timings[variant].cpu.append(child.cpu)
+            check_answers(pattern, answers)
+        return timings
+
+
+def check_answers(pattern: str, answers: Dict[str, str]) -> None:
+    local = answers.pop("ours-local")
+    bench_client.check_answers(pattern, answers)  # every S3 variant agrees with Metaflow's client, cold
+    reference = json.loads(answers["metaflow-cold"].strip().splitlines()[-1])
+    if json.loads(local.strip().splitlines()[-1])["n"] != reference["n"]:
+        raise AssertionError("%s: the local twin has another number of results: %s vs %s" % (pattern, local, reference))
+
+
+def print_table(results: Dict[str, Dict[str, bench_client.Timing]], repeat: int) -> None:
+    print("\nwhole-process times, median of %d (seconds)" % repeat)
+    print("%-16s %-14s %9s %9s" % ("pattern", "variant", "wall", "cpu"))
+    for pattern, timings in results.items():
+        for variant in VARIANTS:
+            print("%-16s %-14s %9.3f %9.3f" % (pattern, variant, timings[variant].median_wall(),
+                                                timings[variant].median_cpu()))
+    print("\nratios (wall / cpu); goals: metaflow-cold/ours-cold >= %.0fx, ours-warm/ours-local <= %.1fx"
+          % (SPEEDUP_GOAL, LOCAL_GOAL))
+    for pattern, t in results.items():
+        rows = (
+            ("metaflow-cold / ours-cold", t["metaflow-cold"], t["ours-cold"], lambda r: r >= SPEEDUP_GOAL),
+            ("metaflow-warm / ours-warm", t["metaflow-warm"], t["ours-warm"], None),
+            ("ours-warm / ours-local", t["ours-warm"], t["ours-local"], lambda r: r <= LOCAL_GOAL),
+        )
+        for label, numerator, denominator, goal in rows:
+            wall = numerator.median_wall() / denominator.median_wall()
+            cpu = numerator.median_cpu() / denominator.median_cpu()
+            verdict = "" if goal is None else ("ok" if goal(wall) else "MISSED")
+            print("%-16s %-26s %6.2fx %6.2fx  %s" % (pattern, label, wall, cpu, verdict))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=100, help="width of the foreach (default 100)")
+    parser.add_argument("--runs", type=int, default=20, help="number of HelloFlow runs to compare (default 20)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per variant (default 3)")
+    parser.add_argument("--patterns", nargs="+", choices=sorted(bench_client.PATTERNS),
+                        default=list(bench_client.PATTERNS))
+    args = parser.parse_args(argv)
+
+    server = MotoServer()
+    work = Path(tempfile.mkdtemp(prefix="mffs-bench-s3-"))
+    try:
+        server.client().create_bucket(Bucket=BUCKET)
+        started = time.monotonic()
+        s3_parent = build_s3_bench_datastore(server, args.tasks, args.runs)
+        local_parent = bench_client.build_datastore(args.tasks, args.runs)
+        print("S3 datastore %s (restored into %s), local twin %s; ready in %.1f s"
+              % (s3_parent, server.endpoint_url, local_parent, time.monotonic() - started))
+        bench = S3Bench(s3_parent, local_parent, server.endpoint_url, work)
+        results = {pattern: bench.measure(pattern, args.repeat) for pattern in args.patterns}
+        print_table(results, args.repeat)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
