@@ -171,15 +171,15 @@ class MetaflowObject:
         if self._namespace_check and not self._is_in_namespace(self._current_namespace):
             raise MetaflowNamespaceMismatch(self._current_namespace)
 
-    # -- what each level defines -----------------------------------------------------------------------------
+    # -- reads: provider methods are named after the levels (run/runs, step/steps, ...) ------------------------
     def _fetch(self, ids: List[str]) -> Optional[dict]:
-        raise NotImplementedError
+        return getattr(self._provider, self._NAME)(*ids)
 
     def _children(self) -> List[dict]:
-        raise NotImplementedError
+        return getattr(self._provider, self._CHILD._NAME + "s")(*self._components)
 
     def _child(self, id: str) -> Optional[dict]:
-        raise NotImplementedError
+        return getattr(self._provider, self._CHILD._NAME)(*self._components, id)
 
     @staticmethod
     def _id_of(record: dict) -> str:
@@ -530,9 +530,6 @@ class Task(MetaflowObject):
     _DEPTH = 4
     _PATHSPEC_FORM = "Task('FlowName/RunID/StepName/TaskID')"
 
-    def _fetch(self, ids: List[str]) -> Optional[dict]:
-        return self._provider.task(*ids)
-
     def _children(self) -> List[dict]:
         return self._provider.artifacts(*self._components, attempt=self._attempt)
 
@@ -807,15 +804,6 @@ class Step(MetaflowObject):
     _DEPTH = 3
     _PATHSPEC_FORM = "Step('FlowName/RunID/StepName')"
 
-    def _fetch(self, ids: List[str]) -> Optional[dict]:
-        return self._provider.step(*ids)
-
-    def _children(self) -> List[dict]:
-        return self._provider.tasks(*self._components)
-
-    def _child(self, id: str) -> Optional[dict]:
-        return self._provider.task(*self._components, id)
-
     @staticmethod
     def _id_of(record: dict) -> str:
         return record["step_name"]
@@ -869,15 +857,6 @@ class Run(MetaflowObject):
     _NAME = "run"
     _DEPTH = 2
     _PATHSPEC_FORM = "Run('FlowName/RunID')"
-
-    def _fetch(self, ids: List[str]) -> Optional[dict]:
-        return self._provider.run(*ids)
-
-    def _children(self) -> List[dict]:
-        return self._provider.steps(*self._components)
-
-    def _child(self, id: str) -> Optional[dict]:
-        return self._provider.step(*self._components, id)
 
     @staticmethod
     def _id_of(record: dict) -> str:
@@ -983,17 +962,11 @@ class Flow(MetaflowObject):
     _DEPTH = 1
     _PATHSPEC_FORM = "Flow('FlowName')"
 
-    def _fetch(self, ids: List[str]) -> Optional[dict]:
-        return self._provider.flow(*ids)
-
     def _children(self) -> List[dict]:
         runs = self._provider.runs(self.id)
         if self._namespace_check and self._current_namespace:
             runs = [r for r in runs if self._current_namespace in r["tags"] or self._current_namespace in r["system_tags"]]
         return runs
-
-    def _child(self, id: str) -> Optional[dict]:
-        return self._provider.run(self.id, id)
 
     @staticmethod
     def _id_of(record: dict) -> str:

@@ -24,6 +24,18 @@ from abc import ABC, abstractmethod
 from typing import List, Optional
 
 
+def run_record(r: dict) -> dict:
+    """A run record from a source's row (ids as strings, tags as lists)."""
+    return {
+        "flow_id": r["flow_id"],
+        "run_number": str(r["run_number"]),
+        "user_name": r.get("user_name"),
+        "tags": r.get("tags") or [],
+        "system_tags": r.get("system_tags") or [],
+        "ts_epoch": r["ts_epoch"],
+    }
+
+
 class MetadataProvider(ABC):
     #: 'local' or 'service', as in Metaflow's `get_metadata()` answer '<TYPE>@<info>'
     TYPE: str = ""

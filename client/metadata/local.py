@@ -10,7 +10,7 @@ import os
 import re
 from typing import List, Optional
 
-from .base import MetadataProvider
+from .base import MetadataProvider, run_record
 
 _ARTIFACT_FILE = re.compile(r"^(\d+)_artifact_(.+)\.json$")
 
@@ -74,16 +74,7 @@ class LocalMetadataProvider(MetadataProvider):
         r = self._one(flow)
         return r and {"flow_id": r["flow_id"], "ts_epoch": r["ts_epoch"]}
 
-    @staticmethod
-    def _run(r: dict) -> dict:
-        return {
-            "flow_id": r["flow_id"],
-            "run_number": str(r["run_number"]),
-            "user_name": r.get("user_name"),
-            "tags": r.get("tags") or [],
-            "system_tags": r.get("system_tags") or [],
-            "ts_epoch": r["ts_epoch"],
-        }
+    _run = staticmethod(run_record)
 
     def runs(self, flow: str) -> List[dict]:
         return [self._run(r) for r in self._children(flow)] if self._one(flow) else []

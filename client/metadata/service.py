@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 
 from ..config import mffs_setting, setting
 from ..exceptions import MetaflowBackendError, MetaflowInternalError
-from .base import MetadataProvider
+from .base import MetadataProvider, run_record
 
 #: the OS's reason inside a requests/urllib3 connection error, e.g. "[Errno 111] Connection refused"
 _ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
@@ -233,16 +233,7 @@ class ServiceMetadataProvider(MetadataProvider):
     def _flow(r: dict) -> dict:
         return {"flow_id": r["flow_id"], "ts_epoch": r["ts_epoch"]}
 
-    @staticmethod
-    def _run(r: dict) -> dict:
-        return {
-            "flow_id": r["flow_id"],
-            "run_number": str(r["run_number"]),
-            "user_name": r.get("user_name"),
-            "tags": r.get("tags") or [],
-            "system_tags": r.get("system_tags") or [],
-            "ts_epoch": r["ts_epoch"],
-        }
+    _run = staticmethod(run_record)
 
     @staticmethod
     def _run_tags(r: dict) -> dict:
