@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Dict, FrozenSet, Iterator, List
 from . import mflog, unpickle
 from .cache import CachingProvider
 from .config import find_local_root, setting, username
-from .datastore import MAX_ATTEMPTS, CardStore, FlowDatastore, read_url, root_from_blob_url, split_location
+from .datastore import (
+    MAX_ATTEMPTS,
+    CardStore,
+    FlowDatastore,
+    blob_cache,
+    read_url,
+    root_from_blob_url,
+    split_location,
+)
 from .exceptions import (
     MetaflowInternalError,
     MetaflowInvalidPathspec,
@@ -32,6 +40,8 @@ if TYPE_CHECKING:  # tarfile and tempfile are imported only when a code package 
     from tempfile import TemporaryDirectory
 
 Metadata = namedtuple("Metadata", ["name", "value", "created_at", "type", "task"])
+#: how many sibling tasks' copies of an artifact one read fetches ahead from remote storage
+PREFETCH_WINDOW = 64
 
 # -- process-global state, as in Metaflow: the namespace and the metadata provider ------------------------------
 _NOT_SET = object()
@@ -266,7 +276,10 @@ class MetaflowObject:
             records = []  # below a run every child carries the run's tags: all in, or all out
         children = [self._wrap(r) for r in records if self._iter_filter(self._CHILD._id_of(r))]
         # Newest first; a stable sort keeps the provider's order for equal times, as Metaflow does.
-        return iter(sorted(children, key=lambda c: c._object["ts_epoch"], reverse=True))
+        children.sort(key=lambda c: c._object["ts_epoch"], reverse=True)
+        for position, child in enumerate(children):
+            child._siblings, child._position = children, position  # lets reads prefetch for what comes next
+        return iter(children)
 
     def _filtered_children(self, *tags: str) -> Iterator["MetaflowObject"]:
         for child in self:
@@ -343,8 +356,20 @@ class DataArtifact(MetaflowObject):
             raise MetaflowInternalError("Artifact %s has an unsupported encoding '%s'" % (self.pathspec, encoding))
         return self._datastore().load_blob(self.sha)
 
+    def _prefetch_for_siblings(self, ds: FlowDatastore) -> None:
+        """Reading artifact X of one task of an iterated step: fetch X of the next tasks too, in parallel, since
+        loops over a step's tasks read the same artifact from each (remote storage only)."""
+        task = self._parent
+        siblings = getattr(task, "_siblings", None)
+        if not ds.remote or not siblings or blob_cache.get(self.sha) is not None:
+            return
+        window = siblings[task._position : task._position + PREFETCH_WINDOW]
+        records = [self._provider.artifact(*t._components, self.id, attempt=t._attempt) for t in window]
+        ds.prefetch([r["sha"] for r in records if r is not None])
+
     def load(self, trusted: bool = True) -> Any:
         """The value; `trusted=False` loads only allow-listed data types (see client.unpickle)."""
+        self._prefetch_for_siblings(self._datastore())
         obj = unpickle.loads(self._serialized(), trusted=trusted)
         if isinstance(obj, unpickle.IncludedFile):
             return _included_file_value(obj.descriptor, self.id)

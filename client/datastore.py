@@ -41,6 +41,19 @@ class BlobCache:
 
 
 blob_cache = BlobCache(mffs_setting("BLOB_CACHE_MB", 256) * 2**20)
+_disk_cache = None
+_CHUNK = 2**20
+_attempt_indexes: LRUCache = LRUCache(maxsize=20_000)
+
+
+def disk_cache():
+    """The persistent blob cache of this process (for remote storage only; MFFS_CACHE_DIR, MFFS_DISK_CACHE_MB)."""
+    global _disk_cache
+    if _disk_cache is None:
+        from .diskcache import BlobDiskCache
+
+        _disk_cache = BlobDiskCache.from_settings()
+    return _disk_cache
 
 
 def _gunzip(data: bytes) -> bytes:
@@ -50,11 +63,13 @@ def _gunzip(data: bytes) -> bytes:
 
 
 class FlowDatastore:
-    """One flow's part of a datastore root."""
+    """One flow's part of a datastore root. Blobs of remote roots also go to the disk cache, decompressed, so a
+    second process (or an offset read of a large `data.pickle`) reads a local file instead of downloading."""
 
     def __init__(self, storage: Storage, flow: str):
         self.storage = storage
         self.flow = flow
+        self.remote = storage.local_path("") is None
 
     @classmethod
     def at(cls, root: str, flow: str) -> "FlowDatastore":
@@ -68,15 +83,52 @@ class FlowDatastore:
         """The serialized bytes of an artifact blob (gunzipped)."""
         data = blob_cache.get(sha)
         if data is None:
-            try:
-                data = _gunzip(self.storage.read(self.blob_key(sha)))
-            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-                raise IOError("blob %s of flow %s is corrupt: %s" % (sha, self.flow, exc)) from exc
+            data = self._cached_on_disk(sha)
+            if data is None:
+                data = self._decompress(sha, self.storage.read(self.blob_key(sha)))
             blob_cache.put(sha, data)
         return data
 
+    def _decompress(self, sha: str, stored: bytes) -> bytes:
+        try:
+            data = _gunzip(stored)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise IOError("blob %s of flow %s is corrupt: %s" % (sha, self.flow, exc)) from exc
+        if self.remote:
+            disk_cache().put_stream(sha, [data])
+        return data
+
+    def _cached_on_disk(self, sha: str) -> Optional[bytes]:
+        path = disk_cache().path(sha) if self.remote else None
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:  # evicted by another process meanwhile
+            return None
+
+    def prefetch(self, shas: List[str]) -> None:
+        """Fetch the blobs that are not cached yet in parallel (remote storage only), into the caches."""
+        if not self.remote:
+            return
+        missing = {self.blob_key(sha): sha for sha in shas if blob_cache.get(sha) is None and not disk_cache().path(sha)}
+        for key, stored in self.storage.read_many(missing).items():
+            if stored is not None:
+                blob_cache.put(missing[key], self._decompress(missing[key], stored))
+
     def open_blob(self, sha: str) -> BinaryIO:
-        """A stream of an artifact blob's serialized bytes, decompressed on the fly (for large blobs)."""
+        """A stream of an artifact blob's serialized bytes, decompressed on the fly (for large blobs); from remote
+        storage it is decompressed into the disk cache first, so reads at any offset are local."""
+        if self.remote:
+            path = disk_cache().path(sha)
+            if path is None:
+                with self._open_stored(sha) as stream:
+                    path = disk_cache().put_stream(sha, iter(lambda: stream.read(_CHUNK), b""))
+            return open(path, "rb")
+        return self._open_stored(sha)
+
+    def _open_stored(self, sha: str) -> BinaryIO:
         f = self.storage.open(self.blob_key(sha))
         head = f.read(2)
         f.seek(0)
@@ -105,13 +157,17 @@ class FlowDatastore:
         return latest
 
     def attempt_index(self, run: str, step: str, task: str, attempt: int) -> Optional[dict]:
-        """`<A>.data.json` ({"objects": {name: sha}, "info": {name: {size, type, encoding}}}) of a done attempt."""
-        try:
-            if not self.storage.exists(self.task_key(run, step, task, "%d.DONE.lock" % attempt)):
+        """`<A>.data.json` ({"objects": {name: sha}, "info": {name: {size, type, encoding}}}) of a done attempt
+        (immutable once `<A>.DONE.lock` exists, so kept)."""
+        cache_key = (self.storage.root, self.flow, run, step, task, attempt)
+        index = _attempt_indexes.get(cache_key)
+        if index is None:
+            done, data = (self.task_key(run, step, task, "%d.%s" % (attempt, n)) for n in ("DONE.lock", "data.json"))
+            found = self.storage.read_many([done, data])
+            if found.get(done) is None or found.get(data) is None:
                 return None
-            return json.loads(self.storage.read(self.task_key(run, step, task, "%d.data.json" % attempt)))
-        except FileNotFoundError:
-            return None
+            index = _attempt_indexes[cache_key] = json.loads(found[data])
+        return index
 
     def log_keys(self, run: str, step: str, task: str, attempt: int, stream: str) -> List[str]:
         return [self.task_key(run, step, task, "%d.%s_%s.log" % (attempt, source, stream)) for source in LOG_SOURCES]
