@@ -22,6 +22,7 @@ from .datastore import (
     CardStore,
     FlowDatastore,
     blob_cache,
+    disk_cache,
     read_url,
     root_from_blob_url,
     split_location,
@@ -361,7 +362,7 @@ class DataArtifact(MetaflowObject):
         loops over a step's tasks read the same artifact from each (remote storage only)."""
         task = self._parent
         siblings = getattr(task, "_siblings", None)
-        if not ds.remote or not siblings or blob_cache.get(self.sha) is not None:
+        if not ds.remote or not siblings or blob_cache.get(self.sha) is not None or disk_cache().path(self.sha):
             return
         window = siblings[task._position : task._position + PREFETCH_WINDOW]
         records = [self._provider.artifact(*t._components, self.id, attempt=t._attempt) for t in window]

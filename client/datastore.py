@@ -113,6 +113,8 @@ class FlowDatastore:
         if not self.remote:
             return
         missing = {self.blob_key(sha): sha for sha in shas if blob_cache.get(sha) is None and not disk_cache().path(sha)}
+        if not missing:
+            return
         for key, stored in self.storage.read_many(missing).items():
             if stored is not None:
                 blob_cache.put(missing[key], self._decompress(missing[key], stored))
