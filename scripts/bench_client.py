@@ -299,7 +299,7 @@ class Bench:
     def measure(self, pattern: str, repeat: int) -> Dict[str, Timing]:
         # Untimed first round: writes bytecode caches, fills the page cache and Metaflow's warm client cache.
         answers = {variant: self.run(pattern, variant, -1).stdout for variant in VARIANTS}
-        check_answers(pattern, answers)
+        print("%s: every variant answers %s" % (pattern, check_answers(pattern, answers)))
         timings = {variant: Timing() for variant in VARIANTS}
         for repetition in range(repeat):
             answers = {}
@@ -334,7 +334,8 @@ class Bench:
         return text.getvalue()
 
 
-def check_answers(pattern: str, answers: Dict[str, str]) -> None:
+def check_answers(pattern: str, answers: Dict[str, str]) -> dict:
+    """The answer all variants printed; AssertionError when they differ or it is empty."""
     parsed = {variant: json.loads(out.strip().splitlines()[-1]) for variant, out in answers.items()}
     reference = parsed["metaflow-cold"]
     wrong = {v: a for v, a in parsed.items() if a != reference}
@@ -342,6 +343,7 @@ def check_answers(pattern: str, answers: Dict[str, str]) -> None:
         raise AssertionError("%s: variants disagree with Metaflow's client %s: %s" % (pattern, reference, wrong))
     if reference["n"] == 0:
         raise AssertionError("%s: empty answer %s" % (pattern, reference))
+    return reference
 
 
 def measure_import(env: Dict[str, str], module: str, repeat: int) -> Dict[str, float]:
