@@ -265,7 +265,6 @@ class Bench:
     def __init__(self, root_parent: Path, work: Path):
         self.work = work
         self.env = base_env(root_parent, work)
-        self.warm_cache = {}  # pattern -> Metaflow client cache directory kept across repetitions
         self.programs = {}  # (pattern, variant) -> path
         for pattern, sources in PATTERNS.items():
             for variant in VARIANTS:
@@ -312,7 +311,7 @@ class Bench:
         return timings
 
     def profile(self, pattern: str, top: int) -> str:
-        """cProfile (CPU time) of ours on `pattern` after a warm-up run: the top functions by own and cumulative time."""
+        """cProfile (CPU time) of ours on `pattern` after a warm-up run: top functions by own and cumulative time."""
         self.run(pattern, "ours", -1)
         out = self.work / ("%s.prof" % pattern)
         # CPU time, not wall time: other processes on the machine must not show up as our hotspots.
