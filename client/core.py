@@ -179,7 +179,9 @@ class MetaflowObject:
         if _run_tags is None and "tags" in self._object and self._DEPTH >= 3:
             _run_tags = (self._object["tags"], self._object["system_tags"])
         self._run_tags = _run_tags
-        if self._namespace_check and not self._is_in_namespace(self._current_namespace):
+        # Below a run every object has the run's tags: a child of a checked step or task passes as its parent did.
+        inherits_check = _parent is not None and _parent._DEPTH >= 2
+        if self._namespace_check and not inherits_check and not self._is_in_namespace(self._current_namespace):
             raise MetaflowNamespaceMismatch(self._current_namespace)
 
     # -- reads: provider methods are named after the levels (run/runs, step/steps, ...) ------------------------
@@ -905,27 +907,27 @@ class Run(MetaflowObject):
     def steps(self, *tags: str) -> Iterator[Step]:
         return self._filtered_children(*tags)  # type: ignore[return-value]
 
-    @property
-    def _graph_endpoints(self) -> Tuple[str, str]:
-        """(start step, end step) as registered by the `_parameters` task (absent on resumed runs)."""
+    def _endpoint(self, field: str, default: str) -> str:
+        """The start or end step's name ('start_step'/'end_step'), as the `_parameters` task registered it
+        (resumed runs have none: then the default)."""
         try:
             params = self["_parameters"].task
         except KeyError:
             params = None
-        names = []
-        for field, default in (("start_step", "start"), ("end_step", "end")):
-            events = self._provider.task_metadata_field(*params._components, field) if params else []
-            # the latest event wins; for equal times the later one in the list, as in metadata_dict
-            names.append(sorted(events, key=lambda e: e["ts_epoch"])[-1]["value"] if events else default)
-        return names[0], names[1]
+        events = self._provider.task_metadata_field(*params._components, field) if params else []
+        # the latest event wins; for equal times the later one in the list, as in metadata_dict
+        return sorted(events, key=lambda e: e["ts_epoch"])[-1]["value"] if events else default
 
     @property
     def end_task(self) -> Optional[Task]:
-        try:
-            step = self[self._graph_endpoints[1]]
-        except KeyError:
-            return None
-        return step.task
+        end = self.__dict__.get("_end_task")
+        if end is None:
+            try:
+                step = self[self._endpoint("end_step", "end")]
+            except KeyError:
+                return None
+            end = self.__dict__["_end_task"] = step.task
+        return end
 
     @property
     def data(self) -> Optional[MetaflowData]:
@@ -975,7 +977,7 @@ class Run(MetaflowObject):
 
     @property
     def trigger(self) -> Optional[Any]:
-        start = self._graph_endpoints[0]
+        start = self._endpoint("start_step", "start")
         if start in self and self[start].task:
             meta = self[start].task.metadata_dict.get("execution-triggers")
             if meta:

@@ -5,7 +5,6 @@ good, within a byte budget. Per-attempt files (`<A>.data.json`, logs) live under
 """
 from __future__ import annotations
 
-import gzip
 import json
 import threading
 import zlib
@@ -58,8 +57,8 @@ def disk_cache():
 
 def _gunzip(data: bytes) -> bytes:
     # Artifacts are always stored gzipped and a pickle never starts with the gzip magic, so the blob's own bytes
-    # say how to read it: no need to fetch the `_meta` sidecar for every artifact.
-    return gzip.decompress(data) if data[:2] == _GZIP_MAGIC else data
+    # say how to read it: no need to fetch the `_meta` sidecar for every artifact. (wbits 31: a gzip container)
+    return zlib.decompress(data, 31) if data[:2] == _GZIP_MAGIC else data
 
 
 class FlowDatastore:
@@ -92,7 +91,7 @@ class FlowDatastore:
     def _decompress(self, sha: str, stored: bytes) -> bytes:
         try:
             data = _gunzip(stored)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        except (EOFError, zlib.error) as exc:
             raise IOError("blob %s of flow %s is corrupt: %s" % (sha, self.flow, exc)) from exc
         if self.remote:
             disk_cache().put_stream(sha, [data])
@@ -131,6 +130,8 @@ class FlowDatastore:
         return self._open_stored(sha)
 
     def _open_stored(self, sha: str) -> BinaryIO:
+        import gzip
+
         f = self.storage.open(self.blob_key(sha))
         head = f.read(2)
         f.seek(0)
@@ -141,7 +142,7 @@ class FlowDatastore:
         key = self.blob_key(sha)
         data = self.storage.read(key)
         attrs = self.storage.user_attributes(key) or {}
-        return data if attrs.get("cas_raw") else gzip.decompress(data)
+        return data if attrs.get("cas_raw") else zlib.decompress(data, 31)
 
     # -- per-attempt task files --------------------------------------------------------------------------------
     def task_key(self, run: str, step: str, task: str, name: str) -> str:

@@ -14,7 +14,6 @@ import importlib
 import io
 import pickle
 import types
-import zoneinfo
 from collections import namedtuple
 from typing import Any, Optional
 
@@ -184,6 +183,8 @@ def _restricted_getattr(obj: Any, name: str) -> Any:
     an enum member (`getattr(Color, 'RED')`) or ZoneInfo's unpickling classmethod."""
     if isinstance(obj, type) and issubclass(obj, enum.Enum) and name in obj.__members__:
         return obj[name]
+    import zoneinfo  # here, not at import time: most processes never unpickle an untrusted tz-aware value
+
     if obj is zoneinfo.ZoneInfo and name == "_unpickle":
         return zoneinfo.ZoneInfo._unpickle
     return _placeholder("builtins", "getattr")(obj, name)

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 from .base import MetadataProvider, run_record
 
-_ARTIFACT_FILE = re.compile(r"^(\d+)_artifact_(.+)\.json$")
+MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
 
 
 def _read_json(path: str):
@@ -43,7 +43,7 @@ class LocalMetadataProvider(MetadataProvider):
         return self.root
 
     def _path(self, *ids: str) -> str:
-        return os.path.join(self.root, *ids)
+        return "/".join((self.root,) + ids)
 
     def _children(self, *ids: str) -> List[dict]:
         """`_self.json` records of the sub-directories that have one, in directory order."""
@@ -109,12 +109,15 @@ class LocalMetadataProvider(MetadataProvider):
             return []
 
     @staticmethod
-    def _default_attempt(names: List[str]) -> Optional[int]:
+    def _default_attempt(meta_dir: str) -> Optional[int]:
         """The attempt Metaflow shows by default: the latest one that finished. Metaflow reads the value of the
-        newest `attempt-done` event; every finished attempt also registers its artifacts (`<A>_artifact_*.json`),
-        so the highest such A in the listing is the same attempt without reading a file."""
-        attempts = [int(m.group(1)) for m in map(_ARTIFACT_FILE.match, names) if m]
-        return max(attempts) if attempts else None
+        newest `attempt-done` event; every finished attempt also registers its artifacts, among them the one
+        called `name` (the flow's name), so the highest A with `<A>_artifact_name.json` is the same attempt,
+        found with a few stat calls instead of a listing and a read."""
+        for attempt in range(MAX_ATTEMPTS - 1, -1, -1):
+            if os.path.exists("%s/%d_artifact_name.json" % (meta_dir, attempt)):
+                return attempt
+        return None
 
     @staticmethod
     def _artifact(r: dict) -> dict:
@@ -132,7 +135,7 @@ class LocalMetadataProvider(MetadataProvider):
         names = self._listing(flow, run, step, task)
         meta_dir = self._meta_dir(flow, run, step, task)
         if attempt is None:
-            attempt = self._default_attempt(names)
+            attempt = self._default_attempt(meta_dir)
             if attempt is None:
                 return []
         prefix = "%d_artifact_" % attempt
@@ -149,7 +152,7 @@ class LocalMetadataProvider(MetadataProvider):
             return None
         meta_dir = self._meta_dir(flow, run, step, task)
         if attempt is None:
-            attempt = self._default_attempt(self._listing(flow, run, step, task))
+            attempt = self._default_attempt(meta_dir)
             if attempt is None:
                 return None
         try:
