@@ -43,6 +43,8 @@ if TYPE_CHECKING:  # tarfile and tempfile are imported only when a code package 
 Metadata = namedtuple("Metadata", ["name", "value", "created_at", "type", "task"])
 #: how many sibling tasks' copies of an artifact one read fetches ahead from remote storage
 PREFETCH_WINDOW = 64
+#: artifacts whose serialized size is above this are unpickled from a stream (bytes)
+STREAM_THRESHOLD = 16 * 2**20
 
 # -- process-global state, as in Metaflow: the namespace and the metadata provider ------------------------------
 _NOT_SET = object()
@@ -353,11 +355,19 @@ class DataArtifact(MetaflowObject):
         """The serializer encoding ('pickle-v4', 'gzip+pickle-v2', ...)."""
         return self._object.get("content_type") or "gzip+pickle-v2"
 
+    def _check_encoding(self) -> None:
+        if not self.encoding.endswith(("pickle-v2", "pickle-v4")):
+            raise MetaflowInternalError("Artifact %s has an unsupported encoding '%s'" % (self.pathspec, self.encoding))
+
     def _serialized(self) -> bytes:
-        encoding = self.encoding
-        if not encoding.endswith(("pickle-v2", "pickle-v4")):
-            raise MetaflowInternalError("Artifact %s has an unsupported encoding '%s'" % (self.pathspec, encoding))
+        self._check_encoding()
         return self._datastore().load_blob(self.sha)
+
+    def _stored_size(self) -> int:
+        """The serialized size recorded in the data.json of the attempt this artifact belongs to (0 if unknown)."""
+        flow, run, step, task, name = self._components
+        index = self._datastore().attempt_index(run, step, task, self._object["attempt_id"]) or {}
+        return ((index.get("info") or {}).get(name) or {}).get("size", 0)
 
     def _prefetch_for_siblings(self, ds: FlowDatastore) -> None:
         """Reading artifact X of one task of an iterated step: fetch X of the next tasks too, in parallel, since
@@ -371,9 +381,16 @@ class DataArtifact(MetaflowObject):
         ds.prefetch([r["sha"] for r in records if r is not None])
 
     def load(self, trusted: bool = True) -> Any:
-        """The value; `trusted=False` loads only allow-listed data types (see client.unpickle)."""
-        self._prefetch_for_siblings(self._datastore())
-        obj = unpickle.loads(self._serialized(), trusted=trusted)
+        """The value; `trusted=False` loads only allow-listed data types (see client.unpickle). A large blob that
+        is not cached is unpickled from a stream, so its serialized bytes and the value are not both in memory."""
+        ds = self._datastore()
+        self._prefetch_for_siblings(ds)
+        if self.sha not in blob_cache and self._stored_size() > STREAM_THRESHOLD:
+            self._check_encoding()
+            with ds.open_blob(self.sha) as stream:
+                obj = unpickle.load(stream, trusted=trusted)
+        else:
+            obj = unpickle.loads(self._serialized(), trusted=trusted)
         if isinstance(obj, unpickle.IncludedFile):
             return _included_file_value(obj.descriptor, self.id)
         return obj

@@ -29,6 +29,10 @@ class BlobCache:
         self._lru: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=len)
         self._lock = threading.Lock()
 
+    def __contains__(self, sha: str) -> bool:
+        with self._lock:
+            return sha in self._lru
+
     def get(self, sha: str) -> Optional[bytes]:
         with self._lock:
             return self._lru.get(sha)
@@ -43,6 +47,7 @@ blob_cache = BlobCache(mffs_setting("BLOB_CACHE_MB", 256) * 2**20)
 _disk_cache = None
 _CHUNK = 2**20
 _attempt_indexes: LRUCache = LRUCache(maxsize=20_000)
+_attempt_indexes_lock = threading.Lock()
 
 
 def disk_cache():
@@ -55,10 +60,17 @@ def disk_cache():
     return _disk_cache
 
 
+_PICKLE_PROTO = b"\x80"  # pickles of protocol 2 and later, the only ones Metaflow writes, start with PROTO
+
+
 def _gunzip(data: bytes) -> bytes:
     # Artifacts are always stored gzipped and a pickle never starts with the gzip magic, so the blob's own bytes
     # say how to read it: no need to fetch the `_meta` sidecar for every artifact. (wbits 31: a gzip container)
-    return zlib.decompress(data, 31) if data[:2] == _GZIP_MAGIC else data
+    if data[:2] == _GZIP_MAGIC:
+        return zlib.decompress(data, 31)
+    if data[:1] != _PICKLE_PROTO:
+        raise zlib.error("neither gzip nor a pickle")
+    return data
 
 
 class FlowDatastore:
@@ -135,7 +147,12 @@ class FlowDatastore:
         f = self.storage.open(self.blob_key(sha))
         head = f.read(2)
         f.seek(0)
-        return gzip.GzipFile(fileobj=f, mode="rb") if head == _GZIP_MAGIC else f
+        if head == _GZIP_MAGIC:
+            return gzip.GzipFile(fileobj=f, mode="rb")
+        if head[:1] != _PICKLE_PROTO:
+            f.close()
+            raise IOError("blob %s of flow %s is corrupt: neither gzip nor a pickle" % (sha, self.flow))
+        return f
 
     def load_raw_blob(self, sha: str) -> bytes:
         """A blob stored with `cas_raw` (code packages) or gzipped, as its attributes say."""
@@ -163,13 +180,16 @@ class FlowDatastore:
         """`<A>.data.json` ({"objects": {name: sha}, "info": {name: {size, type, encoding}}}) of a done attempt
         (immutable once `<A>.DONE.lock` exists, so kept)."""
         cache_key = (self.storage.root, self.flow, run, step, task, attempt)
-        index = _attempt_indexes.get(cache_key)
+        with _attempt_indexes_lock:
+            index = _attempt_indexes.get(cache_key)
         if index is None:
             done, data = (self.task_key(run, step, task, "%d.%s" % (attempt, n)) for n in ("DONE.lock", "data.json"))
             found = self.storage.read_many([done, data])
             if found.get(done) is None or found.get(data) is None:
                 return None
-            index = _attempt_indexes[cache_key] = json.loads(found[data])
+            index = json.loads(found[data])
+            with _attempt_indexes_lock:
+                _attempt_indexes[cache_key] = index
         return index
 
     def log_keys(self, run: str, step: str, task: str, attempt: int, stream: str) -> List[str]:

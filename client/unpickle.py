@@ -259,7 +259,11 @@ def _placeholder(module: str, name: str) -> type:
     return type(name, (UntrustedObject,), {"module": module, "name": name})
 
 
+def load(file: Any, trusted: bool = True) -> Any:
+    """Unpickle from a binary file object; `trusted=False` loads only allow-listed data types (module docstring)."""
+    return (_Unpickler(file) if trusted else _RestrictedUnpickler(file)).load()
+
+
 def loads(data: bytes, trusted: bool = True) -> Any:
     """Unpickle artifact bytes; `trusted=False` loads only allow-listed data types (see the module docstring)."""
-    unpickler = _Unpickler(io.BytesIO(data)) if trusted else _RestrictedUnpickler(io.BytesIO(data))
-    return unpickler.load()
+    return load(io.BytesIO(data), trusted)
