@@ -363,12 +363,6 @@ class DataArtifact(MetaflowObject):
         self._check_encoding()
         return self._datastore().load_blob(self.sha)
 
-    def _stored_size(self) -> int:
-        """The serialized size recorded in the data.json of the attempt this artifact belongs to (0 if unknown)."""
-        flow, run, step, task, name = self._components
-        index = self._datastore().attempt_index(run, step, task, self._object["attempt_id"]) or {}
-        return ((index.get("info") or {}).get(name) or {}).get("size", 0)
-
     def _prefetch_for_siblings(self, ds: FlowDatastore) -> None:
         """Reading artifact X of one task of an iterated step: fetch X of the next tasks too, in parallel, since
         loops over a step's tasks read the same artifact from each (remote storage only)."""
@@ -385,12 +379,13 @@ class DataArtifact(MetaflowObject):
         is not cached is unpickled from a stream, so its serialized bytes and the value are not both in memory."""
         ds = self._datastore()
         self._prefetch_for_siblings(ds)
-        if self.sha not in blob_cache and self._stored_size() > STREAM_THRESHOLD:
-            self._check_encoding()
-            with ds.open_blob(self.sha) as stream:
-                obj = unpickle.load(stream, trusted=trusted)
+        self._check_encoding()
+        blob = ds.load_blob_or_stream(self.sha, STREAM_THRESHOLD)
+        if isinstance(blob, bytes):
+            obj = unpickle.loads(blob, trusted=trusted)
         else:
-            obj = unpickle.loads(self._serialized(), trusted=trusted)
+            with blob:
+                obj = unpickle.load(blob, trusted=trusted)
         if isinstance(obj, unpickle.IncludedFile):
             return _included_file_value(obj.descriptor, self.id)
         return obj

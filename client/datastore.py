@@ -5,10 +5,12 @@ good, within a byte budget. Per-attempt files (`<A>.data.json`, logs) live under
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 import threading
 import zlib
-from typing import BinaryIO, List, Optional, Tuple
+from typing import BinaryIO, List, Optional, Tuple, Union
 
 from cachetools import LRUCache
 
@@ -98,6 +100,28 @@ class FlowDatastore:
             if data is None:
                 data = self._decompress(sha, self.storage.read(self.blob_key(sha)))
             blob_cache.put(sha, data)
+        return data
+
+    def load_blob_or_stream(self, sha: str, stream_above: int) -> Union[bytes, BinaryIO]:
+        """The serialized bytes of a blob, or a stream of them when they are larger than `stream_above` (so a
+        large value is unpickled without its bytes in memory; such blobs are not cached in memory)."""
+        data = blob_cache.get(sha)
+        if data is not None:
+            return data
+        key = self.blob_key(sha)
+        local = self.storage.local_path(key) if not self.remote else disk_cache().path(sha)
+        if local is not None and os.stat(local).st_size > stream_above:
+            return self.open_blob(sha)
+        data = self._cached_on_disk(sha)
+        if data is None:
+            stored = self.storage.read(key)
+            # gzip's trailer holds the uncompressed size (mod 2**32): a small file can still be a huge value
+            if stored[:2] == _GZIP_MAGIC and int.from_bytes(stored[-4:], "little") > stream_above:
+                import gzip
+
+                return gzip.GzipFile(fileobj=io.BytesIO(stored), mode="rb")
+            data = self._decompress(sha, stored)
+        blob_cache.put(sha, data)
         return data
 
     def _decompress(self, sha: str, stored: bytes) -> bytes:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import List, Optional
+import time
+from typing import Dict, List, Optional, Tuple
 
+from ..config import mffs_setting
 from .base import MetadataProvider, run_record
 
 MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
@@ -22,7 +24,7 @@ def _read_json(path: str):
 
 def _self_record(path: str) -> Optional[dict]:
     try:
-        return _read_json(os.path.join(path, "_meta", "_self.json"))
+        return _read_json(path + "/_meta/_self.json")
     except (FileNotFoundError, NotADirectoryError):
         return None
 
@@ -30,9 +32,12 @@ def _self_record(path: str) -> Optional[dict]:
 class LocalMetadataProvider(MetadataProvider):
     TYPE = "local"
 
-    def __init__(self, root: Optional[str]):
+    def __init__(self, root: Optional[str], ttl: Optional[float] = None):
         #: the `.metaflow` directory, or None when none was found (then nothing exists)
         self.root = root
+        # (meta dir) -> (attempt, monotonic deadline): reading two artifacts of a task probes its attempt once
+        self._attempts: Dict[str, Tuple[Optional[int], float]] = {}
+        self._ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
 
     def info(self) -> str:
         if self.root is None:
@@ -108,16 +113,24 @@ class LocalMetadataProvider(MetadataProvider):
         except (FileNotFoundError, NotADirectoryError):
             return []
 
-    @staticmethod
-    def _default_attempt(meta_dir: str) -> Optional[int]:
+    def _default_attempt(self, meta_dir: str) -> Optional[int]:
         """The attempt Metaflow shows by default: the latest one that finished. Metaflow reads the value of the
         newest `attempt-done` event; every finished attempt also registers its artifacts, among them the one
         called `name` (the flow's name), so the highest A with `<A>_artifact_name.json` is the same attempt,
-        found with a few stat calls instead of a listing and a read."""
+        found with a few stat calls instead of a listing and a read (and remembered for the TTL)."""
+        now = time.monotonic()
+        known = self._attempts.get(meta_dir)
+        if known is not None and known[1] > now:
+            return known[0]
+        found = None
         for attempt in range(MAX_ATTEMPTS - 1, -1, -1):
             if os.path.exists("%s/%d_artifact_name.json" % (meta_dir, attempt)):
-                return attempt
-        return None
+                found = attempt
+                break
+        if len(self._attempts) > 100_000:
+            self._attempts.clear()
+        self._attempts[meta_dir] = (found, now + self._ttl)
+        return found
 
     @staticmethod
     def _artifact(r: dict) -> dict:
@@ -156,7 +169,7 @@ class LocalMetadataProvider(MetadataProvider):
             if attempt is None:
                 return None
         try:
-            return self._artifact(_read_json(os.path.join(meta_dir, "%d_artifact_%s.json" % (attempt, name))))
+            return self._artifact(_read_json("%s/%d_artifact_%s.json" % (meta_dir, attempt, name)))
         except (FileNotFoundError, NotADirectoryError):
             return None
 

@@ -12,7 +12,7 @@ class LocalStorage(Storage):
     TYPE = "local"
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, key) if key else self.root
+        return self.root + "/" + key if key else self.root
 
     def read(self, key: str) -> bytes:
         with open(self._path(key), "rb") as f:
