@@ -11,10 +11,8 @@ import io
 import json
 import os
 from collections import namedtuple
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
-from . import mflog, unpickle
 from .cache import CachingProvider
 from .config import find_local_root, setting, username
 from .datastore import (
@@ -36,8 +34,9 @@ from .exceptions import (
 )
 from .metadata.base import MetadataProvider
 
-if TYPE_CHECKING:  # tarfile and tempfile are imported only when a code package is opened
+if TYPE_CHECKING:  # imported when first needed: datetime, unpickle (pickle), tarfile and tempfile
     import tarfile
+    from datetime import datetime
     from tempfile import TemporaryDirectory
 
 Metadata = namedtuple("Metadata", ["name", "value", "created_at", "type", "task"])
@@ -123,7 +122,9 @@ def _current_provider() -> CachingProvider:
     return _provider  # type: ignore[return-value]
 
 
-def _created_at(record: dict) -> datetime:
+def _created_at(record: dict) -> "datetime":
+    from datetime import datetime
+
     return datetime.fromtimestamp(record["ts_epoch"] / 1000.0)
 
 
@@ -377,6 +378,8 @@ class DataArtifact(MetaflowObject):
     def load(self, trusted: bool = True) -> Any:
         """The value; `trusted=False` loads only allow-listed data types (see client.unpickle). A large blob that
         is not cached is unpickled from a stream, so its serialized bytes and the value are not both in memory."""
+        from . import unpickle
+
         ds = self._datastore()
         self._prefetch_for_siblings(ds)
         self._check_encoding()
@@ -411,6 +414,8 @@ class DataArtifact(MetaflowObject):
     def size(self) -> int:
         info = self._attempt_info()
         if info.get("type") == "<class 'metaflow.includefile.IncludedFile'>":
+            from . import unpickle
+
             obj = unpickle.loads(self._serialized())
             return _included_file_size(obj.descriptor)
         return info.get("size", 0)
@@ -699,6 +704,8 @@ class Task(MetaflowObject):
         if location is None:
             yield None, ""
             return
+        from . import mflog
+
         ds, attempt = location
         for ts, msg in mflog.merge(ds.logs(*self._components[1:], attempt, stream)):
             yield ts, (msg.decode("utf-8") if as_unicode else msg)

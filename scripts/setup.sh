@@ -15,4 +15,5 @@ if ((${#need_apt[@]})); then
 fi
 
 [[ -x "$top/.venv/bin/python" ]] || python3 -m venv "$top/.venv"
-"$top/.venv/bin/pip" install -q --disable-pip-version-check -e "$top[$extras]"
+# compat mode: a plain path entry, not an import hook that every Python start would have to load
+"$top/.venv/bin/pip" install -q --disable-pip-version-check --config-settings editable_mode=compat -e "$top[$extras]"
