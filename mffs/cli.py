@@ -46,7 +46,15 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
         help="local datastore: a .metaflow directory or the directory containing it "
         "(default: Metaflow's own lookup, e.g. METAFLOW_DATASTORE_SYSROOT_LOCAL or ./.metaflow)",
     )
-    group.add_argument("--metadata", metavar="SPEC", help="metadata provider as for metaflow.metadata(), e.g. service@URL")
+    group.add_argument(
+        "--metadata", metavar="SPEC", help="metadata provider as for metaflow.metadata(), e.g. service@URL"
+    )
+    group.add_argument(
+        "--trust-pickles", action="store_true",
+        help="unpickle artifacts fully for repr.txt and the value.* exports, as Metaflow's client does: this runs "
+        "code from the pickles. Default: a restricted unpickler that loads standard-library data types, numpy and "
+        "pandas and shows any other object as a placeholder, so crawling the mount never runs pickled code",
+    )
     tuning = parser.add_argument_group("caching")
     tuning.add_argument(
         "--refresh", type=float, default=0.5, metavar="S",
@@ -111,6 +119,7 @@ def _build_tree(args: argparse.Namespace, pathspec: Optional[str] = None):
             content_cache_bytes=int(args.content_cache_mb * (1 << 20)),
             render_threshold=args.render_threshold,
             repr_limit=args.repr_limit,
+            trust_pickles=args.trust_pickles,
             **namespace_kwargs,
         )
     except FileNotFoundError as exc:
@@ -273,9 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mffs",
         description="Metaflow runs as a read-only filesystem. Layout: MOUNT/<Flow>/{latest,latest_successful,"
-        "tags/<tag>/<run>,<run>/{run.json,parameters.json,<step>/{step.json,<task>/{task.json,metadata.json,"
-        "stdout.log,stderr.log,exception.txt,<artifact>/{repr.txt,data.pickle,meta.json}}}}}. Names starting "
-        "with _ are hidden but reachable; '/' in a tag is written %%2F.",
+        "tags/<tag>/<run>,<run>/{run.json,parameters.json,code/,<step>/{step.json,<task>/{task.json,"
+        "metadata.json,stdout.log,stderr.log,exception.txt,cards/,attempts/<n>/,<artifact>/{repr.txt,data.pickle,"
+        "meta.json,value.json|txt|bin|npy|csv|parquet|png,content}}}}}. Names starting with _ are hidden but "
+        "reachable; '/' in a tag is written %%2F.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -343,6 +353,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # The client's errors (backend down, unknown object...) are the user's to read, not a traceback. If the
+        # client was never imported, the error cannot be one of its.
+        client_exceptions = sys.modules.get("client.exceptions")
+        if client_exceptions is None or not isinstance(exc, client_exceptions.MetaflowException):
+            raise
+        print("mffs: %s: %s" % (exc.headline.lower(), str(exc).strip() or type(exc).__name__), file=sys.stderr)
+        return 1
     return 0
 
 

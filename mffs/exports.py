@@ -1,10 +1,13 @@
 """Typed exports of artifact values: the files next to repr.txt / data.pickle / meta.json that real tools can read.
 
 API (used by the path tree):
-  * `export_names(type_name)` -> the export file names an artifact has, decided from the type string Metaflow
-    stored at save time (`info[name]["type"]` in data.json, e.g. "<class 'pandas.DataFrame'>"). It never loads
-    a value, so listing an artifact directory stays cheap. An export that needs an optional library (pandas,
-    pyarrow, Pillow, matplotlib) is listed only when that library is importable here.
+  * `export_names(type_name, trusted=True)` -> the export file names an artifact has, decided from the type
+    string Metaflow stored at save time (`info[name]["type"]` in data.json, e.g. "<class 'pandas.DataFrame'>").
+    It never loads a value, so listing an artifact directory stays cheap. An export that needs an optional
+    library (pandas, pyarrow, Pillow, matplotlib) is listed only when that library is importable here. With
+    `trusted=False` (the mount without --trust-pickles) a type that the restricted unpickler would load as an
+    `UntrustedObject` placeholder (e.g. PIL images, matplotlib figures, classes of the flow) gets no exports:
+    its value is not loaded, so there is nothing to export, and an absent file is clearer than one failing EIO.
   * `render_export(name, value)` -> the file's bytes for the loaded value. Raises `ExportError` (a ValueError)
     with a clear message when it cannot: the value is not of the kind the name promises (a subclass the type
     string did not reveal), an `UntrustedObject` placeholder (the mount runs without --trust-pickles), or the
@@ -83,8 +86,9 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, NamedTuple, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
+from client import unpickle
 from client.unpickle import UntrustedObject
 
 
@@ -157,12 +161,16 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _qualname(type_name: str) -> Optional[str]:
+    match = _TYPE_STRING.fullmatch(type_name.strip())
+    return match.group(1) if match else None
+
+
 @lru_cache(maxsize=1024)
 def _names_for_type(type_name: str) -> Tuple[str, ...]:
-    match = _TYPE_STRING.fullmatch(type_name.strip())
-    if match is None:
+    qualname = _qualname(type_name)
+    if qualname is None:
         return ()
-    qualname = match.group(1)
     names = (
         listing.name
         for listing in _LISTINGS
@@ -171,9 +179,33 @@ def _names_for_type(type_name: str) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def export_names(type_name: str) -> List[str]:
-    """The export files of an artifact whose stored type string (`str(type(value))`) is `type_name`."""
-    return list(_names_for_type(type_name))
+def export_names(type_name: str, trusted: bool = True) -> List[str]:
+    """The export files of an artifact whose stored type string (`str(type(value))`) is `type_name`, for a
+    value loaded with `DataArtifact.load(trusted=trusted)`."""
+    names = _names_for_type(type_name)
+    if names and not trusted and not _restricted_unpickler_builds(_qualname(type_name)):
+        return []
+    return list(names)
+
+
+_QUALNAME = re.compile(r"[A-Za-z_][\w.]*")
+
+
+@lru_cache(maxsize=1024)
+def _restricted_unpickler_builds(qualname: str) -> bool:
+    """Whether `client.unpickle.loads(..., trusted=False)` builds this class rather than a placeholder. Asked of
+    the restricted unpickler itself, with a pickle that only names the class, so its allow-list is the only one."""
+    if not _QUALNAME.fullmatch(qualname):
+        return False
+    module, _, name = qualname.rpartition(".")
+    if not module:  # a builtin data type (str, dict, NoneType...): pickled as opcodes or allow-listed builtins
+        return True
+    probe = b"c%s\n%s\n." % (module.encode(), name.encode())  # GLOBAL module name; STOP
+    try:
+        found = unpickle.loads(probe, trusted=False)
+    except Exception:  # the class cannot be found here: nothing would load
+        return False
+    return not (isinstance(found, type) and issubclass(found, UntrustedObject))
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ Kernel caching. libfuse's high-level API has one entry/attr/negative timeout for
     is kept short; new tasks and files in running runs therefore appear within `refresh` even after a miss.
   * Files opened from stable nodes get `keep_cache` (their pages survive close/open); unstable ones do not.
     Deferred files (size not known yet, see mffs/tree.py) are opened with `direct_io`, so reads are not cut at
-    the reported size 0; once read, their exact size is learned and the kernel's stale size is invalidated.
+    the reported size 0; opening one renders it, and its stale size is invalidated in the kernel before the open
+    returns, so an fstat right after open(2) already sees the exact size.
 Readdir is never cached by the kernel in the high-level API; the tree answers it from its own cache.
 
 Errors: OSErrors from the tree carry their errno (ENOENT, EIO, ...); any other exception in a callback is logged
@@ -122,6 +123,16 @@ class Invalidator:
         with self._lock:
             self._paths.add(path)
 
+    def invalidate_now(self, path: str) -> None:
+        """Drop the kernel's attributes of `path` before returning (its size was just learned while opening it,
+        and the opener's fstat must see it: pyarrow and DuckDB size parquet files that way). Called inside the
+        open callback: an inode invalidation only marks attributes stale and drops pages, it waits for no request.
+        """
+        if self._invalidate is None:
+            self.watch(path)  # before init, or a libfuse without fuse_invalidate_path
+            return
+        self._invalidate(self._fuse, path.encode("utf-8", "surrogateescape"))
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             with self._lock:
@@ -137,7 +148,7 @@ class MffsOperations(mfusepy.Operations):
     def __init__(self, tree: Tree, refresh: float):
         self.tree = tree
         self.invalidator = Invalidator(refresh)
-        tree.on_size_learned = self.invalidator.watch
+        tree.on_size_learned = self.invalidator.invalidate_now
         tree.control_files["stats"] = self._stats_json
         self._handles: Dict[int, Reader] = {}
         self._next_handle = itertools.count(1)

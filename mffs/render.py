@@ -93,12 +93,13 @@ def run_record(run: Any) -> dict:
     }
 
 
-def parameters_record(run: Any) -> dict:
-    """name -> value of the run's flow parameters (the `_parameters` task's artifacts named in `_graph_info`)."""
+def parameters_record(run: Any, trusted: bool = True) -> dict:
+    """name -> value of the run's flow parameters (the `_parameters` task's artifacts named in `_graph_info`),
+    loaded with `DataArtifact.load(trusted=trusted)`: a parameter of a custom type is a pickled object too."""
     task = run["_parameters"].task
-    graph_info = task["_graph_info"].data
+    graph_info = task["_graph_info"].load(trusted=trusted)
     names = [parameter["name"] for parameter in graph_info.get("parameters", [])]
-    return {name: task[name].data for name in names if name in task}
+    return {name: task[name].load(trusted=trusted) for name in names if name in task}
 
 
 def step_record(step: Any) -> dict:

@@ -1,27 +1,35 @@
 """The mount's path tree: path -> node, plain Python (no FUSE import), over the `client` object model.
 
-Layout (see README): <Flow>/{latest,latest_successful,tags/<tag>/<run>,<run>/{run.json,parameters.json,
-<step>/{step.json,<task>/{task.json,metadata.json,stdout.log,stderr.log,exception.txt,<artifact>/{repr.txt,
-data.pickle,meta.json}}}}}. Names starting with `_` (the `_parameters` step, internal artifacts) are not listed but
-resolve by name. A hidden `/.mffs/` directory holds control files registered by the front end (e.g. `stats`).
+Layout (see README): <Flow>/{latest,latest_successful,tags/<tag>/<run>,<run>/{run.json,parameters.json,code/,
+<step>/{step.json,<task>/{task.json,metadata.json,stdout.log,stderr.log,exception.txt,cards/,attempts/<n>/,
+<artifact>/{repr.txt,data.pickle,meta.json,value.*|content}}}}}. Names starting with `_` (the `_parameters` step,
+internal artifacts) are not listed but resolve by name. A hidden `/.mffs/` directory holds control files registered
+by the front end (e.g. `stats`). code/ (CodeArchive), cards/ (CardsDir), attempts/ (AttemptsDir) and the typed
+exports (ArtifactDir, mffs/exports.py) are described where they are built.
+
+Unpickling policy. repr.txt, the typed exports and parameters.json load values with
+`DataArtifact.load(trusted=Tree.trust_pickles)`. By default (`trust_pickles=False`, the mount without
+`--trust-pickles`) that is the client's restricted unpickler: standard-library data types, numpy, pandas and
+Metaflow's own stand-ins load; any other class becomes a placeholder whose repr names it and the flag, and none of
+its code runs, so indexers, `grep -r` and `ls -lR` can crawl a mount safely. data.pickle is always the raw bytes.
 
 Stability. Every node says whether it is *stable*: its attributes, bytes and child names can no longer change.
 Everything under a finished run (`Run.finished`) is stable, and so is everything under a finished task
-(`Task.finished`) of a running run. Flow-level nodes (flows, runs, tags, `latest*`) and the rest of an unfinished
-run are not. Stable nodes live in an LRU cache of `cache_entries` nodes; unstable ones in a TTL cache that expires
-after `refresh` seconds, so a running run is re-read from the backend at most once per `refresh` per node and new
-tasks and growing logs show up within about one `refresh`. The FUSE adapter uses the same flag to decide what the
-kernel may cache (see mffs/fuse_ops.py).
+(`Task.finished`) of a running run, and a code package. Flow-level nodes (flows, runs, tags, `latest*`) and the
+rest of an unfinished run are not. Stable nodes live in an LRU cache of `cache_entries` nodes; unstable ones in a
+TTL cache that expires after `refresh` seconds, so a running run is re-read from the backend at most once per
+`refresh` per node and new tasks and growing logs show up within about one `refresh`. The FUSE adapter uses the
+same flag to decide what the kernel may cache (see mffs/fuse_ops.py).
 
-File sizes are exact at stat time. JSON files, logs, exception.txt and the repr.txt of artifacts whose pickle is at
-most `render_threshold` bytes (`DataArtifact.blob_size`, known without loading the blob) are rendered when first
-stat'ed; their bytes go to an LRU cache bounded to `content_cache_bytes`, their size stays with the node. The
-repr.txt of a larger artifact is *deferred*: it reports size 0 until something reads it (always with direct I/O,
-so reads are not cut at the size the kernel knows); that read renders it (`repr_limit` bounds the text), after
-which its exact size is reported and `on_size_learned(path)` is called so the front end can drop the kernel's
-stale size. So `stat`/`ls -l` never
-unpickle anything bigger than `render_threshold`. data.pickle streams from `DataArtifact.open_blob()` and is never
-held in memory whole.
+File sizes are exact at stat time. JSON files, logs, exception.txt, cards, and the repr.txt and exports of
+artifacts whose pickle is at most `render_threshold` bytes (`DataArtifact.blob_size`, known without loading the
+blob) are rendered when first stat'ed; their bytes go to an LRU cache bounded to `content_cache_bytes`, their size
+stays with the node. Code package files take their size from the archive header. The repr.txt and exports of a
+larger artifact are *deferred*: they report size 0 until opened (always with direct I/O, so reads are not cut at
+the size the kernel knows); opening renders them (`repr_limit` bounds repr.txt), after which the exact size is
+reported and `on_size_learned(path)` is called (during the open) so the front end can drop the kernel's stale
+size before the opener's fstat (parquet readers need it). So `stat`/`ls -l` never unpickle anything bigger than
+`render_threshold`. data.pickle streams from `DataArtifact.open_blob()` and is never held in memory whole.
 
 Errors are OSErrors with the errno a filesystem would give: unknown names FileNotFoundError (ENOENT), a backend or
 decode failure OSError(EIO) (logged). A file whose rendering fails at stat time is reported with size 0 and fails
@@ -30,6 +38,7 @@ with EIO when opened, so listing its directory still works.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import posixpath
 import threading
@@ -37,16 +46,21 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 from cachetools import LRUCache, TTLCache
 
-from . import render
+from . import exports, render
+
+if TYPE_CHECKING:
+    import tarfile
 
 log = logging.getLogger("mffs")
 
 DIR, FILE, LINK = "dir", "file", "link"
 CONTROL_DIR = ".mffs"
+CODE_DIR, CARDS_DIR, ATTEMPTS_DIR = "code", "cards", "attempts"
+_UNKNOWN = object()
 #: errors from the client that mean "no such object" (matched by class name, as Metaflow's client names them)
 _NOT_FOUND_ERRORS = {"MetaflowNotFound", "MetaflowNamespaceMismatch", "MetaflowInvalidPathspec", "KeyError"}
 
@@ -438,7 +452,8 @@ class TagDir(Dir):
 
 
 class RunDir(Dir):
-    """run.json, parameters.json and the run's steps (`_parameters` hidden)."""
+    """run.json, parameters.json, code/ (only when the run has a code package) and the run's steps (`_parameters`
+    hidden). A step named `code` wins over the code package: a name the flow chose is never made unreachable."""
 
     def __init__(self, tree: "Tree", path: str, run: Any):
         with client_errors(path):
@@ -446,9 +461,10 @@ class RunDir(Dir):
             stable = bool(run.finished)
         super().__init__(tree, path, mtime, stable)
         self.run = run
+        self._archive: Any = _UNKNOWN  # CodeArchive, or None without a code package; read once per node
 
     def _files(self) -> List[Node]:
-        run, stable, mtime = self.run, self.stable, self.mtime
+        run, stable, mtime, trusted = self.run, self.stable, self.mtime, self.tree.trust_pickles
         return [
             RenderedFile(
                 self.tree, join(self.path, "run.json"), mtime, stable, lambda: render.json_bytes(render.run_record(run))
@@ -458,23 +474,136 @@ class RunDir(Dir):
                 join(self.path, "parameters.json"),
                 mtime,
                 stable,
-                lambda: render.json_bytes(render.parameters_record(run)),
+                lambda: render.json_bytes(render.parameters_record(run, trusted)),
             ),
         ]
+
+    def _code_dir(self) -> Optional[Node]:
+        path = join(self.path, CODE_DIR)
+        if self._archive is _UNKNOWN:
+            with client_errors(path, object_lookup=False):
+                code = self.run.code
+                self._archive = CodeArchive(code) if code is not None else None
+        if self._archive is None:
+            return None
+        return CodeDir(self.tree, path, self.mtime, self._archive, ())
 
     def children(self) -> List[Node]:
         with client_errors(self.path):
             steps = list(self.run)
-        return self._files() + [StepDir(self.tree, join(self.path, step.id), step, self.stable) for step in steps]
+        nodes = self._files()
+        code = self._code_dir() if CODE_DIR not in {step.id for step in steps} else None
+        if code is not None:
+            nodes.append(code)
+        return nodes + [StepDir(self.tree, join(self.path, step.id), step, self.stable) for step in steps]
 
     def child(self, name: str) -> Node:
         for node in self._files():
             if node.name == name:
                 return node
         path = join(self.path, name)
-        with client_errors(path):
-            step = self.run[name]
+        try:
+            with client_errors(path):
+                step = self.run[name]
+        except FileNotFoundError:
+            code = self._code_dir() if name == CODE_DIR else None
+            if code is None:
+                raise
+            return code
         return StepDir(self.tree, path, step, self.stable)
+
+
+def code_member_parts(member: tarfile.TarInfo) -> Optional[Tuple[str, ...]]:
+    """The path components under which a code package member is served, or None when it is never served: links
+    (symbolic and hard), devices and FIFOs, absolute names and names with a `..` component."""
+    if not (member.isreg() or member.isdir()):
+        return None
+    parts = tuple(part for part in member.name.split("/") if part not in ("", "."))
+    if member.name.startswith("/") or ".." in parts or not parts:
+        return None
+    return parts
+
+
+class CodeArchive:
+    """A run's code package as a directory index over its tarball; files are read straight from the archive
+    (never extracted to disk).
+
+    Served: the members `MetaflowCode.user_members()` lists (what Metaflow's `extract()` extracts) that
+    `code_member_parts` accepts. `./` and empty components are dropped; when a path occurs twice the later
+    member wins, as extraction would overwrite it; a path that is a directory (explicitly or as the parent of
+    another member) is a directory even if a file member has the same name.
+    """
+
+    def __init__(self, code: Any):
+        self.code = code
+        self._lock = threading.Lock()  # a TarFile reads through one shared file object
+        #: directory path components -> {name: file member, or None for a subdirectory}
+        self.dirs: Dict[Tuple[str, ...], Dict[str, Optional[tarfile.TarInfo]]] = {(): {}}
+        files = []
+        for member in code.user_members():
+            parts = code_member_parts(member)
+            if parts is None:
+                continue
+            for depth in range(1, len(parts) if member.isreg() else len(parts) + 1):
+                self._add_dir(parts[:depth])
+            if member.isreg():
+                files.append((parts, member))
+        for parts, member in files:
+            if parts not in self.dirs:
+                self.dirs[parts[:-1]][parts[-1]] = member
+
+    def _add_dir(self, parts: Tuple[str, ...]) -> None:
+        if parts not in self.dirs:
+            self.dirs[parts] = {}
+            self.dirs[parts[:-1]][parts[-1]] = None
+
+    def read(self, member: tarfile.TarInfo) -> bytes:
+        with self._lock:
+            return self.code.tarball.extractfile(member).read()
+
+
+class ArchiveFile(File):
+    """A regular file of a code package: size from the archive header, bytes read when opened."""
+
+    def __init__(self, tree: "Tree", path: str, archive: CodeArchive, member: tarfile.TarInfo):
+        super().__init__(tree, path, float(member.mtime), stable=True)
+        self.archive = archive
+        self.member = member
+
+    def size(self) -> int:
+        return self.member.size
+
+    def open(self) -> Reader:
+        data = self.tree.cached_content(self.path)
+        if data is None:
+            with client_errors(self.path, object_lookup=False):
+                data = self.archive.read(self.member)
+            self.tree.keep_content(self.path, data)
+        return BytesReader(data)
+
+
+class CodeDir(Dir):
+    """code/ and its subdirectories: a read-only view of the code package's user files (see CodeArchive)."""
+
+    def __init__(self, tree: "Tree", path: str, mtime: float, archive: CodeArchive, parts: Tuple[str, ...]):
+        super().__init__(tree, path, mtime, stable=True)  # a code package never changes
+        self.archive = archive
+        self.parts = parts
+
+    def _node(self, name: str, member: Optional[tarfile.TarInfo]) -> Node:
+        path = join(self.path, name)
+        if member is None:
+            return CodeDir(self.tree, path, self.mtime, self.archive, self.parts + (name,))
+        return ArchiveFile(self.tree, path, self.archive, member)
+
+    def children(self) -> List[Node]:
+        return [self._node(name, member) for name, member in sorted(self.archive.dirs[self.parts].items())]
+
+    def child(self, name: str) -> Node:
+        entries = self.archive.dirs[self.parts]
+        if name not in entries:
+            raise self._missing(name)
+        return self._node(name, entries[name])
 
 
 class StepDir(Dir):
@@ -511,7 +640,13 @@ class StepDir(Dir):
 
 
 class TaskDir(Dir):
-    """task.json, metadata.json, stdout.log, stderr.log, exception.txt (only when there is one), artifacts.
+    """task.json, metadata.json, stdout.log, stderr.log, exception.txt (only when there is one), cards/ (only when
+    the task registered cards), attempts/ and the artifacts.
+
+    The files and artifacts are those of the task's current attempt, as in Metaflow's client: logs of the latest
+    started attempt, artifacts of the latest finished one. `attempts/<n>/` (AttemptDir) has the same layout for
+    each attempt 0..current_attempt. cards/ and attempts/ win over artifacts named `cards` or `attempts`, which stay
+    reachable in `attempts/<n>/` (n = `current_attempt` in task.json).
 
     The directory itself is stable when its run is; its contents also when the task has finished, which is learned
     (one `_task_ok` load) only when the contents are first needed.
@@ -549,9 +684,21 @@ class TaskDir(Dir):
         with client_errors(self.path):
             return self.task.exception is not None
 
+    def _special_dirs(self) -> Dict[str, Callable[[], Node]]:
+        """name -> node factory of the directories mffs adds to a task (cards/ only when it has cards)."""
+        path, stable = self.path, self.contents_stable()
+        dirs: Dict[str, Callable[[], Node]] = {}
+        with client_errors(path):
+            has_cards = any(entry.type == "card-info" for entry in self.task.metadata)
+        if has_cards:
+            dirs[CARDS_DIR] = lambda: CardsDir(self.tree, join(path, CARDS_DIR), self.mtime, stable, self.task)
+        dirs[ATTEMPTS_DIR] = lambda: AttemptsDir(self.tree, join(path, ATTEMPTS_DIR), self.mtime, stable, self.task)
+        return dirs
+
     def children(self) -> List[Node]:
         names = [name for name in self.FILES if name != "exception.txt" or self._has_exception()]
         nodes = [self._file(name) for name in names]
+        nodes.extend(make() for make in self._special_dirs().values())
         with client_errors(self.path):
             artifacts = list(self.task)
         stable = self.contents_stable()
@@ -563,14 +710,131 @@ class TaskDir(Dir):
             if name == "exception.txt" and not self._has_exception():
                 raise self._missing(name)
             return self._file(name)
+        if name in (CARDS_DIR, ATTEMPTS_DIR):
+            make = self._special_dirs().get(name)
+            if make is not None:
+                return make()
         path = join(self.path, name)
         with client_errors(path):
             artifact = self.task[name]
         return ArtifactDir(self.tree, path, artifact, self.contents_stable())
 
 
+class AttemptDir(TaskDir):
+    """attempts/<n>/: task.json, metadata.json, logs, exception.txt and artifacts of attempt n, from
+    `Task(pathspec, attempt=n)` as in Metaflow's client; no cards/ or attempts/ (they belong to the task)."""
+
+    def _special_dirs(self) -> Dict[str, Callable[[], Node]]:
+        return {}
+
+
+class AttemptsDir(Dir):
+    """attempts/: one AttemptDir per attempt 0..current_attempt (every attempt that has started)."""
+
+    def __init__(self, tree: "Tree", path: str, mtime: float, stable: bool, task: Any):
+        super().__init__(tree, path, mtime, stable)
+        self.task = task
+
+    def _attempt(self, number: int) -> Node:
+        path = join(self.path, str(number))
+        with client_errors(path):
+            attempt = self.tree.client.Task(self.task.pathspec, attempt=number)
+        return AttemptDir(self.tree, path, attempt, self.stable)
+
+    def _count(self) -> int:
+        with client_errors(self.path):
+            return self.task.current_attempt + 1
+
+    def children(self) -> List[Node]:
+        return [self._attempt(number) for number in range(self._count())]
+
+    def child(self, name: str) -> Node:
+        if not (name.isdigit() and name == str(int(name)) and int(name) < self._count()):
+            raise self._missing(name)
+        return self._attempt(int(name))
+
+
+def card_file_names(stored_names: List[str], uuids_in_order: List[str]) -> Dict[str, str]:
+    """Served card name -> stored card name. A stored name is `<type>[-<id>]-<uuid>.html`; it is served as
+    `<type>[-<id>]-<n>.html`, n counting from 0 the cards with the same `<type>[-<id>]`, ordered by the position of
+    their uuid in `uuids_in_order`, then (uuid not there) by stored name."""
+    position = {}
+    for uuid in uuids_in_order:
+        position.setdefault(uuid, len(position))
+
+    def stem_parts(stored: str) -> Tuple[str, str]:
+        prefix, _, uuid = stored[: -len(".html")].rpartition("-")
+        return (prefix, uuid) if prefix else (uuid, "")
+
+    served: Dict[str, str] = {}
+    counts: Dict[str, int] = {}
+    for stored in sorted(stored_names, key=lambda name: (position.get(stem_parts(name)[1], len(position)), name)):
+        prefix = stem_parts(stored)[0]
+        number = counts.get(prefix, 0)
+        counts[prefix] = number + 1
+        served["%s-%d.html" % (prefix, number)] = stored
+    return served
+
+
+class CardsDir(Dir):
+    """cards/: the task's Metaflow cards as `<type>[-<id>]-<n>.html`, byte-identical to the stored HTML files.
+
+    Stored names end in a uuid (`default-<uuid>.html`, `<type>-<id>-<uuid>.html`) that means nothing to a reader,
+    so n numbers the cards of one `<type>[-<id>]` from 0: in the order of the task's `card-info` metadata events
+    (by time, then as listed: the order in which the task registered its @card decorators), then cards with no
+    event in stored-name order (see `card_file_names`). A cloned (resumed) task shows its origin's cards, as
+    Metaflow's `get_cards` does.
+    """
+
+    def __init__(self, tree: "Tree", path: str, mtime: float, stable: bool, task: Any):
+        super().__init__(tree, path, mtime, stable)
+        self.task = task
+        self._store: Any = None
+        self._names: Optional[Dict[str, str]] = None
+
+    def _served_names(self) -> Dict[str, str]:
+        if self._names is None:
+            with client_errors(self.path):
+                store = self.task.cards()
+                events = sorted(
+                    (entry for entry in self.task.metadata if entry.type == "card-info"), key=lambda e: e.created_at
+                )
+            self._store = store
+            self._names = card_file_names(store.names if store else [], [_card_uuid(e) for e in events])
+        return self._names
+
+    def _card(self, name: str, stored: str) -> Node:
+        store = self._store
+        return RenderedFile(self.tree, join(self.path, name), self.mtime, self.stable, lambda: store.read(stored))
+
+    def children(self) -> List[Node]:
+        return [self._card(name, stored) for name, stored in self._served_names().items()]
+
+    def child(self, name: str) -> Node:
+        stored = self._served_names().get(name)
+        if stored is None:
+            raise self._missing(name)
+        return self._card(name, stored)
+
+
+def _card_uuid(event: Any) -> str:
+    """The card uuid of a `card-info` metadata event: its value's `card_uuid`, else the field name (the uuid)."""
+    try:
+        return json.loads(event.value).get("card_uuid") or event.name
+    except (TypeError, ValueError, AttributeError):
+        return event.name
+
+
 class ArtifactDir(Dir):
-    """repr.txt, data.pickle and meta.json of one artifact."""
+    """repr.txt, data.pickle, meta.json and the artifact's typed exports (value.json, value.csv, ...; which ones
+    is decided by mffs/exports.py from the stored type, without loading the value).
+
+    repr.txt and the exports render the value loaded with the mount's unpickling policy (`Tree.trust_pickles`):
+    by default the restricted unpickler, so an object of a class that is not allow-listed appears as a placeholder
+    naming the class and `--trust-pickles`, and nothing of it runs; such a value has no exports. data.pickle is the
+    stored bytes, never unpickled. Exports are rendered and cached like repr.txt (at first stat when the pickle is
+    at most `render_threshold` bytes, else deferred); one that fails to render is EIO for that file only.
+    """
 
     FILES = ("repr.txt", "data.pickle", "meta.json")
 
@@ -580,6 +844,11 @@ class ArtifactDir(Dir):
         super().__init__(tree, path, mtime, stable)
         self.artifact = artifact
 
+    def _names(self) -> List[str]:
+        with client_errors(self.path):
+            type_name = self.artifact.type_name or ""
+        return list(self.FILES) + exports.export_names(type_name, trusted=self.tree.trust_pickles)
+
     def _file(self, name: str) -> Node:
         artifact, tree, path = self.artifact, self.tree, join(self.path, name)
         if name == "data.pickle":
@@ -588,20 +857,19 @@ class ArtifactDir(Dir):
             return RenderedFile(
                 tree, path, self.mtime, self.stable, lambda: render.json_bytes(render.artifact_record(artifact))
             )
+        if name == "repr.txt":
+            rendering = lambda: render.repr_bytes(tree.load(artifact), tree.repr_limit)  # noqa: E731
+        else:
+            rendering = lambda: exports.render_export(name, tree.load(artifact))  # noqa: E731
         return RenderedFile(
-            tree,
-            path,
-            self.mtime,
-            self.stable,
-            lambda: render.repr_bytes(artifact.data, tree.repr_limit),
-            eager=lambda: artifact.blob_size <= tree.render_threshold,
+            tree, path, self.mtime, self.stable, rendering, eager=lambda: artifact.blob_size <= tree.render_threshold
         )
 
     def children(self) -> List[Node]:
-        return [self._file(name) for name in self.FILES]
+        return [self._file(name) for name in self._names()]
 
     def child(self, name: str) -> Node:
-        if name not in self.FILES:
+        if name not in self.FILES and name not in self._names():
             raise self._missing(name)
         return self._file(name)
 
@@ -635,6 +903,7 @@ class Tree:
         content_cache_bytes: int = 64 << 20,
         render_threshold: int = 1 << 20,
         repr_limit: int = 64 << 10,
+        trust_pickles: bool = False,
     ):
         if client_module is None:
             import client as client_module  # the project's Metaflow-compatible client
@@ -645,6 +914,8 @@ class Tree:
         self.refresh = refresh
         self.render_threshold = render_threshold
         self.repr_limit = repr_limit
+        #: load artifact values for repr.txt and exports with the full unpickler (else the restricted one)
+        self.trust_pickles = trust_pickles
         self.control_files: Dict[str, Callable[[], bytes]] = {}
         #: called with a path whose reported size changed from 0 to its exact size (deferred repr.txt)
         self.on_size_learned: Callable[[str], None] = lambda path: None
@@ -673,6 +944,10 @@ class Tree:
         if len(parts) == 3:
             return StepDir(self, "/", obj, run_stable)
         return TaskDir(self, "/", obj, run_stable)
+
+    def load(self, artifact: Any) -> Any:
+        """An artifact's value for repr.txt and exports, unpickled as the mount's policy says."""
+        return artifact.load(trusted=self.trust_pickles)
 
     # -- caches -----------------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ def test_help_documents_commands_and_options():
     mount_help = run_mffs("mount", "--help").stdout
     for option in ("--namespace", "--all-namespaces", "--datastore-root", "--foreground", "--debug",
                    "--allow-other", "--attr-ttl", "--refresh", "--cache-entries", "--content-cache-mb",
-                   "--render-threshold", "--repr-limit", "PATHSPEC"):
+                   "--render-threshold", "--repr-limit", "--trust-pickles", "PATHSPEC"):
         assert option in mount_help, option
 
 
@@ -102,3 +102,25 @@ def test_missing_fusermount_names_the_package(client_env, tmp_path):
 def test_umount_of_something_not_mounted(tmp_path):
     result = run_mffs("umount", str(tmp_path))
     assert (result.returncode, result.stderr) == (1, "mffs: %s is not mounted\n" % tmp_path)
+
+
+def test_cat_unpickles_untrusted_only_with_trust_pickles(client_env, mf, manifest, tmp_path):
+    task = mf.Run(manifest["runs"]["types"]["pathspec"])["start"].task
+    marker = tmp_path / "unpickled"
+    env = dict(os.environ, **{manifest["pickle_marker_env"]: str(marker)})
+    evil = task.pathspec + "/evil/repr.txt"
+    listed = run_mffs("ls", "-l", task.pathspec + "/evil", env=env)
+    restricted = run_mffs("cat", evil, env=env)
+    assert (listed.returncode, restricted.returncode) == (0, 0)
+    assert restricted.stdout == "<untrusted posix.system: not loaded; mount with --trust-pickles to load it>\n"
+    assert not marker.exists()
+    trusted = run_mffs("cat", "--trust-pickles", evil, env=env)
+    assert trusted.returncode == 0, trusted.stderr
+    assert marker.exists()
+
+
+def test_backend_errors_are_one_line(client_env):
+    result = run_mffs("ls", "/", "--metadata", "service@http://127.0.0.1:1")
+    assert result.returncode == 1
+    assert result.stderr.startswith("mffs: backend error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "127.0.0.1:1" in result.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mffs import render
+from mffs.exports import export_names
 from tests.support.datastores import run_flow
 from tests.support.mount import (  # noqa: F401
     corrupt_datastore,
@@ -155,35 +156,57 @@ def test_namespaces(client_env, tmp_path, mf, manifest):
         assert {"HelloFlow", "KitchenFlow"} <= set(os.listdir(everyone.path))
 
 
-def _expected_tree(run) -> set:
+def _expected_task_tree(task, root: Path, base: str, per_attempt: bool = False) -> set:
+    """Every path `find` should print under one task (or one attempt's directory), from Metaflow's client."""
+    files = ["task.json", "metadata.json", "stdout.log", "stderr.log"]
+    files += ["exception.txt"] if task.exception is not None else []
+    paths = {base} | {base + "/" + name for name in files}
+    for artifact in task:
+        exported = export_names(data_json_info(root, artifact)["type"], trusted=False)
+        paths.add(base + "/" + artifact.id)
+        paths |= {base + "/" + artifact.id + "/" + name for name in ["repr.txt", "data.pickle", "meta.json"] + exported}
+    if not per_attempt:
+        from metaflow.cards import get_cards
+        from metaflow.plugins.cards.exception import CardNotPresentException
+
+        try:
+            cards = list(get_cards(task))
+        except CardNotPresentException:
+            cards = []
+        if cards:
+            paths.add(base + "/cards")
+            paths |= {base + "/cards/%s%s-0.html" % (card.type, "-" + card.id if card.id else "") for card in cards}
+        paths.add(base + "/attempts")
+        for number in range(task.current_attempt + 1):
+            attempt = type(task)(task.pathspec, attempt=number)
+            paths |= _expected_task_tree(attempt, root, "%s/attempts/%d" % (base, number), per_attempt=True)
+    return paths
+
+
+def _expected_tree(run, root: Path) -> set:
     """Every path `find` should print for a run, built from Metaflow's client."""
     paths = {run.pathspec, run.pathspec + "/run.json", run.pathspec + "/parameters.json"}
     for step in run:
         paths |= {step.pathspec, step.pathspec + "/step.json"}
         for task in step:
-            paths.add(task.pathspec)
-            files = ["task.json", "metadata.json", "stdout.log", "stderr.log"]
-            files += ["exception.txt"] if task.exception is not None else []
-            paths |= {task.pathspec + "/" + name for name in files}
-            for artifact in task:
-                paths.add(artifact.pathspec)
-                paths |= {artifact.pathspec + "/" + name for name in ("repr.txt", "data.pickle", "meta.json")}
+            paths |= _expected_task_tree(task, root, task.pathspec)
     return paths
 
 
-def test_find_grep_and_ls_over_a_whole_run(mount, mf, manifest):
+def test_find_grep_and_ls_over_a_whole_run(mount, mf, manifest, local_root):
     run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
     found = subprocess.run(["find", run.pathspec], cwd=mount.path, capture_output=True, text=True, timeout=60)
     assert found.returncode == 0, found.stderr
-    assert set(found.stdout.splitlines()) == _expected_tree(run)
-    grep = subprocess.run(["grep", "-rl", "--include=repr.txt", "'kitchen'", run.pathspec], cwd=mount.path,
-                          capture_output=True, text=True, timeout=60)
+    assert set(found.stdout.splitlines()) == _expected_tree(run, local_root)
+    grep = subprocess.run(["grep", "-rl", "--include=repr.txt", "--exclude-dir=attempts", "'kitchen'", run.pathspec],
+                          cwd=mount.path, capture_output=True, text=True, timeout=60)
     assert grep.returncode == 0, grep.stderr
     assert set(grep.stdout.splitlines()) == {
         task.pathspec + "/label/repr.txt" for step in run for task in step}
     listing = subprocess.run(["ls", "-lR", run.pathspec], cwd=mount.path, capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0 and not listing.stderr
-    assert listing.stdout.count("task.json") == sum(1 for step in run for _ in step)
+    attempts = sum(task.current_attempt + 1 for step in run for task in step)
+    assert listing.stdout.count("task.json") == sum(1 for step in run for _ in step) + attempts
 
 
 def test_writes_are_refused_with_erofs(mount, manifest):

@@ -7,13 +7,14 @@ import io
 import json
 import os
 import pickle
-from pathlib import Path
+import tarfile
 
 import pytest
 
 import client
 from mffs import render
-from mffs.tree import CONTROL_DIR, DIR, FILE, LINK, StreamReader, Tree
+from mffs.exports import export_names
+from mffs.tree import CONTROL_DIR, DIR, FILE, LINK, StreamReader, Tree, card_file_names, code_member_parts
 from tests.support.mount import corrupt_datastore, data_json_info, expected_task_record  # noqa: F401
 
 PLAIN_TYPES = {"<class '%s'>" % name for name in ("int", "float", "str", "bool", "list", "dict", "tuple", "bytes")}
@@ -139,7 +140,10 @@ def test_task_files_match_metaflow(tree, mf, manifest):
             assert listed_metadata == expected_metadata
             files = [name for name in names(tree, base) if "." in name]
             assert files == ["task.json", "metadata.json", "stdout.log", "stderr.log"]
-            assert sorted(set(names(tree, base)) - set(files)) == sorted(artifact.id for artifact in task)
+            has_cards = any(m.type == "card-info" for m in task.metadata)
+            special = ["cards", "attempts"] if has_cards else ["attempts"]
+            assert [name for name in names(tree, base) if name in ("cards", "attempts")] == special
+            assert sorted(set(names(tree, base)) - set(files) - set(special)) == sorted(a.id for a in task)
             for name in names(tree, base):
                 node_stat = tree.stat(base + "/" + name)
                 if node_stat.kind == FILE:
@@ -165,8 +169,10 @@ def test_artifact_files_match_metaflow(tree, mf, manifest, local_root):
         for task in step:
             for artifact in task:
                 base = "/" + artifact.pathspec
-                assert names(tree, base) == ["repr.txt", "data.pickle", "meta.json"]
                 info = data_json_info(local_root, artifact)
+                exported = export_names(info["type"], trusted=False)
+                assert names(tree, base) == ["repr.txt", "data.pickle", "meta.json"] + exported
+                assert exported or info["type"] not in PLAIN_TYPES
                 assert read_json(tree, base + "/meta.json") == {
                     "pathspec": artifact.pathspec,
                     "name": artifact.id,
@@ -322,3 +328,64 @@ def test_stream_reader_serves_out_of_order_reads_from_its_window():
     assert reader.read(0, 10) == data[:10]  # before the window: reopen
     assert opener.opens == 2
     reader.close()
+
+
+def test_card_names_number_each_type_and_id_in_card_info_order():
+    stored = ["default-bbbb.html", "default-aaaa.html", "blank-summary-cccc.html", "default-dddd.html"]
+    served = card_file_names(stored, ["bbbb", "cccc", "aaaa"])  # dddd has no card-info event: last
+    assert served == {
+        "default-0.html": "default-bbbb.html",
+        "blank-summary-0.html": "blank-summary-cccc.html",
+        "default-1.html": "default-aaaa.html",
+        "default-2.html": "default-dddd.html",
+    }
+    assert card_file_names(stored[:2], []) == {
+        "default-0.html": "default-aaaa.html", "default-1.html": "default-bbbb.html"}
+
+
+def test_code_members_that_could_escape_or_are_not_files_are_never_served():
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, kind in [("flow.py", tarfile.REGTYPE), ("./pkg/mod.py", tarfile.REGTYPE), ("pkg", tarfile.DIRTYPE),
+                           ("../up.py", tarfile.REGTYPE), ("a/../../up.py", tarfile.REGTYPE),
+                           ("/abs.py", tarfile.REGTYPE), ("link", tarfile.SYMTYPE), ("hard", tarfile.LNKTYPE),
+                           ("dev", tarfile.CHRTYPE), ("blk", tarfile.BLKTYPE), ("fifo", tarfile.FIFOTYPE),
+                           (".", tarfile.DIRTYPE)]:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    archive.seek(0)
+    with tarfile.open(fileobj=archive) as tar:
+        served = {member.name: code_member_parts(member) for member in tar.getmembers()}
+    assert {name: parts for name, parts in served.items() if parts is not None} == {
+        "flow.py": ("flow.py",), "./pkg/mod.py": ("pkg", "mod.py"), "pkg": ("pkg",)}
+
+
+def test_restricted_tree_never_runs_pickled_code_and_trusted_does(client_env, manifest, tmp_path, monkeypatch):
+    marker = tmp_path / "unpickled"
+    monkeypatch.setenv(manifest["pickle_marker_env"], str(marker))
+    task_path = "/%s/start" % manifest["runs"]["types"]["pathspec"]
+    tree = Tree(client)
+    task_path += "/" + names(tree, task_path)[1]
+    for artifact in tree.list(task_path):
+        if artifact.kind == DIR and artifact.name not in ("attempts", "cards"):
+            for node in tree.list(artifact.path):
+                node.stat()
+                tree.read_file(node.path)
+    tree.read_file("/%s/parameters.json" % manifest["runs"]["types"]["pathspec"])
+    assert tree.read_file(task_path + "/evil/repr.txt").startswith(b"<untrusted posix.system:")
+    assert not marker.exists()
+    trusting = Tree(client, trust_pickles=True)
+    assert trusting.stat(task_path + "/evil/repr.txt").size > 0  # rendered at stat time: small pickle
+    assert marker.exists()
+
+
+def test_attempts_directory_lists_every_started_attempt(tree, mf, manifest):
+    run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
+    for step in run:
+        for task in step:
+            attempts = "/%s/attempts" % task.pathspec
+            assert names(tree, attempts) == [str(n) for n in range(task.current_attempt + 1)]
+            last = "%s/%d" % (attempts, task.current_attempt)
+            assert names(tree, last)[:4] == ["task.json", "metadata.json", "stdout.log", "stderr.log"]
+            assert "attempts" not in names(tree, last) and "cards" not in names(tree, last)
