@@ -926,13 +926,25 @@ class Run(MetaflowObject):
     def steps(self, *tags: str) -> Iterator[Step]:
         return self._filtered_children(*tags)  # type: ignore[return-value]
 
+    def _newest_task(self, step: str) -> Optional["Task"]:
+        """`self[step].task` without reading the step's own record (a step without tasks and a missing step
+        both give None, as `end_task` and `_parameters` lookups need)."""
+        tasks = self._provider.tasks(*self._components, step)
+        if not tasks:
+            return None
+        newest = sorted(tasks, key=lambda t: t["ts_epoch"], reverse=True)[0]
+        return Task(
+            pathspec="/".join(self._components + [step, newest["task_id"]]),
+            _object=newest,
+            _namespace_check=self._namespace_check,
+            _current_namespace=self._current_namespace if self._namespace_check else None,
+            _run_tags=self._tag_lists(),
+        )
+
     def _endpoint(self, field: str, default: str) -> str:
         """The start or end step's name ('start_step'/'end_step'), as the `_parameters` task registered it
         (resumed runs have none: then the default)."""
-        try:
-            params = self["_parameters"].task
-        except KeyError:
-            params = None
+        params = self._newest_task("_parameters")
         events = self._provider.task_metadata_field(*params._components, field) if params else []
         # the latest event wins; for equal times the later one in the list, as in metadata_dict
         return sorted(events, key=lambda e: e["ts_epoch"])[-1]["value"] if events else default
@@ -941,11 +953,7 @@ class Run(MetaflowObject):
     def end_task(self) -> Optional[Task]:
         end = self.__dict__.get("_end_task")
         if end is None:
-            try:
-                step = self[self._endpoint("end_step", "end")]
-            except KeyError:
-                return None
-            end = self.__dict__["_end_task"] = step.task
+            end = self.__dict__["_end_task"] = self._newest_task(self._endpoint("end_step", "end"))
         return end
 
     @property
