@@ -588,11 +588,6 @@ class Task(MetaflowObject):
     def _iter_filter(self, id: str) -> bool:
         return not id.startswith("_")
 
-    def __iter__(self) -> Iterator[DataArtifact]:
-        return super().__iter__()  # type: ignore[return-value]
-
-    def __getitem__(self, name: str) -> DataArtifact:
-        return super().__getitem__(name)  # type: ignore[return-value]
 
     def _value(self, name: str, missing: Any) -> Any:
         try:
@@ -855,17 +850,10 @@ class Step(MetaflowObject):
     def _id_of(record: dict) -> str:
         return record["step_name"]
 
-    def __iter__(self) -> Iterator[Task]:
-        return super().__iter__()  # type: ignore[return-value]
-
-    def __getitem__(self, task_id: str) -> Task:
-        return super().__getitem__(task_id)  # type: ignore[return-value]
 
     @property
     def task(self) -> Optional[Task]:
-        for task in self:
-            return task
-        return None
+        return next(iter(self), None)  # the newest
 
     def tasks(self, *tags: str) -> Iterator[Task]:
         return self._filtered_children(*tags)  # type: ignore[return-value]
@@ -879,9 +867,8 @@ class Step(MetaflowObject):
 
     @property
     def environment_info(self) -> Optional[Any]:
-        for task in self:
-            return task.environment_info
-        return None
+        task = self.task
+        return task.environment_info if task else None
 
     @property
     def parent_steps(self) -> Iterator["Step"]:
@@ -917,11 +904,6 @@ class Run(MetaflowObject):
             self._run_tags = (self._object["tags"], self._object["system_tags"])
         return self._run_tags
 
-    def __iter__(self) -> Iterator[Step]:
-        return super().__iter__()  # type: ignore[return-value]
-
-    def __getitem__(self, name: str) -> Step:
-        return super().__getitem__(name)  # type: ignore[return-value]
 
     def steps(self, *tags: str) -> Iterator[Step]:
         return self._filtered_children(*tags)  # type: ignore[return-value]
@@ -1041,17 +1023,10 @@ class Flow(MetaflowObject):
             _current_namespace=self._current_namespace if self._namespace_check else None,
         )
 
-    def __iter__(self) -> Iterator[Run]:
-        return super().__iter__()  # type: ignore[return-value]
-
-    def __getitem__(self, run_id: str) -> Run:
-        return super().__getitem__(run_id)  # type: ignore[return-value]
 
     @property
     def latest_run(self) -> Optional[Run]:
-        for run in self:
-            return run
-        return None
+        return next(iter(self), None)  # the newest in the namespace, running or not
 
     @property
     def latest_successful_run(self) -> Optional[Run]:

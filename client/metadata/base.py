@@ -36,6 +36,19 @@ def run_record(r: dict) -> dict:
     }
 
 
+def artifact_record(r: dict) -> dict:
+    """An artifact record from a source's row."""
+    return {
+        "name": r["name"],
+        "sha": r["sha"],
+        "content_type": r.get("content_type"),
+        "location": r.get("location"),
+        "ds_type": r.get("ds_type"),
+        "attempt_id": int(r.get("attempt_id") or 0),
+        "ts_epoch": r["ts_epoch"],
+    }
+
+
 class MetadataProvider(ABC):
     #: 'local' or 'service', as in Metaflow's `get_metadata()` answer '<TYPE>@<info>'
     TYPE: str = ""

@@ -12,7 +12,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from ..config import mffs_setting
-from .base import MetadataProvider, run_record
+from .base import MetadataProvider, artifact_record, run_record
 
 MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
 
@@ -132,17 +132,7 @@ class LocalMetadataProvider(MetadataProvider):
         self._attempts[meta_dir] = (found, now + self._ttl)
         return found
 
-    @staticmethod
-    def _artifact(r: dict) -> dict:
-        return {
-            "name": r["name"],
-            "sha": r["sha"],
-            "content_type": r.get("content_type"),
-            "location": r.get("location"),
-            "ds_type": r.get("ds_type"),
-            "attempt_id": int(r.get("attempt_id", 0)),
-            "ts_epoch": r["ts_epoch"],
-        }
+    _artifact = staticmethod(artifact_record)
 
     def artifacts(self, flow: str, run: str, step: str, task: str, attempt: Optional[int] = None) -> List[dict]:
         names = self._listing(flow, run, step, task)

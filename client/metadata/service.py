@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 
 from ..config import mffs_setting, setting
 from ..exceptions import MetaflowBackendError, MetaflowInternalError
-from .base import MetadataProvider, run_record
+from .base import MetadataProvider, artifact_record, run_record
 
 #: the OS's reason inside a requests/urllib3 connection error, e.g. "[Errno 111] Connection refused"
 _ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
@@ -250,16 +250,7 @@ class ServiceMetadataProvider(MetadataProvider):
 
     @classmethod
     def _artifact(cls, r: dict) -> dict:
-        return {
-            **cls._run_tags(r),
-            "name": r["name"],
-            "sha": r["sha"],
-            "content_type": r.get("content_type"),
-            "location": r.get("location"),
-            "ds_type": r.get("ds_type"),
-            "attempt_id": int(r.get("attempt_id") or 0),
-            "ts_epoch": r["ts_epoch"],
-        }
+        return {**cls._run_tags(r), **artifact_record(r)}
 
     @staticmethod
     def _event(r: dict) -> dict:
