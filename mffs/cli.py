@@ -66,12 +66,12 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
     tuning.add_argument(
         "--content-cache-mb", type=float, default=64.0, metavar="MB",
-        help="memory for rendered file contents (JSON, logs, repr.txt) (default 64)",
+        help="memory for rendered file contents (JSON, logs, repr.txt, exports, cards, code files) (default 64)",
     )
     tuning.add_argument(
         "--render-threshold", type=int, default=1 << 20, metavar="BYTES",
-        help="artifacts whose pickle is larger are not unpickled to size their repr.txt: it shows size 0 until "
-        "first read (default 1048576)",
+        help="artifacts whose pickle is larger are not unpickled to size their repr.txt and value.* exports: they "
+        "show size 0 until first opened (default 1048576)",
     )
     tuning.add_argument(
         "--repr-limit", type=int, default=64 << 10, metavar="CHARS",

@@ -60,6 +60,8 @@ log = logging.getLogger("mffs")
 DIR, FILE, LINK = "dir", "file", "link"
 CONTROL_DIR = ".mffs"
 CODE_DIR, CARDS_DIR, ATTEMPTS_DIR = "code", "cards", "attempts"
+#: code packages (whole archives, typically a few MB) kept in memory for reading code/ files
+CODE_PACKAGES_KEPT = 4
 _UNKNOWN = object()
 #: errors from the client that mean "no such object" (matched by class name, as Metaflow's client names them)
 _NOT_FOUND_ERRORS = {"MetaflowNotFound", "MetaflowNamespaceMismatch", "MetaflowInvalidPathspec", "KeyError"}
@@ -94,7 +96,8 @@ def client_errors(path: str, object_lookup: bool = True) -> Iterator[None]:
     except Exception as exc:
         if object_lookup and _is_not_found(exc):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from exc
-        log.warning("backend failure for %s: %s: %s", path, type(exc).__name__, exc, exc_info=log.isEnabledFor(10))
+        what = "cannot render" if isinstance(exc, exports.ExportError) else "backend failure for"
+        log.warning("%s %s: %s: %s", what, path, type(exc).__name__, exc, exc_info=log.isEnabledFor(10))
         raise OSError(errno.EIO, "%s: %s" % (type(exc).__name__, exc), path) from exc
 
 
@@ -482,8 +485,8 @@ class RunDir(Dir):
         path = join(self.path, CODE_DIR)
         if self._archive is _UNKNOWN:
             with client_errors(path, object_lookup=False):
-                code = self.run.code
-                self._archive = CodeArchive(code) if code is not None else None
+                code = self.tree.code_package(self.run)
+                self._archive = CodeArchive(self.run, code) if code is not None else None
         if self._archive is None:
             return None
         return CodeDir(self.tree, path, self.mtime, self._archive, ())
@@ -525,18 +528,17 @@ def code_member_parts(member: tarfile.TarInfo) -> Optional[Tuple[str, ...]]:
 
 
 class CodeArchive:
-    """A run's code package as a directory index over its tarball; files are read straight from the archive
-    (never extracted to disk).
+    """The directory index of a run's code package: which paths code/ serves and the archive members behind them.
 
     Served: the members `MetaflowCode.user_members()` lists (what Metaflow's `extract()` extracts) that
     `code_member_parts` accepts. `./` and empty components are dropped; when a path occurs twice the later
     member wins, as extraction would overwrite it; a path that is a directory (explicitly or as the parent of
-    another member) is a directory even if a file member has the same name.
+    another member) is a directory even if a file member has the same name. Only the index is kept here (member
+    headers, not the package): file bytes are read from the package through `Tree.read_code_member`.
     """
 
-    def __init__(self, code: Any):
-        self.code = code
-        self._lock = threading.Lock()  # a TarFile reads through one shared file object
+    def __init__(self, run: Any, code: Any):
+        self.run = run
         #: directory path components -> {name: file member, or None for a subdirectory}
         self.dirs: Dict[Tuple[str, ...], Dict[str, Optional[tarfile.TarInfo]]] = {(): {}}
         files = []
@@ -557,10 +559,6 @@ class CodeArchive:
             self.dirs[parts] = {}
             self.dirs[parts[:-1]][parts[-1]] = None
 
-    def read(self, member: tarfile.TarInfo) -> bytes:
-        with self._lock:
-            return self.code.tarball.extractfile(member).read()
-
 
 class ArchiveFile(File):
     """A regular file of a code package: size from the archive header, bytes read when opened."""
@@ -577,7 +575,7 @@ class ArchiveFile(File):
         data = self.tree.cached_content(self.path)
         if data is None:
             with client_errors(self.path, object_lookup=False):
-                data = self.archive.read(self.member)
+                data = self.tree.read_code_member(self.archive.run, self.member)
             self.tree.keep_content(self.path, data)
         return BytesReader(data)
 
@@ -641,12 +639,13 @@ class StepDir(Dir):
 
 class TaskDir(Dir):
     """task.json, metadata.json, stdout.log, stderr.log, exception.txt (only when there is one), cards/ (only when
-    the task registered cards), attempts/ and the artifacts.
+    the task registered cards), attempts/ (listed only when the task was retried) and the artifacts.
 
     The files and artifacts are those of the task's current attempt, as in Metaflow's client: logs of the latest
     started attempt, artifacts of the latest finished one. `attempts/<n>/` (AttemptDir) has the same layout for
-    each attempt 0..current_attempt. cards/ and attempts/ win over artifacts named `cards` or `attempts`, which stay
-    reachable in `attempts/<n>/` (n = `current_attempt` in task.json).
+    each attempt 0..current_attempt; attempts/ is listed only for retried tasks but resolves for every task (see
+    `_special_dirs`). cards/ and attempts/ win over artifacts named `cards` or `attempts`, which stay reachable in
+    `attempts/<n>/` (n = `current_attempt` in task.json).
 
     The directory itself is stable when its run is; its contents also when the task has finished, which is learned
     (one `_task_ok` load) only when the contents are first needed.
@@ -684,21 +683,27 @@ class TaskDir(Dir):
         with client_errors(self.path):
             return self.task.exception is not None
 
-    def _special_dirs(self) -> Dict[str, Callable[[], Node]]:
-        """name -> node factory of the directories mffs adds to a task (cards/ only when it has cards)."""
+    def _special_dirs(self, listing: bool) -> Dict[str, Callable[[], Node]]:
+        """name -> node factory of the directories mffs adds to the task: cards/ when it registered cards;
+        attempts/ always reachable, but listed only when the task was retried (one attempt: attempts/0 is this
+        directory again, and `find`, `grep -r` or an indexer would read every task twice)."""
         path, stable = self.path, self.contents_stable()
-        dirs: Dict[str, Callable[[], Node]] = {}
         with client_errors(path):
             has_cards = any(entry.type == "card-info" for entry in self.task.metadata)
+            show_attempts = not listing or self.task.current_attempt > 0
+        dirs: Dict[str, Callable[[], Node]] = {}
         if has_cards:
             dirs[CARDS_DIR] = lambda: CardsDir(self.tree, join(path, CARDS_DIR), self.mtime, stable, self.task)
-        dirs[ATTEMPTS_DIR] = lambda: AttemptsDir(self.tree, join(path, ATTEMPTS_DIR), self.mtime, stable, self.task)
+        if show_attempts:
+            dirs[ATTEMPTS_DIR] = lambda: AttemptsDir(
+                self.tree, join(path, ATTEMPTS_DIR), self.mtime, stable, self.task
+            )
         return dirs
 
     def children(self) -> List[Node]:
         names = [name for name in self.FILES if name != "exception.txt" or self._has_exception()]
         nodes = [self._file(name) for name in names]
-        nodes.extend(make() for make in self._special_dirs().values())
+        nodes.extend(make() for make in self._special_dirs(listing=True).values())
         with client_errors(self.path):
             artifacts = list(self.task)
         stable = self.contents_stable()
@@ -711,7 +716,7 @@ class TaskDir(Dir):
                 raise self._missing(name)
             return self._file(name)
         if name in (CARDS_DIR, ATTEMPTS_DIR):
-            make = self._special_dirs().get(name)
+            make = self._special_dirs(listing=False).get(name)
             if make is not None:
                 return make()
         path = join(self.path, name)
@@ -724,7 +729,7 @@ class AttemptDir(TaskDir):
     """attempts/<n>/: task.json, metadata.json, logs, exception.txt and artifacts of attempt n, from
     `Task(pathspec, attempt=n)` as in Metaflow's client; no cards/ or attempts/ (they belong to the task)."""
 
-    def _special_dirs(self) -> Dict[str, Callable[[], Node]]:
+    def _special_dirs(self, listing: bool) -> Dict[str, Callable[[], Node]]:
         return {}
 
 
@@ -923,6 +928,8 @@ class Tree:
         self._stable: LRUCache = LRUCache(maxsize=cache_entries)
         self._live: TTLCache = TTLCache(maxsize=cache_entries, ttl=refresh)
         self._content: LRUCache = LRUCache(maxsize=content_cache_bytes, getsizeof=len)
+        self._code_packages: LRUCache = LRUCache(maxsize=CODE_PACKAGES_KEPT)
+        self._code_lock = threading.Lock()
         self._started = time.time()
         self.lookup("/")  # fail now on an unknown pathspec
 
@@ -948,6 +955,25 @@ class Tree:
     def load(self, artifact: Any) -> Any:
         """An artifact's value for repr.txt and exports, unpickled as the mount's policy says."""
         return artifact.load(trusted=self.trust_pickles)
+
+    def code_package(self, run: Any) -> Any:
+        """`run.code` (a MetaflowCode, or None), kept for the last few runs that have one: a package holds its whole
+        archive in memory, so directory nodes keep only its index (CodeArchive) and file reads come back here."""
+        with self._code_lock:
+            code = self._code_packages.get(run.pathspec)
+        if code is None:
+            code = run.code
+            if code is not None:
+                with self._code_lock:
+                    self._code_packages[run.pathspec] = code
+        return code
+
+    def read_code_member(self, run: Any, member: "tarfile.TarInfo") -> bytes:
+        code = self.code_package(run)
+        if code is None:
+            raise FileNotFoundError(errno.ENOENT, "the run's code package is gone", run.pathspec)
+        with self._code_lock:  # a TarFile reads through one shared file object
+            return code.tarball.extractfile(member).read()
 
     # -- caches -----------------------------------------------------------------------------------------------
 

@@ -323,8 +323,21 @@ def test_attempts_match_metaflows_task_per_attempt(mounts, mf, manifest):
             if artifact.id != "table":
                 assert read_checked(artifact_dir / "repr.txt").decode() == repr(artifact.data) + "\n"
     assert read_checked(task_dir / "stdout.log") == read_checked(task_dir / "attempts" / "1" / "stdout.log")
-    once = mf.Run(manifest["runs"]["kitchen"]["pathspec"])["start"].task
-    assert os.listdir(mounts["default"].path / once.pathspec / "attempts") == ["0"]
+    once = mounts["default"].path / mf.Run(manifest["runs"]["kitchen"]["pathspec"])["start"].task.pathspec
+    assert "attempts" in os.listdir(task_dir) and "attempts" not in os.listdir(once)  # listed when retried...
+    assert os.listdir(once / "attempts") == ["0"]  # ...reachable always
     for missing in ("2", "01", "-1", "x"):
         with pytest.raises(FileNotFoundError):
             os.stat(task_dir / "attempts" / missing)
+
+
+def test_an_export_that_cannot_render_is_eio_for_that_file_only(mounts, mf_exports):
+    start = mf_exports.Run(load_manifest(build_exports_datastore())["runs"]["first"]["pathspec"])["start"].task
+    artifact_dir = mounts["exports"].path / start.pathspec / "clashing_keys"
+    assert "value.json" in os.listdir(artifact_dir)  # listed from the type (a dict), before anything is loaded
+    assert os.stat(artifact_dir / "value.json").st_size == 0  # failed when stat'ed: size 0, EIO when opened
+    with pytest.raises(OSError) as raised:
+        (artifact_dir / "value.json").read_bytes()
+    assert raised.value.errno == errno.EIO
+    assert (artifact_dir / "repr.txt").read_text() == repr(start["clashing_keys"].data) + "\n"
+    assert "cannot render" in mounts["exports"].log() and "both become the JSON key" in mounts["exports"].log()

@@ -141,7 +141,7 @@ def test_task_files_match_metaflow(tree, mf, manifest):
             files = [name for name in names(tree, base) if "." in name]
             assert files == ["task.json", "metadata.json", "stdout.log", "stderr.log"]
             has_cards = any(m.type == "card-info" for m in task.metadata)
-            special = ["cards", "attempts"] if has_cards else ["attempts"]
+            special = (["cards"] if has_cards else []) + (["attempts"] if task.current_attempt > 0 else [])
             assert [name for name in names(tree, base) if name in ("cards", "attempts")] == special
             assert sorted(set(names(tree, base)) - set(files) - set(special)) == sorted(a.id for a in task)
             for name in names(tree, base):
@@ -381,10 +381,12 @@ def test_restricted_tree_never_runs_pickled_code_and_trusted_does(client_env, ma
 
 
 def test_attempts_directory_lists_every_started_attempt(tree, mf, manifest):
+    """attempts/ is listed for retried tasks only (else attempts/0 would repeat the task) but always reachable."""
     run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
     for step in run:
         for task in step:
             attempts = "/%s/attempts" % task.pathspec
+            assert ("attempts" in names(tree, "/" + task.pathspec)) == (task.current_attempt > 0)
             assert names(tree, attempts) == [str(n) for n in range(task.current_attempt + 1)]
             last = "%s/%d" % (attempts, task.current_attempt)
             assert names(tree, last)[:4] == ["task.json", "metadata.json", "stdout.log", "stderr.log"]

@@ -2,7 +2,8 @@
 tests/flows/exportsflow.py), built once and cached like the standard datastore (tests/support/datastores.py).
 
 Scenarios (the manifest's `runs`):
-  first, second  two runs with the same code package, a matplotlib figure, a default card and a blank card `summary`
+  first, second  two runs with the same code package, a matplotlib figure, a dict whose value.json fails (keys 1
+                 and "1"), a default card and a blank card `summary`
   crafted        a run from a copy of the flow file whose stored code package was then rewritten to also hold
                  members that must never be served (CRAFTED_UNSAFE_MEMBERS) next to one that must (CRAFTED_SAFE_FILE)
 """
@@ -19,7 +20,8 @@ from tests.support import datastores
 FLOW_FILE = "exportsflow.py"
 CODE_PACKAGE_ENV = {"METAFLOW_FEAT_ALWAYS_UPLOAD_CODE_PACKAGE": "1"}
 EXPORTS_SCENARIOS = {
-    "first": "ExportsFlow by alice with a code package: matplotlib figure, default card, blank card with id summary",
+    "first": "ExportsFlow by alice with a code package: matplotlib figure, clashing JSON keys, default card, blank "
+             "card with id summary",
     "second": "the same flow again (the same code package): two runs whose code/ trees diff equal",
     "crafted": "ExportsFlow run from a copy of its file; its code package then rewritten with unsafe members added",
 }
