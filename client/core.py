@@ -397,18 +397,21 @@ class DataArtifact(MetaflowObject):
     def data(self) -> Any:
         return self.load()
 
-    def _attempt_info(self) -> dict:
-        """This artifact's entry in `<A>.data.json` of the attempt Metaflow's datastore considers current."""
+    def _attempt_info(self, attempt: Optional[int] = None) -> dict:
+        """This artifact's entry in an attempt's `<A>.data.json`: by default the attempt Metaflow's datastore
+        considers current (the latest started one, which must be done: what `size` reports)."""
         flow, run, step, task, name = self._components
         ds = self._datastore()
-        attempt = self._attempt
-        latest = ds.latest_started_attempt(run, step, task)
         if attempt is None:
-            attempt = latest
+            attempt = self._attempt if self._attempt is not None else ds.latest_started_attempt(run, step, task)
         index = ds.attempt_index(run, step, task, attempt) if attempt is not None else None
         if index is None:
             raise MetaflowNotFound("No completed attempts of the task was found for task '%s'" % self.parent.pathspec)
         return (index.get("info") or {}).get(name) or {}
+
+    def _own_info(self) -> dict:
+        """The data.json entry of the attempt this artifact's record belongs to (its blob, its stored type)."""
+        return self._attempt_info(self._object["attempt_id"])
 
     @property
     def size(self) -> int:
@@ -416,7 +419,7 @@ class DataArtifact(MetaflowObject):
         if info.get("type") == "<class 'metaflow.includefile.IncludedFile'>":
             from . import unpickle
 
-            obj = unpickle.loads(self._serialized())
+            obj = unpickle.loads(self._serialized(), trusted=False)  # the IncludedFile stand-in is allow-listed
             return _included_file_size(obj.descriptor)
         return info.get("size", 0)
 
@@ -424,7 +427,7 @@ class DataArtifact(MetaflowObject):
     @property
     def blob_size(self) -> int:
         """Length of the serialized (pickle) bytes, known without reading the blob."""
-        info = self._attempt_info()
+        info = self._own_info()
         if "size" in info and info.get("type") != "<class 'metaflow.includefile.IncludedFile'>":
             return info["size"]
         return len(self._serialized())
@@ -432,7 +435,7 @@ class DataArtifact(MetaflowObject):
     @property
     def type_name(self) -> Optional[str]:
         """The value's type as stored at save time, e.g. "<class 'int'>" (no unpickling)."""
-        return self._attempt_info().get("type")
+        return self._own_info().get("type")
 
     def open_blob(self) -> BinaryIO:
         """A stream of the serialized bytes, decompressed on the fly: large blobs are never held whole."""
@@ -671,9 +674,18 @@ class Task(MetaflowObject):
 
     @property
     def current_attempt(self) -> int:
+        """The explicit attempt, else the latest started one (its `attempt` event), 0 when none is recorded."""
         if self._attempt is not None:
             return self._attempt
-        return int(self.metadata_dict.get("attempt", 0))
+        return int(self._latest_field("attempt", 0))
+
+    def _latest_field(self, field: str, default: Any = None) -> Any:
+        """`metadata_dict.get(field, default)`, reading only that field's events when the task has them (a cloned
+        task without them borrows from its origin, as `metadata_dict` does)."""
+        events = self._provider.task_metadata_field(*self._components, field) if self._attempt is None else None
+        if not events:  # an explicit attempt selects events by their attempt tag or time: use the whole list
+            return self.metadata_dict.get(field, default)
+        return sorted(events, key=lambda e: e["ts_epoch"])[-1]["value"]
 
     @property
     def origin_pathspec(self) -> Optional[str]:
@@ -750,13 +762,12 @@ class Task(MetaflowObject):
     def cards(self) -> Optional[CardStore]:
         """The task's Metaflow cards (HTML files, as stored), or None when the task has no datastore root.
         A cloned (resumed) task shows its origin's cards, as Metaflow's `get_cards` does."""
-        meta = self.metadata_dict
         flow, run, step, task = self._components
-        if meta.get("origin-task-id") and meta.get("origin-run-id"):
-            run, task = meta["origin-run-id"], meta["origin-task-id"]
-        if not meta.get("ds-root"):
-            return None
-        return CardStore(meta["ds-root"], flow, run, step, task)
+        origin_task = self._latest_field("origin-task-id")
+        if origin_task and self._latest_field("origin-run-id"):
+            run, task = self._latest_field("origin-run-id"), origin_task
+        ds_root = self._latest_field("ds-root")
+        return CardStore(ds_root, flow, run, step, task) if ds_root else None
 
     # -- graph neighbours ------------------------------------------------------------------------------------
     def _matching(self, steps: List[str], pattern: str) -> Iterator[str]:

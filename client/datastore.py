@@ -248,10 +248,16 @@ class CardStore:
             self.prefix = legacy_path
             self.names = sorted(n for n in self.storage.list(legacy_path) if n.endswith(".html"))
 
-    def read(self, name: str) -> bytes:
+    def _key(self, name: str) -> str:
         if name not in self.names:
             raise FileNotFoundError(name)
-        return self.storage.read(self.prefix + "/" + name)
+        return self.prefix + "/" + name
+
+    def read(self, name: str) -> bytes:
+        return self.storage.read(self._key(name))
+
+    def size(self, name: str) -> int:
+        return self.storage.size(self._key(name))
 
 
 def split_location(location: str) -> Tuple[str, bool]:

@@ -13,6 +13,7 @@ import enum
 import importlib
 import io
 import pickle
+import re
 import types
 from collections import namedtuple
 from typing import Any, Optional
@@ -108,9 +109,11 @@ _SAFE_GLOBALS = {
 # run code on import, e.g. numpy.f2py.__main__), and what it resolves to must be a data type (a subclass of
 # `_data_classes`), an instance of one (pandas.NA), or one of the reconstructor functions their pickles name.
 _LIBRARY_MODULES = {"numpy", "numpy.dtypes", "numpy.ma", "pandas", "pandas.arrays", "pandas.api.typing", "pyarrow",
-                    "pyarrow.lib"}
+                    "pyarrow.lib", "PIL.Image"}
 _LIBRARY_SUBPACKAGES = ("numpy.core.", "numpy._core.", "numpy.ma.", "numpy.random.", "pandas.core.", "pandas._libs.",
                         "pandas.tseries.")
+# PIL's image file classes (PIL.PngImagePlugin.PngImageFile, ...) pickle under their plugin module
+_PIL_PLUGIN_MODULE = re.compile(r"^PIL\.\w+ImagePlugin$")
 _LIBRARY_EXCLUDED_PARTS = {"__main__", "tests", "testing", "conftest", "computation", "io"}
 _RECONSTRUCTOR_FUNCTIONS = {"_reconstruct", "scalar", "_frombuffer", "_mareconstruct", "__bit_generator_ctor",
                             "__generator_ctor", "__randomstate_ctor", "_unpickle_block", "_unpickle_timestamp",
@@ -121,7 +124,7 @@ _RECONSTRUCTOR_FUNCTIONS = {"_reconstruct", "scalar", "_frombuffer", "_mareconst
 
 def _library_module_allowed(module: str) -> bool:
     if module not in _LIBRARY_MODULES and not module.startswith(_LIBRARY_SUBPACKAGES):
-        return False
+        return bool(_PIL_PLUGIN_MODULE.match(module))
     return not _LIBRARY_EXCLUDED_PARTS.intersection(module.split("."))
 
 
@@ -154,6 +157,10 @@ def _data_classes(package: str) -> tuple:
 
         return (pyarrow.DataType, pyarrow.Array, pyarrow.ChunkedArray, pyarrow.Buffer, pyarrow.Scalar,
                 pyarrow.Table, pyarrow.RecordBatch, pyarrow.Schema, pyarrow.Field)
+    if package == "PIL":
+        from PIL import Image  # an image pickles as its class plus (info, mode, size, palette, pixel bytes)
+
+        return (Image.Image,)
     return ()
 
 
@@ -176,6 +183,18 @@ def _is_safe_library_global(module: str, name: str) -> bool:
             return isinstance(cls, type) and issubclass(cls, data_classes)
         return name in _RECONSTRUCTOR_FUNCTIONS
     return isinstance(obj, data_classes)  # a constant such as pandas.NA
+
+
+def allowed(module: str, name: str) -> bool:
+    """Whether an untrusted load (`trusted=False`) builds the global `module.name` instead of a placeholder."""
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return (
+        (module, name) in _METAFLOW_STANDINS
+        or (module == "metaflow.client.core" and name in _CLIENT_CLASSES)
+        or name in _SAFE_GLOBALS.get(module, ())
+        or _is_safe_library_global(module, name)
+    )
 
 
 def _restricted_getattr(obj: Any, name: str) -> Any:
@@ -205,7 +224,7 @@ def _find_class(unpickler: Any, find_real: Any, module: str, name: str) -> Any:
     if not unpickler.trusted:
         if (module, name) == ("builtins", "getattr"):
             return _restricted_getattr
-        if not (name in _SAFE_GLOBALS.get(module, ()) or _is_safe_library_global(module, name)):
+        if not allowed(module, name):
             return _placeholder(module, name)
     try:
         return find_real(module, name)

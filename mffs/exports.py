@@ -6,7 +6,7 @@ API (used by the path tree):
     It never loads a value, so listing an artifact directory stays cheap. An export that needs an optional
     library (pandas, pyarrow, Pillow, matplotlib) is listed only when that library is importable here. With
     `trusted=False` (the mount without --trust-pickles) a type that the restricted unpickler would load as an
-    `UntrustedObject` placeholder (e.g. PIL images, matplotlib figures, classes of the flow) gets no exports:
+    `UntrustedObject` placeholder (e.g. matplotlib figures, classes of the flow) gets no exports:
     its value is not loaded, so there is nothing to export, and an absent file is clearer than one failing EIO.
   * `render_export(name, value)` -> the file's bytes for the loaded value. Raises `ExportError` (a ValueError)
     with a clear message when it cannot: the value is not of the kind the name promises (a subclass the type
@@ -193,19 +193,13 @@ _QUALNAME = re.compile(r"[A-Za-z_][\w.]*")
 
 @lru_cache(maxsize=1024)
 def _restricted_unpickler_builds(qualname: str) -> bool:
-    """Whether `client.unpickle.loads(..., trusted=False)` builds this class rather than a placeholder. Asked of
-    the restricted unpickler itself, with a pickle that only names the class, so its allow-list is the only one."""
+    """Whether `client.unpickle.loads(..., trusted=False)` builds this class rather than a placeholder."""
     if not _QUALNAME.fullmatch(qualname):
         return False
     module, _, name = qualname.rpartition(".")
     if not module:  # a builtin data type (str, dict, NoneType...): pickled as opcodes or allow-listed builtins
         return True
-    probe = b"c%s\n%s\n." % (module.encode(), name.encode())  # GLOBAL module name; STOP
-    try:
-        found = unpickle.loads(probe, trusted=False)
-    except Exception:  # the class cannot be found here: nothing would load
-        return False
-    return not (isinstance(found, type) and issubclass(found, UntrustedObject))
+    return unpickle.allowed(module, name)
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------

@@ -299,6 +299,9 @@ class MffsOperations(mfusepy.Operations):
     def write(self, path: str, data: bytes, offset: int, fh: Any) -> int: ...
 
 
+MAX_THREADS = 8
+
+
 def mount(
     tree: Tree,
     mountpoint: str,
@@ -317,6 +320,10 @@ def mount(
         "entry_timeout": attr_ttl,
         "attr_timeout": attr_ttl,
         "negative_timeout": refresh,
+        # A fixed pool: libfuse's default creates and ends threads as load varies, and every hand-off of the GIL
+        # to a new thread costs more than the callbacks themselves (find over 1000 tasks: 11 s -> 4.8 s here).
+        "max_threads": MAX_THREADS,
+        "max_idle_threads": MAX_THREADS,
     }
     if allow_other:
         options["allow_other"] = True

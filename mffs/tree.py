@@ -328,6 +328,23 @@ class BlobFile(File):
         return reader
 
 
+class StoredFile(File):
+    """A stored file served as is (a card): its size from the storage, its bytes read when opened."""
+
+    def __init__(self, tree: "Tree", path: str, mtime: float, stable: bool, size: Callable[[], int],
+                 read: Callable[[], bytes]):
+        super().__init__(tree, path, mtime, stable)
+        self._size, self._read = size, read
+
+    def size(self) -> int:
+        with client_errors(self.path):
+            return self._size()
+
+    def open(self) -> Reader:
+        with client_errors(self.path):
+            return BytesReader(self._read())
+
+
 class Dir(Node):
     kind = DIR
 
@@ -639,7 +656,7 @@ class StepDir(Dir):
 
 class TaskDir(Dir):
     """task.json, metadata.json, stdout.log, stderr.log, exception.txt (only when there is one), cards/ (only when
-    the task registered cards), attempts/ (listed only when the task was retried) and the artifacts.
+    the task has stored cards), attempts/ (listed only when the task was retried) and the artifacts.
 
     The files and artifacts are those of the task's current attempt, as in Metaflow's client: logs of the latest
     started attempt, artifacts of the latest finished one. `attempts/<n>/` (AttemptDir) has the same layout for
@@ -689,7 +706,8 @@ class TaskDir(Dir):
         directory again, and `find`, `grep -r` or an indexer would read every task twice)."""
         path, stable = self.path, self.contents_stable()
         with client_errors(path):
-            has_cards = any(entry.type == "card-info" for entry in self.task.metadata)
+            cards = self.task.cards()  # one listing of the task's card directory
+            has_cards = bool(cards and cards.names)
             show_attempts = not listing or self.task.current_attempt > 0
         dirs: Dict[str, Callable[[], Node]] = {}
         if has_cards:
@@ -810,7 +828,9 @@ class CardsDir(Dir):
 
     def _card(self, name: str, stored: str) -> Node:
         store = self._store
-        return RenderedFile(self.tree, join(self.path, name), self.mtime, self.stable, lambda: store.read(stored))
+        return StoredFile(
+            self.tree, join(self.path, name), self.mtime, self.stable, lambda: store.size(stored), lambda: store.read(stored)
+        )
 
     def children(self) -> List[Node]:
         return [self._card(name, stored) for name, stored in self._served_names().items()]

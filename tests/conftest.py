@@ -94,6 +94,16 @@ def client_env(monkeypatch: pytest.MonkeyPatch, local_root: Path) -> Path:
 
 
 @pytest.fixture
+def mf(client_env: Path):
+    """Metaflow's client on the standard datastore (pinned with `metadata()`: Metaflow reads
+    METAFLOW_DATASTORE_SYSROOT_LOCAL only when first imported, which may have happened in another test)."""
+    import metaflow
+
+    metaflow.metadata("local@%s" % client_env)
+    return metaflow
+
+
+@pytest.fixture
 def clients(client_env: Path) -> dict:
     """Both Client API implementations in this process, on the standard datastore, in alice's namespace:
     `{"metaflow": <metaflow module>, "client": <our client package>}`. Metaflow is pinned to the datastore with

@@ -10,13 +10,6 @@ from tests.support.mount import is_mounted, mounted, run_mffs
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def mf(client_env):
-    import metaflow
-
-    return metaflow
-
-
 def test_help_documents_commands_and_options():
     top = run_mffs("--help")
     assert top.returncode == 0

@@ -32,13 +32,6 @@ pytestmark = [pytest.mark.fuse, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
-def mf(client_env):
-    import metaflow
-
-    return metaflow
-
-
-@pytest.fixture
 def mount(client_env, tmp_path):
     with mounted(tmp_path / "mnt", "--datastore-root", str(client_env)) as active:
         yield active

@@ -21,13 +21,6 @@ PLAIN_TYPES = {"<class '%s'>" % name for name in ("int", "float", "str", "bool",
 
 
 @pytest.fixture
-def mf(client_env):
-    import metaflow
-
-    return metaflow
-
-
-@pytest.fixture
 def tree(client_env) -> Tree:
     return Tree(client)
 
