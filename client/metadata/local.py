@@ -12,14 +12,14 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from ..config import mffs_setting
+from ..storage.local import read_file
 from .base import MetadataProvider, artifact_record, run_record
 
 MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
 
 
 def _read_json(path: str):
-    with open(path, "rb") as f:
-        return json.loads(f.read())
+    return json.loads(read_file(path))
 
 
 def _self_record(path: str) -> Optional[dict]:
