@@ -1024,7 +1024,9 @@ class Flow(MetaflowObject):
         return [], []
 
     def _is_in_namespace(self, ns: Optional[str]) -> bool:
-        return any(True for _ in self)
+        # As in Metaflow: whether the flow lists a run in its own namespace (whatever `ns`), decided on the run
+        # records without building Run objects.
+        return bool(self._children())
 
     def _wrap(self, record: dict) -> "MetaflowObject":
         return Run(
