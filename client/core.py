@@ -680,12 +680,17 @@ class Task(MetaflowObject):
         return int(self._latest_field("attempt", 0))
 
     def _latest_field(self, field: str, default: Any = None) -> Any:
-        """`metadata_dict.get(field, default)`, reading only that field's events when the task has them (a cloned
-        task without them borrows from its origin, as `metadata_dict` does)."""
-        events = self._provider.task_metadata_field(*self._components, field) if self._attempt is None else None
-        if not events:  # an explicit attempt selects events by their attempt tag or time: use the whole list
+        """`metadata_dict.get(field, default)`, reading only that field's events: the full list is needed only by
+        an explicit attempt (events are selected by attempt) and by a cloned task that lacks the field (it
+        borrows its origin's)."""
+        if self._attempt is not None:
             return self.metadata_dict.get(field, default)
-        return sorted(events, key=lambda e: e["ts_epoch"])[-1]["value"]
+        events = self._provider.task_metadata_field(*self._components, field)
+        if events:
+            return sorted(events, key=lambda e: e["ts_epoch"])[-1]["value"]
+        if field != "origin-task-id" and self._latest_field("origin-task-id"):
+            return self.metadata_dict.get(field, default)
+        return default
 
     @property
     def origin_pathspec(self) -> Optional[str]:

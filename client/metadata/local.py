@@ -37,6 +37,7 @@ class LocalMetadataProvider(MetadataProvider):
         self.root = root
         # (meta dir) -> (attempt, monotonic deadline): reading two artifacts of a task probes its attempt once
         self._attempts: Dict[str, Tuple[Optional[int], float]] = {}
+        self._listings: Dict[str, Tuple[List[str], float]] = {}
         self._ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
 
     def info(self) -> str:
@@ -106,12 +107,21 @@ class LocalMetadataProvider(MetadataProvider):
         return self._path(flow, run, step, task, "_meta")
 
     def _listing(self, flow: str, run: str, step: str, task: str) -> List[str]:
+        """A task's `_meta` file names, remembered for the TTL (several fields of one task: one listing)."""
         if self.root is None:
             return []
-        try:
-            return os.listdir(self._meta_dir(flow, run, step, task))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+        meta_dir = self._meta_dir(flow, run, step, task)
+        names, deadline = self._listings.get(meta_dir, (None, 0.0))
+        now = time.monotonic()
+        if names is None or deadline <= now:
+            try:
+                names = os.listdir(meta_dir)
+            except (FileNotFoundError, NotADirectoryError):
+                names = []
+            if len(self._listings) > 100_000:
+                self._listings.clear()
+            self._listings[meta_dir] = (names, now + self._ttl)
+        return names
 
     def _default_attempt(self, meta_dir: str) -> Optional[int]:
         """The attempt Metaflow shows by default: the latest one that finished. Metaflow reads the value of the
