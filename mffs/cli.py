@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tags/<tag>/<run>,<run>/{run.json,parameters.json,code/,<step>/{step.json,<task>/{task.json,"
         "metadata.json,stdout.log,stderr.log,exception.txt,cards/,attempts/<n>/,<artifact>/{repr.txt,data.pickle,"
         "meta.json,value.json|txt|bin|npy|csv|parquet|png,content}}}}}. Names starting with _ are hidden but "
-        "reachable; '/' in a tag is written %%2F.",
+        "reachable; '/' in a tag is written %2F.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
