@@ -866,7 +866,6 @@ class Step(MetaflowObject):
     def _id_of(record: dict) -> str:
         return record["step_name"]
 
-
     @property
     def task(self) -> Optional[Task]:
         return next(iter(self), None)  # the newest

@@ -52,7 +52,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -296,19 +296,7 @@ class Bench:
         return child
 
     def measure(self, pattern: str, repeat: int) -> Dict[str, Timing]:
-        # Untimed first round: writes bytecode caches, fills the page cache and Metaflow's warm client cache.
-        answers = {variant: self.run(pattern, variant, -1).stdout for variant in VARIANTS}
-        print("%s: every variant answers %s" % (pattern, check_answers(pattern, answers)))
-        timings = {variant: Timing() for variant in VARIANTS}
-        for repetition in range(repeat):
-            answers = {}
-            for variant in VARIANTS:
-                child = self.run(pattern, variant, repetition)
-                answers[variant] = child.stdout
-                timings[variant].wall.append(child.wall)
-                timings[variant].cpu.append(child.cpu)
-            check_answers(pattern, answers)
-        return timings
+        return measure_variants(self.run, VARIANTS, check_answers, pattern, repeat)
 
     def profile(self, pattern: str, top: int) -> str:
         """cProfile (CPU time) of ours on `pattern` after a warm-up run: top functions by own and cumulative time."""
@@ -331,6 +319,24 @@ class Bench:
         stats.sort_stats("tottime").print_stats(top)
         stats.sort_stats("cumulative").print_stats(top)
         return text.getvalue()
+
+
+def measure_variants(run: Callable[[str, str, int], "Child"], variants: Sequence[str],
+                     check: Callable[[str, Dict[str, str]], Any], pattern: str, repeat: int) -> Dict[str, Timing]:
+    """Time every variant of `pattern` `repeat` times, interleaved, checking that their answers agree each round.
+    An untimed first round writes bytecode caches, fills the page cache and the warm variants' caches."""
+    answers = {variant: run(pattern, variant, -1).stdout for variant in variants}
+    print("%s: every variant answers %s" % (pattern, check(pattern, answers)))
+    timings = {variant: Timing() for variant in variants}
+    for repetition in range(repeat):
+        answers = {}
+        for variant in variants:
+            child = run(pattern, variant, repetition)
+            answers[variant] = child.stdout
+            timings[variant].wall.append(child.wall)
+            timings[variant].cpu.append(child.cpu)
+        check(pattern, answers)
+    return timings
 
 
 def check_answers(pattern: str, answers: Dict[str, str]) -> dict:

@@ -102,26 +102,17 @@ class S3Bench:
         return child
 
     def measure(self, pattern: str, repeat: int) -> Dict[str, bench_client.Timing]:
-        # Untimed round: bytecode, page cache, and the warm variants' caches.
-        check_answers(pattern, {variant: self.run(pattern, variant, -1).stdout for variant in VARIANTS})
-        timings = {variant: bench_client.Timing() for variant in VARIANTS}
-        for repetition in range(repeat):
-            answers = {}
-            for variant in VARIANTS:
-                child = self.run(pattern, variant, repetition)
-                answers[variant] = child.stdout
-                timings[variant].wall.append(child.wall)
-                timings[variant].cpu.append(child.cpu)
-            check_answers(pattern, answers)
-        return timings
+        return bench_client.measure_variants(self.run, VARIANTS, check_answers, pattern, repeat)
 
 
-def check_answers(pattern: str, answers: Dict[str, str]) -> None:
+def check_answers(pattern: str, answers: Dict[str, str]) -> dict:
+    answers = dict(answers)
     local = answers.pop("ours-local")
     bench_client.check_answers(pattern, answers)  # every S3 variant agrees with Metaflow's client, cold
     reference = json.loads(answers["metaflow-cold"].strip().splitlines()[-1])
     if json.loads(local.strip().splitlines()[-1])["n"] != reference["n"]:
         raise AssertionError("%s: the local twin has another number of results: %s vs %s" % (pattern, local, reference))
+    return reference
 
 
 def print_table(results: Dict[str, Dict[str, bench_client.Timing]], repeat: int) -> None:
