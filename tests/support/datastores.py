@@ -90,6 +90,19 @@ def _flow_class_name(flow_file: Path) -> str:
     return match.group(1)
 
 
+def _flow_process(
+    flow: Path, args: Sequence[str], root_parent: Path, user: str, env: Optional[Mapping[str, str]]
+) -> dict:
+    """subprocess arguments to run a flow file in the hermetic environment of `root_parent`, output captured."""
+    return dict(
+        args=[sys.executable, str(flow), "--no-pylint", *args],
+        cwd=_work_dir(root_parent),
+        env=_flow_env(root_parent, user, env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def run_flow(
     flow_file: str,
     args: Sequence[str],
@@ -104,14 +117,7 @@ def run_flow(
     FlowRunError; without it, a failed run still returns its id."""
     root_parent = Path(root_parent)
     flow = flow_path(flow_file)
-    proc = subprocess.run(
-        [sys.executable, str(flow), "--no-pylint", *args],
-        cwd=_work_dir(root_parent),
-        env=_flow_env(root_parent, user, env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=RUN_TIMEOUT_S,
-    )
+    proc = subprocess.run(**_flow_process(flow, args, root_parent, user, env), timeout=RUN_TIMEOUT_S)
     output = proc.stdout.decode("utf-8", "replace")
     if check and proc.returncode != 0:
         raise FlowRunError("%s %s exited %d:\n%s" % (flow.name, " ".join(args), proc.returncode, output[-4000:]))
@@ -135,14 +141,7 @@ def start_unfinished_run(
     its metadata), then SIGKILL the whole process group: the run stays unfinished forever. Returns the run id."""
     root_parent = Path(root_parent)
     flow = flow_path(flow_file)
-    proc = subprocess.Popen(
-        [sys.executable, str(flow), "--no-pylint", *args],
-        cwd=_work_dir(root_parent),
-        env=_flow_env(root_parent, user, env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = subprocess.Popen(**_flow_process(flow, args, root_parent, user, env), start_new_session=True)
     lines: "queue.Queue[Optional[str]]" = queue.Queue()
 
     def pump() -> None:
