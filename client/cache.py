@@ -67,11 +67,6 @@ class CachingProvider(MetadataProvider):
                 self._fresh[key] = value
         return value
 
-    def invalidate(self) -> None:
-        """Forget everything that can change (used by tests and by the mount's refresh)."""
-        with self._lock:
-            self._fresh.clear()
-
     # -- finality ------------------------------------------------------------------------------------------------
     def mark_run_final(self, flow: str, run: str) -> None:
         with self._lock:

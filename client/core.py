@@ -340,7 +340,7 @@ class DataArtifact(MetaflowObject):
     def _datastore(self) -> FlowDatastore:
         root, is_root = split_location(self._object["location"] or "")
         if not is_root:
-            root = root_from_blob_url(root, self._components[0])
+            root = root_from_blob_url(root)
         return FlowDatastore.at(root, self._components[0])
 
     @property
@@ -513,7 +513,7 @@ class MetaflowCode:
             raise MetaflowInternalError("Unsupported code package format %s" % self._package_metadata)
         import tarfile
 
-        root = root_from_blob_url(self._path, flow_name)
+        root = root_from_blob_url(self._path)
         self._blob = FlowDatastore.at(root, flow_name).load_raw_blob(self._sha)
         self._tarball: Optional["tarfile.TarFile"] = None
         with tarfile.open(fileobj=io.BytesIO(self._blob), mode="r:gz") as tar:

@@ -31,10 +31,6 @@ class BlobCache:
         self._lru: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=len)
         self._lock = threading.Lock()
 
-    def __contains__(self, sha: str) -> bool:
-        with self._lock:
-            return sha in self._lru
-
     def get(self, sha: str) -> Optional[bytes]:
         with self._lock:
             return self._lru.get(sha)
@@ -267,7 +263,7 @@ def split_location(location: str) -> Tuple[str, bool]:
     return location, False
 
 
-def root_from_blob_url(url: str, flow: str) -> str:
+def root_from_blob_url(url: str) -> str:
     """The datastore root of an old-style full blob location `<root>/<F>/data/<xx>/<sha>`."""
     parts = url.rstrip("/").split("/")
     return "/".join(parts[:-4])
@@ -282,6 +278,3 @@ def read_url(url: str) -> bytes:
         return get_storage("s3://" + bucket_root).read(key)
     with open(url, "rb") as f:
         return f.read()
-
-
-__all__ = ["FlowDatastore", "BlobCache", "blob_cache", "split_location", "root_from_blob_url", "read_url", "MAX_ATTEMPTS"]
