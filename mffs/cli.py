@@ -110,6 +110,14 @@ def _build_tree(args: argparse.Namespace, pathspec: Optional[str] = None):
         namespace_kwargs["namespace"] = None
     elif args.namespace:
         namespace_kwargs["namespace"] = args.namespace
+    else:
+        try:  # the default namespace is the user's: find out now, not at the first listing
+            client_module.get_namespace()
+        except client_module.MetaflowUnknownUser as exc:
+            raise CliError(
+                "cannot tell whose runs to show (no user name: running as root?); set METAFLOW_USER, or pass "
+                "--namespace NS or --all-namespaces"
+            ) from exc
     try:
         return Tree(
             client_module,
