@@ -117,3 +117,12 @@ def test_backend_errors_are_one_line(client_env):
     assert result.returncode == 1
     assert result.stderr.startswith("mffs: backend error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "127.0.0.1:1" in result.stderr
+
+
+def test_unknown_user_is_one_line_naming_the_ways_out(client_env, monkeypatch):
+    monkeypatch.setenv("USER", "root")  # root is not a user name for Metaflow, and nothing else names one
+    result = run_mffs("ls", "/")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "METAFLOW_USER" in result.stderr, result.stderr
+    assert "--all-namespaces" in result.stderr
+    assert run_mffs("ls", "/", "--all-namespaces").returncode == 0
