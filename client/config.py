@@ -21,6 +21,11 @@ def find_local_root(start: Optional[str] = None) -> Optional[str]:
     sysroot = setting("DATASTORE_SYSROOT_LOCAL")
     if sysroot:
         return os.path.join(sysroot, ".metaflow")
+    return _nearest_metaflow_dir(start)
+
+
+def _nearest_metaflow_dir(start: Optional[str] = None) -> Optional[str]:
+    """The first `.metaflow` directory in `start` (default: the current directory) or one of its parents."""
     path = os.path.realpath(start or os.getcwd())
     while True:
         candidate = os.path.join(path, ".metaflow")
@@ -41,17 +46,8 @@ def _read_json(path: str) -> dict:
 
 
 def _project_config() -> dict:
-    root = None
     # The project config is found by the upward search only, never through SYSROOT_LOCAL (as in Metaflow).
-    path = os.path.realpath(os.getcwd())
-    while True:
-        if os.path.isdir(os.path.join(path, ".metaflow")):
-            root = os.path.join(path, ".metaflow")
-            break
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
+    root = _nearest_metaflow_dir()
     return _read_json(os.path.join(root, "config.json")) if root else {}
 
 
