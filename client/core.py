@@ -23,7 +23,7 @@ from .datastore import (
     disk_cache,
     read_url,
     root_from_blob_url,
-    split_location,
+    root_of_location,
 )
 from .exceptions import (
     MetaflowInternalError,
@@ -338,10 +338,7 @@ class DataArtifact(MetaflowObject):
         return record["name"]
 
     def _datastore(self) -> FlowDatastore:
-        root, is_root = split_location(self._object["location"] or "")
-        if not is_root:
-            root = root_from_blob_url(root)
-        return FlowDatastore.at(root, self._components[0])
+        return FlowDatastore.at(root_of_location(self._object["location"] or ""), self._components[0])
 
     @property
     def sha(self) -> str:
@@ -769,8 +766,9 @@ class Task(MetaflowObject):
         A cloned (resumed) task shows its origin's cards, as Metaflow's `get_cards` does."""
         flow, run, step, task = self._components
         origin_task = self._latest_field("origin-task-id")
-        if origin_task and self._latest_field("origin-run-id"):
-            run, task = self._latest_field("origin-run-id"), origin_task
+        origin_run = self._latest_field("origin-run-id") if origin_task else None
+        if origin_run:
+            run, task = origin_run, origin_task
         ds_root = self._latest_field("ds-root")
         return CardStore(ds_root, flow, run, step, task) if ds_root else None
 

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import zlib
-from typing import BinaryIO, List, Optional, Tuple, Union
+from typing import BinaryIO, List, Optional, Union
 
 from cachetools import LRUCache
 
@@ -256,11 +256,11 @@ class CardStore:
         return self.storage.size(self._key(name))
 
 
-def split_location(location: str) -> Tuple[str, bool]:
-    """(datastore root, is_root) from an artifact `location`: ':root:<root>' or an old full blob URL."""
+def root_of_location(location: str) -> str:
+    """The datastore root named by an artifact `location`: ':root:<root>', or an old full blob URL."""
     if location.startswith(":root:"):
-        return location[len(":root:"):], True
-    return location, False
+        return location[len(":root:"):]
+    return root_from_blob_url(location)
 
 
 def root_from_blob_url(url: str) -> str:
