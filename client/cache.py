@@ -21,8 +21,14 @@ from cachetools import LRUCache, TTLCache
 from .config import mffs_setting
 from .metadata.base import MetadataProvider
 
-#: sha1 of pickle.dumps(True, protocol=4): the stored value of `_task_ok` for a task that finished
-TRUE_SHA = "868436778cb011a1c6230bc12534683ab0b7f1c3"
+#: Artifact blobs are named by the sha1 of the pickle, so these values are known from a record alone:
+#: sha1(pickle.dumps(value, protocol)) for protocols 4 (Metaflow's pickle-v4) and 2 (pickle-v2).
+KNOWN_VALUES = {
+    "dbc1aaddc8b7343d6d33b34edcf608b8f8801918": None,
+    "f3627f46179fdd95bf0e83101840fd1d71b60e40": None,
+    "868436778cb011a1c6230bc12534683ab0b7f1c3": True,
+    "69e77141c3eb7a8c9ce864251d70c02723f29332": True,
+}
 _GRACE_MS = 5000
 
 
@@ -80,7 +86,7 @@ class CachingProvider(MetadataProvider):
         return key in self._final_tasks or self._run_final(key[0], key[1])
 
     def _note_task_ok(self, key: Tuple[str, str, str, str], record: Optional[dict]) -> bool:
-        final = record is not None and record["sha"] == TRUE_SHA and _settled([record])
+        final = record is not None and KNOWN_VALUES.get(record["sha"]) is True and _settled([record])
         if final:
             with self._lock:
                 self._final_tasks[key] = True
@@ -126,19 +132,13 @@ class CachingProvider(MetadataProvider):
         )
 
     def artifacts(self, flow: str, run: str, step: str, task: str, attempt: Optional[int] = None) -> List[dict]:
+        # A done attempt never changes; the latest finished one is known for good once the task is final.
         key = (flow, run, step, task)
-        if attempt is not None:
-            return self._get(
-                ("artifacts",) + key + (attempt,),
-                lambda: self.source.artifacts(flow, run, step, task, attempt),
-                _settled,
-            )
-
-        def keep(records: List[dict]) -> bool:
-            ok = next((r for r in records if r["name"] == "_task_ok"), None)
-            return _settled(records) and (self._note_task_ok(key, ok) or self._run_final(flow, run))
-
-        return self._get(("artifacts",) + key + (None,), lambda: self.source.artifacts(flow, run, step, task), keep)
+        return self._get(
+            ("artifacts",) + key + (attempt,),
+            lambda: self.source.artifacts(flow, run, step, task, attempt),
+            lambda v: _settled(v) and (attempt is not None or self._task_final(key)),
+        )
 
     def artifact(
         self, flow: str, run: str, step: str, task: str, name: str, attempt: Optional[int] = None

@@ -13,7 +13,7 @@ import os
 from collections import namedtuple
 from typing import TYPE_CHECKING, Any, BinaryIO, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
-from .cache import CachingProvider
+from .cache import KNOWN_VALUES, CachingProvider
 from .config import find_local_root, setting, username
 from .datastore import (
     MAX_ATTEMPTS,
@@ -407,8 +407,12 @@ class DataArtifact(MetaflowObject):
         return (index.get("info") or {}).get(name) or {}
 
     def _own_info(self) -> dict:
-        """The data.json entry of the attempt this artifact's record belongs to (its blob, its stored type)."""
-        return self._attempt_info(self._object["attempt_id"])
+        """The data.json entry of the attempt this artifact's record belongs to (its blob, its stored type; a
+        done attempt's, so kept on the object)."""
+        info = self.__dict__.get("_own_info_memo")
+        if info is None:
+            info = self._own_info_memo = self._attempt_info(self._object["attempt_id"])
+        return info
 
     @property
     def size(self) -> int:
@@ -585,15 +589,15 @@ class Task(MetaflowObject):
     def _id_of(record: dict) -> str:
         return record["task_id"]
 
-    def _iter_filter(self, id: str) -> bool:
-        return not id.startswith("_")
-
 
     def _value(self, name: str, missing: Any) -> Any:
         try:
-            return self[name].data
+            artifact = self[name]
         except KeyError:
             return missing
+        # `_exception` is None and `_task_ok` True in almost every task: their blobs need not be read
+        sha = artifact.sha
+        return KNOWN_VALUES[sha] if sha in KNOWN_VALUES else artifact.data
 
     @property
     def data(self) -> MetaflowData:

@@ -46,6 +46,8 @@ _disk_cache = None
 _CHUNK = 2**20
 _attempt_indexes: LRUCache = LRUCache(maxsize=20_000)
 _attempt_indexes_lock = threading.Lock()
+#: (root, flow) -> FlowDatastore: stateless but for its storage, shared (a race only builds an equal one)
+_datastores: dict = {}
 
 
 def disk_cache():
@@ -82,7 +84,10 @@ class FlowDatastore:
 
     @classmethod
     def at(cls, root: str, flow: str) -> "FlowDatastore":
-        return cls(get_storage(root), flow)
+        datastore = _datastores.get((root, flow))
+        if datastore is None:
+            datastore = _datastores[(root, flow)] = cls(get_storage(root), flow)
+        return datastore
 
     def blob_key(self, sha: str) -> str:
         return "%s/data/%s/%s" % (self.flow, sha[:2], sha)

@@ -63,3 +63,16 @@ def test_user_class_from_flow_file(clients: dict, manifest: dict) -> None:
     with pytest.raises(AttributeError) as raised:
         _types_start(clients["client"], manifest).data.point
     assert "__main__.Point" in str(raised.value)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_values_known_by_sha_are_what_those_pickles_hold(protocol: int) -> None:
+    """`_exception` (None) and `_task_ok` (True) are answered from the record's sha without reading the blob."""
+    import hashlib
+    import pickle
+
+    from client.cache import KNOWN_VALUES
+
+    for value in (None, True):
+        sha = hashlib.sha1(pickle.dumps(value, protocol=protocol)).hexdigest()
+        assert sha in KNOWN_VALUES and KNOWN_VALUES[sha] is value

@@ -83,7 +83,8 @@ class MetadataProvider(ABC):
 
     @abstractmethod
     def artifacts(self, flow: str, run: str, step: str, task: str, attempt: Optional[int] = None) -> List[dict]:
-        """Artifacts (internal `_` ones included) of `attempt`, or of the latest *finished* attempt when None."""
+        """The public artifacts of `attempt`, or of the latest *finished* attempt when None: what iterating a
+        Task shows. The internal `_` ones (most of a task's) are reached by name only, with `artifact`."""
 
     @abstractmethod
     def artifact(

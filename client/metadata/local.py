@@ -132,9 +132,15 @@ class LocalMetadataProvider(MetadataProvider):
         known = self._attempts.get(meta_dir)
         if known is not None and known[1] > now:
             return known[0]
+        names, deadline = self._listings.get(meta_dir, (None, 0.0))
+        if names is not None and deadline > now:  # listed anyway (to list artifacts): no stat needed
+            exists = set(names).__contains__
+            prefix = ""
+        else:
+            exists, prefix = os.path.exists, meta_dir + "/"
         found = None
         for attempt in range(MAX_ATTEMPTS - 1, -1, -1):
-            if os.path.exists("%s/%d_artifact_name.json" % (meta_dir, attempt)):
+            if exists("%s%d_artifact_name.json" % (prefix, attempt)):
                 found = attempt
                 break
         if len(self._attempts) > 100_000:
@@ -151,11 +157,11 @@ class LocalMetadataProvider(MetadataProvider):
             attempt = self._default_attempt(meta_dir)
             if attempt is None:
                 return []
-        prefix = "%d_artifact_" % attempt
+        prefix, internal = "%d_artifact_" % attempt, "%d_artifact__" % attempt
         return [
             self._artifact(_read_json(os.path.join(meta_dir, n)))
             for n in names
-            if n.startswith(prefix) and n.endswith(".json")
+            if n.startswith(prefix) and n.endswith(".json") and not n.startswith(internal)
         ]
 
     def artifact(
@@ -174,19 +180,24 @@ class LocalMetadataProvider(MetadataProvider):
             return None
 
     def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
-        return self._events(flow, run, step, task, "sysmeta_")
+        names = self._listing(flow, run, step, task)
+        return self._events(flow, run, step, task, [n for n in names if n.startswith("sysmeta_")])
 
     def task_metadata_field(self, flow: str, run: str, step: str, task: str, field_name: str) -> List[dict]:
-        # File names are sysmeta_<field>_<ms>.json: read only those; the JSON inside still decides, since field
-        # names may themselves contain '_'.
-        events = self._events(flow, run, step, task, "sysmeta_%s_" % field_name)
-        return [e for e in events if e["field_name"] == field_name]
+        # File names are sysmeta_<field>_<ms>.json: only those are read (a name whose rest is not just digits
+        # belongs to a longer field, e.g. attempt_ok for attempt).
+        prefix = "sysmeta_%s_" % field_name
+        start = len(prefix)
+        names = [
+            n for n in self._listing(flow, run, step, task) if n.startswith(prefix) and n[start:-5].isdigit()
+        ]
+        return self._events(flow, run, step, task, names)
 
-    def _events(self, flow: str, run: str, step: str, task: str, prefix: str) -> List[dict]:
+    def _events(self, flow: str, run: str, step: str, task: str, names: List[str]) -> List[dict]:
         meta_dir = self._meta_dir(flow, run, step, task)
         events = []
-        for n in self._listing(flow, run, step, task):
-            if n.startswith(prefix) and n.endswith(".json"):
+        for n in names:
+            if n.endswith(".json"):
                 r = _read_json(os.path.join(meta_dir, n))
                 events.append(
                     {

@@ -307,7 +307,7 @@ class ServiceMetadataProvider(MetadataProvider):
             else:
                 self._require_attempt_routes()
                 path += "/attempt/%d/artifacts" % attempt
-        return [self._artifact(r) for r in self._list(path)]
+        return [self._artifact(r) for r in self._list(path) if not r["name"].startswith("_")]
 
     def artifact(
         self, flow: str, run: str, step: str, task: str, name: str, attempt: Optional[int] = None
