@@ -269,9 +269,8 @@ def _long_line(node) -> str:
 
 def cmd_ls(args: argparse.Namespace, argv: List[str]) -> None:
     tree = _build_tree(args)
-    children = sorted(tree.list(args.path), key=lambda node: node.name)
-    for node in children:
-        print(_long_line(node) if args.long else node.name)
+    for entry in sorted(tree.list(args.path), key=lambda entry: entry.name):
+        print(_long_line(tree.lookup(entry.path)) if args.long else entry.name)
 
 
 def cmd_cat(args: argparse.Namespace, argv: List[str]) -> None:

@@ -36,9 +36,9 @@ import resource
 import stat as stat_module
 import threading
 from ctypes.util import find_library
-from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from .tree import CONTROL_DIR, DIR, FILE, LINK, Reader, Tree
+from .tree import CONTROL_DIR, DIR, FILE, LINK, Reader, Stat, Tree
 
 if "FUSE_LIBRARY_NAME" not in os.environ and "FUSE_LIBRARY_PATH" not in os.environ and find_library("fuse3"):
     # mfusepy prefers libfuse2 when both are installed; libfuse3 has fuse_invalidate_path and better readahead.
@@ -50,8 +50,12 @@ log = logging.getLogger("mffs")
 
 _CONTROL_PREFIX = "/" + CONTROL_DIR
 _MODES = {DIR: stat_module.S_IFDIR | 0o555, FILE: stat_module.S_IFREG | 0o444, LINK: stat_module.S_IFLNK | 0o777}
+#: a readdir entry's attributes when only its type is given (shared: they are built for tens of thousands of names)
+_TYPE_ONLY = {kind: {"st_mode": mode} for kind, mode in _MODES.items()}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _FUSE_CAP_CACHE_SYMLINKS = 1 << 23  # libfuse3 fuse_common.h
+_FUSE_READDIR_PLUS = 1 << 0  # libfuse3 fuse.h: enum fuse_readdir_flags
+_FUSE_FILL_DIR_PLUS = 1 << 1  # libfuse3 fuse.h: enum fuse_fill_dir_flags
 #: preferred I/O size reported in st_blksize: makes cat/cp use large reads
 _BLOCK_SIZE = 128 << 10
 
@@ -191,11 +195,7 @@ class MffsOperations(mfusepy.Operations):
 
     # -- reads ------------------------------------------------------------------------------------------------
 
-    @_callback
-    def getattr(self, path: str, fh: Optional[int] = None) -> Dict[str, int]:
-        node_stat = self.tree.stat(path)
-        if not node_stat.stable:
-            self.invalidator.watch(path)
+    def _attrs(self, node_stat: Stat) -> Dict[str, int]:
         mtime_ns = int(node_stat.mtime * 1e9)
         return {
             "st_mode": _MODES[node_stat.kind],
@@ -211,11 +211,24 @@ class MffsOperations(mfusepy.Operations):
         }
 
     @_callback
-    def readdir(self, path: str, fh: int) -> Iterator[Union[str, Tuple[str, Dict[str, int], int]]]:
-        children = self.tree.list(path)
-        return itertools.chain(
-            (".", ".."), ((child.name, {"st_mode": _MODES[child.kind]}, 0) for child in children)
-        )
+    def getattr(self, path: str, fh: Optional[int] = None) -> Dict[str, int]:
+        node_stat = self.tree.stat(path)
+        if not node_stat.stable:
+            self.invalidator.watch(path)
+        return self._attrs(node_stat)
+
+    @_callback
+    def readdir(self, path: str, fh: int) -> List[Tuple[str, Dict[str, int], int]]:
+        """Entries with their full attributes where they cost nothing (stable directories and links: their stat is
+        known without I/O), so a readdirplus (see _Fuse) spares the kernel a lookup of each; files only with their
+        type, as working out a size may mean rendering the file."""
+        entries = [(".", _TYPE_ONLY[DIR], 0), ("..", _TYPE_ONLY[DIR], 0)]
+        for entry in self.tree.list(path):
+            if entry.node is not None and entry.node.stable:
+                entries.append((entry.name, self._attrs(entry.node.stat()), 0))
+            else:
+                entries.append((entry.name, _TYPE_ONLY[entry.kind], 0))
+        return entries
 
     @_callback
     def readlink(self, path: str) -> str:
@@ -299,6 +312,50 @@ class MffsOperations(mfusepy.Operations):
     def write(self, path: str, data: bytes, offset: int, fh: Any) -> int: ...
 
 
+class _Fuse(mfusepy.FUSE):
+    """mfusepy's FUSE with readdirplus.
+
+    mfusepy hands libfuse only each entry's type, so after a readdir the kernel still looks up (a getattr
+    callback) every entry it goes into: `find` over a run made a getattr per directory. On a READDIR_PLUS request
+    for a directory with entries that come with full attributes, this passes them with FUSE_FILL_DIR_PLUS and
+    entry offsets: libfuse 3.14 registers such entries (as a lookup would) only when filling with offsets, and
+    the kernel then caches their dentries and attributes for entry/attr_timeout. Any other readdir goes through
+    mfusepy, whose offset-less filling costs one callback per directory (the offset mode costs one more, for the
+    empty read at the end).
+    """
+
+    def readdir_fuse_3(self, path: Optional[bytes], buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        items = self.operations.readdir(path.decode(self.encoding, self.errors), fip.contents.fh)
+        if not (flags & _FUSE_READDIR_PLUS and any(len(attrs) > 1 for _, attrs, _ in items[2:])):
+            return self._fill(items, buf, filler, 0, with_offsets=False)
+        return self._fill(items, buf, filler, offset, with_offsets=True)
+
+    def _fill(self, items: list, buf: Any, filler: Any, offset: int, with_offsets: bool) -> int:
+        plus_flags = _FUSE_FILL_DIR_PLUS if with_offsets else 0
+        for position in range(offset, len(items)):
+            name, attrs, _ = items[position]
+            if len(attrs) > 1:
+                st = mfusepy.c_stat()
+                mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                st_pointer, fill_flags = ctypes.pointer(st), plus_flags
+            else:
+                st_pointer, fill_flags = _TYPE_ONLY_STATS[attrs["st_mode"]], 0
+            next_offset = position + 1 if with_offsets else 0
+            if filler(buf, name.encode(self.encoding, self.errors), st_pointer, next_offset, fill_flags):
+                break
+        return 0
+
+
+def _type_only_stat(mode: int) -> Any:
+    st = mfusepy.c_stat()
+    st.st_mode = mode
+    return ctypes.pointer(st)
+
+
+#: libfuse copies the stat it is given: one per file type serves every type-only entry (tens of thousands)
+_TYPE_ONLY_STATS = {mode: _type_only_stat(mode) for mode in _MODES.values()}
+
+
 MAX_THREADS = 8
 
 
@@ -328,7 +385,7 @@ def mount(
     if allow_other:
         options["allow_other"] = True
     try:
-        mfusepy.FUSE(operations, mountpoint, raw_fi=True, foreground=True, debug=debug, **options)
+        _Fuse(operations, mountpoint, raw_fi=True, foreground=True, debug=debug, **options)
     except RuntimeError as exc:
         # libfuse3's fuse_main returns 8 when its loop ends on a signal (SIGINT/SIGTERM): a clean unmount.
         if exc.args != (8,):

@@ -76,6 +76,18 @@ class Stat:
     direct_io: bool = False  # read without the page cache: the size is unknown, or was unknown to the kernel
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A name in a directory listing. `node` is the child itself when building it took no I/O beyond the listing
+    (directories and links: their stat is known), so a front end can hand out its attributes with the listing;
+    files are listed by name only, since a file's size may mean rendering it."""
+
+    name: str
+    path: str
+    kind: str
+    node: Optional["Node"] = None
+
+
 def _is_not_found(exc: BaseException) -> bool:
     return any(cls.__name__ in _NOT_FOUND_ERRORS for cls in type(exc).__mro__)
 
@@ -350,11 +362,15 @@ class Dir(Node):
 
     def __init__(self, tree: "Tree", path: str, mtime: float, stable: bool):
         super().__init__(tree, path, mtime, stable)
-        self.listed_names: Optional[List[str]] = None  # set by Tree.list once the children are cached
+        self.listing: Optional[List[Entry]] = None  # kept by Tree.list for as long as this node is cached
 
     def children(self) -> List[Node]:
         """The listed (visible) children, built in bulk from one client listing."""
         raise NotImplementedError
+
+    def entries(self) -> List[Entry]:
+        """The listing; directories whose files cost something to build override this to name them only."""
+        return [Entry(node.name, node.path, node.kind, node) for node in self.children()]
 
     def child(self, name: str) -> Node:
         """Any child by name, including hidden ones; FileNotFoundError when there is none."""
@@ -718,15 +734,15 @@ class TaskDir(Dir):
             )
         return dirs
 
-    def children(self) -> List[Node]:
+    def entries(self) -> List[Entry]:
         names = [name for name in self.FILES if name != "exception.txt" or self._has_exception()]
-        nodes = [self._file(name) for name in names]
-        nodes.extend(make() for make in self._special_dirs(listing=True).values())
+        listing = [Entry(name, join(self.path, name), FILE) for name in names]
+        dirs = [make() for make in self._special_dirs(listing=True).values()]
         with client_errors(self.path):
             artifacts = list(self.task)
         stable = self.contents_stable()
-        nodes.extend(ArtifactDir(self.tree, join(self.path, a.id), a, stable) for a in artifacts)
-        return nodes
+        dirs.extend(ArtifactDir(self.tree, join(self.path, a.id), a, stable) for a in artifacts)
+        return listing + [Entry(node.name, node.path, DIR, node) for node in dirs]
 
     def child(self, name: str) -> Node:
         if name in self.FILES:
@@ -890,8 +906,8 @@ class ArtifactDir(Dir):
             tree, path, self.mtime, self.stable, rendering, eager=lambda: artifact.blob_size <= tree.render_threshold
         )
 
-    def children(self) -> List[Node]:
-        return [self._file(name) for name in self._names()]
+    def entries(self) -> List[Entry]:
+        return [Entry(name, join(self.path, name), FILE) for name in self._names()]
 
     def child(self, name: str) -> Node:
         if name not in self.FILES and name not in self._names():
@@ -1054,22 +1070,22 @@ class Tree:
     def stat(self, path: str) -> Stat:
         return self.lookup(path).stat()
 
-    def list(self, path: str) -> List[Node]:
-        """The directory's listed children, in the client's order; they are cached for the stats that follow."""
+    def list(self, path: str) -> List[Entry]:
+        """The directory's listing, in the client's order. It is kept with the directory's node (so for as long
+        as that is cached), and the child nodes built for it are cached for the lookups that follow."""
         node = self.lookup(path)
         if isinstance(node, Symlink):  # `mffs ls DemoFlow/latest`, like ls(1) given a link to a directory
             node = self.lookup(posixpath.join(posixpath.dirname(node.path), node.target))
         if not isinstance(node, Dir):
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
-        if node.listed_names is not None:
-            cached = [self._cached(join(node.path, name)) for name in node.listed_names]
-            if all(child is not None for child in cached):
-                return cached  # type: ignore[return-value]
-        children = node.children()
-        for child in children:
-            self._remember(child)
-        node.listed_names = [child.name for child in children]
-        return children
+        listing = node.listing
+        if listing is None:
+            listing = node.entries()
+            for entry in listing:
+                if entry.node is not None:
+                    self._remember(entry.node)
+            node.listing = listing
+        return listing
 
     def readlink(self, path: str) -> str:
         node = self.lookup(path)
