@@ -362,14 +362,16 @@ class DataArtifact(MetaflowObject):
         return self._datastore().load_blob(self.sha)
 
     def _prefetch_for_siblings(self, ds: FlowDatastore) -> None:
-        """Reading artifact X of one task of an iterated step: fetch X of the next tasks too, in parallel, since
-        loops over a step's tasks read the same artifact from each (remote storage only)."""
+        """Reading artifact X of a task that a loop reached (a task of an iterated step, or the end task of an
+        iterated run): fetch X of the tasks the loop reaches next too, in parallel, since such loops read the same
+        artifact from each (remote storage only)."""
         task = self._parent
-        siblings = getattr(task, "_siblings", None)
-        if not ds.remote or not siblings or blob_cache.get(self.sha) is not None or disk_cache().path(self.sha):
+        if not ds.remote or not isinstance(task, Task) or blob_cache.get(self.sha) is not None:
             return
-        window = siblings[task._position : task._position + PREFETCH_WINDOW]
-        records = [self._provider.artifact(*t._components, self.id, attempt=t._attempt) for t in window]
+        peers = task._peers()
+        if not peers or disk_cache().path(self.sha):
+            return
+        records = [self._provider.artifact(*t._components, self.id, attempt=t._attempt) for t in peers]
         ds.prefetch([r["sha"] for r in records if r is not None])
 
     def load(self, trusted: bool = True) -> Any:
@@ -590,6 +592,19 @@ class Task(MetaflowObject):
         return record["task_id"]
 
 
+    def _peers(self) -> List["Task"]:
+        """This task and the ones a loop is likely to read next (at most PREFETCH_WINDOW): the next tasks of an
+        iterated step, or the end tasks of the next runs of an iterated flow when this is a run's end task."""
+        siblings = getattr(self, "_siblings", None)
+        if siblings:
+            return siblings[self._position : self._position + PREFETCH_WINDOW]
+        run = self.__dict__.get("_end_of")
+        runs = getattr(run, "_siblings", None)
+        if not runs:
+            return []
+        window = runs[run._position : run._position + PREFETCH_WINDOW]
+        return [end for end in (r.end_task for r in window) if end is not None]
+
     def _value(self, name: str, missing: Any) -> Any:
         try:
             artifact = self[name]
@@ -629,6 +644,14 @@ class Task(MetaflowObject):
 
     @property
     def index(self) -> Optional[int]:
+        # Metaflow reads `_foreach_stack[-1].index`. The task registered the same stack as metadata,
+        # foreach-execution-path = "step:index,...", which costs no blob read (a GET on S3); the artifact is read
+        # only when that is missing (tasks outside a foreach, older Metaflow) or not a plain index.
+        path = self._latest_field("foreach-execution-path")
+        if isinstance(path, str) and path:
+            last = path.rsplit(",", 1)[-1].rpartition(":")[2]
+            if last.isdigit():
+                return int(last)
         try:
             return self["_foreach_stack"].data[-1].index
         except (KeyError, IndexError):
@@ -953,6 +976,8 @@ class Run(MetaflowObject):
         end = self.__dict__.get("_end_task")
         if end is None:
             end = self.__dict__["_end_task"] = self._newest_task(self._endpoint("end_step", "end"))
+            if end is not None:
+                end._end_of = self  # reading its artifacts prefetches those of the next runs' end tasks
         return end
 
     @property

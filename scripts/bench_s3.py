@@ -17,18 +17,23 @@ has other run ids, so it must agree on the number of results). Repetitions are i
 medians reported. Goals: metaflow-cold / ours-cold >= 5x; ours-warm / ours-local <= 1.5x.
 
 Note the server is moto (a Python process on the same 2 cores), so every request costs far more CPU than a real
-S3 request and wall times include the server's work.
+S3 request and wall times include the server's work. With --latency-ms N the clients reach moto through a proxy
+here that holds every request N ms before passing it on (what a client sees of S3's time to first byte, which a
+local server lacks); the table then says so.
 
     .venv/bin/python scripts/bench_s3.py                         # 100 tasks, 20 runs, 3 repetitions
+    .venv/bin/python scripts/bench_s3.py --latency-ms 20         # the same behind 20 ms of request latency
     .venv/bin/python scripts/bench_s3.py --tasks 1000 --runs 100 # the sizes of bench_client.py (long build)
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -44,6 +49,51 @@ from tests.support.s3server import BUCKET, MotoServer, build_s3_datastore, s3_en
 SPEEDUP_GOAL = 5.0  # metaflow-cold / ours-cold
 LOCAL_GOAL = 1.5  # ours-warm / ours-local
 VARIANTS = ("ours-cold", "ours-warm", "metaflow-cold", "metaflow-warm", "ours-local")
+
+
+class LatencyProxy:
+    """A TCP proxy on 127.0.0.1 that holds each chunk a client sends (a request) `latency` seconds before passing
+    it to the server; responses flow back untouched. Runs its own event loop in a thread."""
+
+    def __init__(self, target_port: int, latency: float):
+        self.target_port, self.latency = target_port, latency
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(started,), daemon=True)
+        self.thread.start()
+        started.wait()
+        self.endpoint_url = "http://127.0.0.1:%d" % self.port
+
+    def _serve(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        started.set()
+        self.loop.run_forever()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+        try:
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _connection(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await asyncio.gather(self._pump(client_reader, server_writer, self.latency),
+                             self._pump(server_reader, client_writer, 0.0))
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
 
 
 def build_s3_bench_datastore(server: MotoServer, tasks: int, runs: int) -> Path:
@@ -144,9 +194,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per variant (default 3)")
     parser.add_argument("--patterns", nargs="+", choices=sorted(bench_client.PATTERNS),
                         default=list(bench_client.PATTERNS))
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="hold every request this long on its way to the server (default 0: none)")
     args = parser.parse_args(argv)
 
     server = MotoServer()
+    proxy = None
     work = Path(tempfile.mkdtemp(prefix="mffs-bench-s3-"))
     try:
         server.client().create_bucket(Bucket=BUCKET)
@@ -155,10 +208,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         local_parent = bench_client.build_datastore(args.tasks, args.runs)
         print("S3 datastore %s (restored into %s), local twin %s; ready in %.1f s"
               % (s3_parent, server.endpoint_url, local_parent, time.monotonic() - started))
-        bench = S3Bench(s3_parent, local_parent, server.endpoint_url, work)
+        endpoint_url = server.endpoint_url
+        if args.latency_ms:
+            proxy = LatencyProxy(server.port, args.latency_ms / 1000.0)
+            endpoint_url = proxy.endpoint_url
+            print("clients reach the server through a proxy adding %g ms to every request" % args.latency_ms)
+        bench = S3Bench(s3_parent, local_parent, endpoint_url, work)
         results = {pattern: bench.measure(pattern, args.repeat) for pattern in args.patterns}
         print_table(results, args.repeat)
     finally:
+        if proxy is not None:
+            proxy.stop()
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -76,3 +76,22 @@ def test_values_known_by_sha_are_what_those_pickles_hold(protocol: int) -> None:
     for value in (None, True):
         sha = hashlib.sha1(pickle.dumps(value, protocol=protocol)).hexdigest()
         assert sha in KNOWN_VALUES and KNOWN_VALUES[sha] is value
+
+
+def test_reading_an_artifact_in_a_loop_names_the_tasks_to_prefetch(clients: dict) -> None:
+    """What a read prefetches on remote storage: from a task of an iterated step, the next tasks of the step; from
+    a run's end task reached by iterating runs, the end tasks of the next runs; nothing for a task looked up alone."""
+    client = clients["client"]
+    client.namespace(None)
+    runs = list(client.Flow("FailFlow"))
+    ends = [run.end_task for run in runs]
+    assert len([end for end in ends if end is not None]) >= 2
+    first = next(i for i, end in enumerate(ends) if end is not None)
+    assert [t.pathspec for t in ends[first]._peers()] == [end.pathspec for end in ends[first:] if end is not None]
+
+    run = client.Flow("KitchenFlow").latest_run
+    step = max(run, key=lambda s: len(list(s)))
+    tasks = list(step)
+    assert len(tasks) >= 2
+    assert [t.pathspec for t in tasks[1]._peers()] == [t.pathspec for t in tasks[1:]]
+    assert client.Task(tasks[1].pathspec)._peers() == []
