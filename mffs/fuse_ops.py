@@ -15,7 +15,9 @@ Kernel caching. libfuse's high-level API has one entry/attr/negative timeout for
     Deferred files (size not known yet, see mffs/tree.py) are opened with `direct_io`, so reads are not cut at
     the reported size 0; opening one renders it, and its stale size is invalidated in the kernel before the open
     returns, so an fstat right after open(2) already sees the exact size.
-Readdir is never cached by the kernel in the high-level API; the tree answers it from its own cache.
+Readdir is never cached by the kernel in the high-level API; the tree answers it from its own cache. A readdirplus
+request gets the full attributes of the listed directories and links of stable nodes (see `_Fuse`), so the kernel
+caches them like a lookup's answer: `find` or `ls -R` of a finished run make no getattr call per directory.
 
 Errors: OSErrors from the tree carry their errno (ENOENT, EIO, ...); any other exception in a callback is logged
 and returned as EIO (mfusepy would say EINVAL). Every write-type operation is EROFS (the mount is also `ro`).
@@ -224,8 +226,8 @@ class MffsOperations(mfusepy.Operations):
         type, as working out a size may mean rendering the file."""
         entries = [(".", _TYPE_ONLY[DIR], 0), ("..", _TYPE_ONLY[DIR], 0)]
         for entry in self.tree.list(path):
-            if entry.node is not None and entry.node.stable:
-                entries.append((entry.name, self._attrs(entry.node.stat()), 0))
+            if entry.stat is not None and entry.stat.stable:
+                entries.append((entry.name, self._attrs(entry.stat), 0))
             else:
                 entries.append((entry.name, _TYPE_ONLY[entry.kind], 0))
         return entries
@@ -319,9 +321,10 @@ class _Fuse(mfusepy.FUSE):
     callback) every entry it goes into: `find` over a run made a getattr per directory. On a READDIR_PLUS request
     for a directory with entries that come with full attributes, this passes them with FUSE_FILL_DIR_PLUS and
     entry offsets: libfuse 3.14 registers such entries (as a lookup would) only when filling with offsets, and
-    the kernel then caches their dentries and attributes for entry/attr_timeout. Any other readdir goes through
-    mfusepy, whose offset-less filling costs one callback per directory (the offset mode costs one more, for the
-    empty read at the end).
+    the kernel then caches their dentries and attributes for entry/attr_timeout. Any other readdir is filled
+    without offsets, as mfusepy does: libfuse keeps the whole listing and answers the kernel's follow-up reads
+    itself, so that costs one callback per directory (the offset mode costs one more, for the empty read at the
+    end).
     """
 
     def readdir_fuse_3(self, path: Optional[bytes], buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:

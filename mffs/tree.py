@@ -78,14 +78,14 @@ class Stat:
 
 @dataclass(frozen=True)
 class Entry:
-    """A name in a directory listing. `node` is the child itself when building it took no I/O beyond the listing
-    (directories and links: their stat is known), so a front end can hand out its attributes with the listing;
-    files are listed by name only, since a file's size may mean rendering it."""
+    """A name in a directory listing. Directories and links carry their `stat` (known without I/O once the node
+    is built), so a front end can hand out their attributes with the listing; files only their kind, since a
+    file's size may mean rendering it."""
 
     name: str
     path: str
     kind: str
-    node: Optional["Node"] = None
+    stat: Optional[Stat] = None
 
 
 def _is_not_found(exc: BaseException) -> bool:
@@ -368,9 +368,10 @@ class Dir(Node):
         """The listed (visible) children, built in bulk from one client listing."""
         raise NotImplementedError
 
-    def entries(self) -> List[Entry]:
-        """The listing; directories whose files cost something to build override this to name them only."""
-        return [Entry(node.name, node.path, node.kind, node) for node in self.children()]
+    def entries(self) -> List[Union[Node, Entry]]:
+        """What a listing shows: the children, or (directories whose files cost something to build override
+        this) an Entry naming a file that is built only when looked up."""
+        return list(self.children())
 
     def child(self, name: str) -> Node:
         """Any child by name, including hidden ones; FileNotFoundError when there is none."""
@@ -734,15 +735,15 @@ class TaskDir(Dir):
             )
         return dirs
 
-    def entries(self) -> List[Entry]:
+    def entries(self) -> List[Union[Node, Entry]]:
         names = [name for name in self.FILES if name != "exception.txt" or self._has_exception()]
-        listing = [Entry(name, join(self.path, name), FILE) for name in names]
-        dirs = [make() for make in self._special_dirs(listing=True).values()]
+        listing: List[Union[Node, Entry]] = [Entry(name, join(self.path, name), FILE) for name in names]
+        listing.extend(make() for make in self._special_dirs(listing=True).values())
         with client_errors(self.path):
             artifacts = list(self.task)
         stable = self.contents_stable()
-        dirs.extend(ArtifactDir(self.tree, join(self.path, a.id), a, stable) for a in artifacts)
-        return listing + [Entry(node.name, node.path, DIR, node) for node in dirs]
+        listing.extend(ArtifactDir(self.tree, join(self.path, a.id), a, stable) for a in artifacts)
+        return listing
 
     def child(self, name: str) -> Node:
         if name in self.FILES:
@@ -906,7 +907,7 @@ class ArtifactDir(Dir):
             tree, path, self.mtime, self.stable, rendering, eager=lambda: artifact.blob_size <= tree.render_threshold
         )
 
-    def entries(self) -> List[Entry]:
+    def entries(self) -> List[Union[Node, Entry]]:
         return [Entry(name, join(self.path, name), FILE) for name in self._names()]
 
     def child(self, name: str) -> Node:
@@ -1072,7 +1073,7 @@ class Tree:
 
     def list(self, path: str) -> List[Entry]:
         """The directory's listing, in the client's order. It is kept with the directory's node (so for as long
-        as that is cached), and the child nodes built for it are cached for the lookups that follow."""
+        as that is cached); the child nodes built for it go to the node caches for the lookups that follow."""
         node = self.lookup(path)
         if isinstance(node, Symlink):  # `mffs ls DemoFlow/latest`, like ls(1) given a link to a directory
             node = self.lookup(posixpath.join(posixpath.dirname(node.path), node.target))
@@ -1080,10 +1081,13 @@ class Tree:
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
         listing = node.listing
         if listing is None:
-            listing = node.entries()
-            for entry in listing:
-                if entry.node is not None:
-                    self._remember(entry.node)
+            listing = []
+            for item in node.entries():
+                if isinstance(item, Node):
+                    self._remember(item)
+                    # entries keep a stat, not the node: listings must not hold evicted nodes alive
+                    item = Entry(item.name, item.path, item.kind, item.stat() if item.kind != FILE else None)
+                listing.append(item)
             node.listing = listing
         return listing
 
