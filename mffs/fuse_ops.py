@@ -221,12 +221,16 @@ class MffsOperations(mfusepy.Operations):
 
     @_callback
     def readdir(self, path: str, fh: int) -> List[Tuple[str, Dict[str, int], int]]:
-        """Entries with their full attributes where they cost nothing (stable directories and links: their stat is
-        known without I/O), so a readdirplus (see _Fuse) spares the kernel a lookup of each; files only with their
-        type, as working out a size may mean rendering the file."""
+        """In a stable directory, entries with their full attributes where they cost nothing (directories and
+        links: their stat is known without I/O), so a readdirplus (see _Fuse) spares the kernel a lookup of each;
+        files only with their type, as working out a size may mean rendering the file. A directory that can still
+        change gets types only: readdirplus fills by offset, and offsets into a list that changes between two
+        reads would skip or repeat names."""
         entries = [(".", _TYPE_ONLY[DIR], 0), ("..", _TYPE_ONLY[DIR], 0)]
-        for entry in self.tree.list(path):
-            if entry.stat is not None and entry.stat.stable:
+        listing = self.tree.list(path)
+        with_attrs = self.tree.stat(path).stable
+        for entry in listing:
+            if with_attrs and entry.stat is not None and entry.stat.stable:
                 entries.append((entry.name, self._attrs(entry.stat), 0))
             else:
                 entries.append((entry.name, _TYPE_ONLY[entry.kind], 0))
