@@ -145,15 +145,21 @@ class FlowDatastore:
             return None
 
     def prefetch(self, shas: List[str]) -> None:
-        """Fetch the blobs that are not cached yet in parallel (remote storage only), into the caches."""
+        """Fetch the blobs that are not cached yet in parallel (remote storage only), into the caches; each is
+        decompressed and written to the disk cache on the thread that fetched it. Best effort: a failure here
+        only means the blobs are fetched again, one by one, when read (and fail then, for that artifact only)."""
         if not self.remote:
             return
         missing = {self.blob_key(sha): sha for sha in shas if blob_cache.get(sha) is None and not disk_cache().path(sha)}
         if not missing:
             return
-        for key, stored in self.storage.read_many(missing).items():
-            if stored is not None:
-                blob_cache.put(missing[key], self._decompress(missing[key], stored))
+        try:
+            found = self.storage.read_many(missing, then=lambda key, stored: self._decompress(missing[key], stored))
+        except OSError:  # the reads that follow fetch (and report) each blob themselves
+            return
+        for key, data in found.items():
+            if data is not None:
+                blob_cache.put(missing[key], data)
 
     def open_blob(self, sha: str) -> BinaryIO:
         """A stream of an artifact blob's serialized bytes, decompressed on the fly (for large blobs); from remote

@@ -12,7 +12,7 @@ Errors are built-in exceptions, so every layer above maps them mechanically:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import BinaryIO, Dict, Iterable, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional
 
 
 class Storage(ABC):
@@ -26,14 +26,21 @@ class Storage(ABC):
     def read(self, key: str) -> bytes:
         """The whole object."""
 
-    def read_many(self, keys: Iterable[str]) -> Dict[str, Optional[bytes]]:
-        """Several objects at once (backends with latency fetch them in parallel); None for missing keys."""
-        out: Dict[str, Optional[bytes]] = {}
+    def read_many(
+        self, keys: Iterable[str], then: Optional[Callable[[str, bytes], Any]] = None
+    ) -> Dict[str, Any]:
+        """Several objects at once (backends with latency fetch them in parallel); None for missing keys.
+        `then(key, data)`, when given, is applied to each object found where it was fetched (on a backend's
+        worker thread, so work such as decompressing and caching runs in parallel too) and its result is
+        returned instead of the bytes."""
+        out: Dict[str, Any] = {}
         for key in keys:
             try:
-                out[key] = self.read(key)
+                data = self.read(key)
             except FileNotFoundError:
                 out[key] = None
+                continue
+            out[key] = then(key, data) if then is not None else data
         return out
 
     @abstractmethod

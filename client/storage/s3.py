@@ -257,17 +257,25 @@ class S3Storage(Storage):
     def read(self, key: str) -> bytes:
         return self._get(key)
 
-    def read_many(self, keys: Iterable[str]) -> Dict[str, Optional[bytes]]:
-        """Fetch the keys in parallel on the shared bounded pool; None for missing keys.
+    def read_many(
+        self, keys: Iterable[str], then: Optional[Callable[[str, bytes], Any]] = None
+    ) -> Dict[str, Any]:
+        """Fetch the keys (and apply `then`, see Storage.read_many) in parallel on the shared bounded pool; None
+        for missing keys.
 
         The first other failure cancels what has not started yet and is raised, so a dead server costs one
         request timeout, not one per key."""
         keys = list(dict.fromkeys(keys))
         if len(keys) <= 1:
-            return super().read_many(keys)
+            return super().read_many(keys, then)
+
+        def fetch(key: str) -> Any:
+            data = self._get(key)
+            return then(key, data) if then is not None else data
+
         pool = _shared_pool(self._conf["threads"])
-        futures: Dict[Future, str] = {pool.submit(self._get, key): key for key in keys}
-        out: Dict[str, Optional[bytes]] = {}
+        futures: Dict[Future, str] = {pool.submit(fetch, key): key for key in keys}
+        out: Dict[str, Any] = {}
         for future in as_completed(futures):
             try:
                 out[futures[future]] = future.result()
