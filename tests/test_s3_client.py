@@ -225,3 +225,44 @@ def test_server_stopped_mid_walk_fails_within_the_timeout_and_recovers(
     assert stopped["outcomes"] and set(stopped["outcomes"]) == {"EIO"}, stopped["outcomes"]
     assert stopped["elapsed"] < FAULT_BOUND_S, stopped
     assert any("é ✓ 日本 😀" in text for text in recovered["stdout"])
+
+
+CORRUPT_SIBLING_SCRIPT = """
+import json
+from client import Run, namespace
+namespace(None)
+tasks = list(Run(sys.argv[1])["foreach_inner"])
+print(json.dumps({"shas": [task["pair"].sha for task in tasks]}), flush=True)
+sys.stdin.readline()  # the second task's blob is corrupt now
+outcomes = []
+for task in tasks:  # the first read prefetches the others' blobs, the corrupt one among them
+    try:
+        outcomes.append(task["pair"].data)
+    except Exception as exc:
+        outcomes.append("error: %s: %s" % (type(exc).__name__, exc))
+print(json.dumps({"outcomes": outcomes}), flush=True)
+"""
+
+
+def test_a_corrupt_sibling_blob_fails_only_its_own_read(
+    s3_root_parent: Path, s3_server: MotoServer, tmp_path: Path  # noqa: F811
+) -> None:
+    run = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
+    script = ClientScript(CORRUPT_SIBLING_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path)
+    s3 = s3_server.client()
+    key = None
+    try:
+        shas = script.step(None)["shas"]
+        assert len(set(shas)) == len(shas) >= 3
+        key = "%s/KitchenFlow/data/%s/%s" % (S3_PREFIX, shas[1][:2], shas[1])
+        saved = s3.get_object(Bucket=BUCKET, Key=key)
+        body, metadata = saved["Body"].read(), saved["Metadata"]
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"not a gzip, not a pickle", Metadata=metadata)
+        outcomes = script.step()["outcomes"]
+    finally:
+        script.close()
+        if key is not None:
+            s3.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata=metadata)
+    assert outcomes[1].startswith("error: ") and shas[1] in outcomes[1], outcomes
+    others = outcomes[:1] + outcomes[2:]
+    assert len(set(others)) == len(others) and set(others) <= {"a1", "a2", "b1", "b2"}, outcomes
