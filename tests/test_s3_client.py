@@ -9,7 +9,9 @@ import hashlib
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Optional
 
 import pytest
 
@@ -132,6 +134,23 @@ class ClientScript:
             stream.close()
 
 
+@contextmanager
+def kitchen_blob_replaced(server: MotoServer, sha: str, body: Optional[bytes]) -> Iterator[None]:
+    """Inside the block KitchenFlow's blob `sha` holds `body` (is deleted when None); restored afterwards."""
+    s3 = server.client()
+    key = "%s/KitchenFlow/data/%s/%s" % (S3_PREFIX, sha[:2], sha)
+    saved = s3.get_object(Bucket=BUCKET, Key=key)
+    original, metadata = saved["Body"].read(), saved["Metadata"]
+    if body is None:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    else:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata=metadata)
+    try:
+        yield
+    finally:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=original, Metadata=metadata)
+
+
 MISSING_BLOB_SCRIPT = """
 import json
 from client import Run, namespace
@@ -154,19 +173,12 @@ def test_a_missing_blob_fails_that_artifact_only(
 ) -> None:
     run = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
     script = ClientScript(MISSING_BLOB_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path)
-    s3 = s3_server.client()
-    key = None
     try:
         sha = script.step(None)["sha"]
-        key = "%s/KitchenFlow/data/%s/%s" % (S3_PREFIX, sha[:2], sha)
-        saved = s3.get_object(Bucket=BUCKET, Key=key)
-        body, metadata = saved["Body"].read(), saved["Metadata"]
-        s3.delete_object(Bucket=BUCKET, Key=key)
-        result = script.step()
+        with kitchen_blob_replaced(s3_server, sha, None):
+            result = script.step()
     finally:
         script.close()
-        if key is not None:
-            s3.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata=metadata)
     assert result["error"] is not None, "loading a deleted blob succeeded"
     assert sha in result["error"][1], result["error"]
     # Everything else about the task still works.
@@ -249,20 +261,13 @@ def test_a_corrupt_sibling_blob_fails_only_its_own_read(
 ) -> None:
     run = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
     script = ClientScript(CORRUPT_SIBLING_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path)
-    s3 = s3_server.client()
-    key = None
     try:
         shas = script.step(None)["shas"]
         assert len(set(shas)) == len(shas) >= 3
-        key = "%s/KitchenFlow/data/%s/%s" % (S3_PREFIX, shas[1][:2], shas[1])
-        saved = s3.get_object(Bucket=BUCKET, Key=key)
-        body, metadata = saved["Body"].read(), saved["Metadata"]
-        s3.put_object(Bucket=BUCKET, Key=key, Body=b"not a gzip, not a pickle", Metadata=metadata)
-        outcomes = script.step()["outcomes"]
+        with kitchen_blob_replaced(s3_server, shas[1], b"not a gzip, not a pickle"):
+            outcomes = script.step()["outcomes"]
     finally:
         script.close()
-        if key is not None:
-            s3.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata=metadata)
     assert outcomes[1].startswith("error: ") and shas[1] in outcomes[1], outcomes
     others = outcomes[:1] + outcomes[2:]
     assert len(set(others)) == len(others) and set(others) <= {"a1", "a2", "b1", "b2"}, outcomes
