@@ -44,6 +44,8 @@ Metadata = namedtuple("Metadata", ["name", "value", "created_at", "type", "task"
 PREFETCH_WINDOW = 64
 #: artifacts whose serialized size is above this are unpickled from a stream (bytes)
 STREAM_THRESHOLD = 16 * 2**20
+#: the stored type of an IncludeFile artifact: its blob is a descriptor, the file's bytes live elsewhere
+_INCLUDED_FILE_TYPE = "<class 'metaflow.includefile.IncludedFile'>"
 
 # -- process-global state, as in Metaflow: the namespace and the metadata provider ------------------------------
 _NOT_SET = object()
@@ -419,7 +421,7 @@ class DataArtifact(MetaflowObject):
     @property
     def size(self) -> int:
         info = self._attempt_info()
-        if info.get("type") == "<class 'metaflow.includefile.IncludedFile'>":
+        if info.get("type") == _INCLUDED_FILE_TYPE:
             from . import unpickle
 
             obj = unpickle.loads(self._serialized(), trusted=False)  # the IncludedFile stand-in is allow-listed
@@ -431,7 +433,7 @@ class DataArtifact(MetaflowObject):
     def blob_size(self) -> int:
         """Length of the serialized (pickle) bytes, known without reading the blob."""
         info = self._own_info()
-        if "size" in info and info.get("type") != "<class 'metaflow.includefile.IncludedFile'>":
+        if "size" in info and info.get("type") != _INCLUDED_FILE_TYPE:
             return info["size"]
         return len(self._serialized())
 
@@ -590,7 +592,6 @@ class Task(MetaflowObject):
     @staticmethod
     def _id_of(record: dict) -> str:
         return record["task_id"]
-
 
     def _peers(self) -> List["Task"]:
         """This task and the ones a loop is likely to read next (at most PREFETCH_WINDOW): the next tasks of an
@@ -822,11 +823,7 @@ class Task(MetaflowObject):
             pattern = "%s,.*" % path
         else:
             parent_type = graph["steps"][steps[0]]["type"]
-            depth = len(path.split(","))
-            if parent_type in ("split-foreach", "split-parallel"):
-                pattern = ".*" if depth == 1 else ",".join(path.split(",")[: depth - 1])
-            else:
-                pattern = path
+            pattern = _enclosing_path(path) if parent_type in ("split-foreach", "split-parallel") else path
         yield from self._matching(steps, pattern)
 
     @property
@@ -847,11 +844,7 @@ class Task(MetaflowObject):
             child_type = graph["steps"][steps[0]]["type"]
             if len(_previous_steps(graph, steps[0])) > 1:
                 child_type = "static-join"
-            depth = len(path.split(","))
-            if child_type == "join":
-                pattern = ".*" if depth == 1 else ",".join(path.split(",")[: depth - 1])
-            else:
-                pattern = path
+            pattern = _enclosing_path(path) if child_type == "join" else path
         yield from self._matching(steps, pattern)
 
     @property
@@ -863,6 +856,12 @@ class Task(MetaflowObject):
     def child_tasks(self) -> Iterator["Task"]:
         for pathspec in self.child_task_pathspecs:
             yield Task(pathspec, _namespace_check=False)
+
+
+def _enclosing_path(path: str) -> str:
+    """The foreach-execution-path pattern of the foreach enclosing `path` ("a:1,b:2" -> "a:1"; outermost: any)."""
+    frames = path.split(",")
+    return ",".join(frames[:-1]) if len(frames) > 1 else ".*"
 
 
 def _previous_steps(graph: dict, step: str) -> List[str]:
@@ -943,7 +942,6 @@ class Run(MetaflowObject):
         if self._run_tags is None:
             self._run_tags = (self._object["tags"], self._object["system_tags"])
         return self._run_tags
-
 
     def steps(self, *tags: str) -> Iterator[Step]:
         return self._filtered_children(*tags)  # type: ignore[return-value]
@@ -1058,15 +1056,6 @@ class Flow(MetaflowObject):
         # As in Metaflow: whether the flow lists a run in its own namespace (whatever `ns`), decided on the run
         # records without building Run objects.
         return bool(self._children())
-
-    def _wrap(self, record: dict) -> "MetaflowObject":
-        return Run(
-            _object=record,
-            _parent=self,
-            _namespace_check=self._namespace_check,
-            _current_namespace=self._current_namespace if self._namespace_check else None,
-        )
-
 
     @property
     def latest_run(self) -> Optional[Run]:
