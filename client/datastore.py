@@ -228,8 +228,9 @@ class FlowDatastore:
 
     def logs(self, run: str, step: str, task: str, attempt: int, stream: str) -> List[bytes]:
         """The mflog files of one attempt and stream, runtime source first ('' for a missing file)."""
-        found = self.storage.read_many(self.log_keys(run, step, task, attempt, stream))
-        return [found.get(k) or b"" for k in self.log_keys(run, step, task, attempt, stream)]
+        keys = self.log_keys(run, step, task, attempt, stream)
+        found = self.storage.read_many(keys)
+        return [found.get(k) or b"" for k in keys]
 
     def log_size(self, run: str, step: str, task: str, attempt: int, stream: str) -> int:
         total = 0
