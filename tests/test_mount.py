@@ -17,6 +17,7 @@ import pytest
 
 from mffs import render
 from mffs.exports import export_names
+from mffs.fuse_ops import MAX_THREADS
 from tests.support.datastores import run_flow
 from tests.support.mount import (  # noqa: F401
     corrupt_datastore,
@@ -202,6 +203,16 @@ def test_find_grep_and_ls_over_a_whole_run(mount, mf, manifest, local_root):
     assert listing.returncode == 0 and not listing.stderr
     attempts = sum(task.current_attempt + 1 for step in run for task in step if task.current_attempt > 0)
     assert listing.stdout.count("task.json") == sum(1 for step in run for _ in step) + attempts
+
+
+def test_callback_threads_keep_their_python_thread_state(mount, mf, manifest):
+    """Thousands of callbacks, at most one kept thread state per libfuse thread (else every callback would build
+    and tear down a thread state; see ThreadStates)."""
+    run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
+    before = sum(mount.stats()["calls"].values())
+    subprocess.run(["ls", "-lR", run.pathspec], cwd=mount.path, capture_output=True, timeout=60, check=True)
+    assert sum(mount.stats()["calls"].values()) - before > 10 * MAX_THREADS
+    assert 1 <= mount.stats()["thread_states_kept"] <= MAX_THREADS
 
 
 def test_writes_are_refused_with_erofs(mount, manifest):
