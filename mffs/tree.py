@@ -29,7 +29,9 @@ larger artifact are *deferred*: they report size 0 until opened (always with dir
 the size the kernel knows); opening renders them (`repr_limit` bounds repr.txt), after which the exact size is
 reported and `on_size_learned(path)` is called (during the open) so the front end can drop the kernel's stale
 size before the opener's fstat (parquet readers need it). So `stat`/`ls -l` never unpickle anything bigger than
-`render_threshold`. data.pickle streams from `DataArtifact.open_blob()` and is never held in memory whole.
+`render_threshold`. step.json is deferred the same way in a step of more than `step_json_eager_tasks` tasks
+(its `finished_at` is the latest of every task's). data.pickle streams from `DataArtifact.open_blob()` and is
+never held in memory whole.
 
 Errors are OSErrors with the errno a filesystem would give: unknown names FileNotFoundError (ENOENT), a backend or
 decode failure OSError(EIO) (logged). A file whose rendering fails at stat time is reported with size 0 and fails
@@ -648,13 +650,15 @@ class StepDir(Dir):
         self.step = step
 
     def _step_json(self) -> Node:
-        step = self.step
+        step, tree = self.step, self.tree
         return RenderedFile(
-            self.tree,
+            tree,
             join(self.path, "step.json"),
             self.mtime,
             self.stable,
             lambda: render.json_bytes(render.step_record(step)),
+            # its finished_at reads every task's `_task_ok`: a glob such as `body/*/x` stats step.json too
+            eager=lambda: sum(1 for _ in step) <= tree.step_json_eager_tasks,
         )
 
     def children(self) -> List[Node]:
@@ -944,6 +948,7 @@ class Tree:
         cache_entries: int = 50_000,
         content_cache_bytes: int = 64 << 20,
         render_threshold: int = 1 << 20,
+        step_json_eager_tasks: int = 100,
         repr_limit: int = 64 << 10,
         trust_pickles: bool = False,
     ):
@@ -955,6 +960,7 @@ class Tree:
         self.pathspec = pathspec
         self.refresh = refresh
         self.render_threshold = render_threshold
+        self.step_json_eager_tasks = step_json_eager_tasks
         self.repr_limit = repr_limit
         #: load artifact values for repr.txt and exports with the full unpickler (else the restricted one)
         self.trust_pickles = trust_pickles

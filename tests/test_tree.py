@@ -96,6 +96,24 @@ def test_run_json_matches_metaflow(tree, mf, manifest):
     assert record["created_at"].endswith("+00:00")  # UTC with an explicit offset
 
 
+def test_step_json_matches_metaflow_and_is_deferred_in_a_big_step(client_env, mf, manifest):
+    run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
+    tree = Tree(client, step_json_eager_tasks=1)
+    sizes = {}
+    for step in run:
+        path = "/%s/step.json" % step.pathspec
+        sizes[len(list(step)) > 1] = tree.stat(path).size
+        assert read_json(tree, path) == {
+            "pathspec": step.pathspec,
+            "id": step.id,
+            "created_at": render.iso_time(step.created_at),
+            "finished_at": render.iso_time(step.finished_at),
+        }
+        assert tree.stat(path).size == len(tree.read_file(path))
+    # stat'ed before the read: a one-task step's size is exact at once, a bigger step's is 0 until it is read
+    assert sizes[False] > 0 and sizes[True] == 0
+
+
 def test_parameters_json_holds_flow_parameters(tree, mf, manifest):
     for scenario in ("kitchen", "types"):
         pathspec = manifest["runs"][scenario]["pathspec"]
