@@ -9,8 +9,9 @@ import io
 import json
 import os
 import threading
+import time
 import zlib
-from typing import BinaryIO, List, Optional, Union
+from typing import BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
 
 from cachetools import LRUCache
 
@@ -244,17 +245,23 @@ class FlowDatastore:
 
 class CardStore:
     """Metaflow cards of one task: `<ds-root>/mf.cards/<F>/runs/<R>/steps/<S>/tasks/<T>/cards/*.html`
-    (or the pre-2022 path without `steps/<S>/`)."""
+    (or the pre-2022 path without `steps/<S>/`).
+
+    Most tasks have no cards, so whether a task has a card directory is answered from a listing of its step's
+    (and run's) card task directories, made once per TTL: listing a step of 1000 tasks costs two listings, not two
+    per task (on S3, LIST requests)."""
 
     def __init__(self, ds_root: str, flow: str, run: str, step: str, task: str):
         self.storage = get_storage(ds_root.rstrip("/") + "/mf.cards")
-        task_path = "/".join((flow, "runs", run, "steps", step, "tasks", task, "cards"))
-        legacy_path = "/".join((flow, "runs", run, "tasks", task, "cards"))
-        self.prefix = task_path
-        self.names = sorted(n for n in self.storage.list(task_path) if n.endswith(".html"))
-        if not self.names:
-            self.prefix = legacy_path
-            self.names = sorted(n for n in self.storage.list(legacy_path) if n.endswith(".html"))
+        self.prefix, self.names = "", []
+        run_key = "/".join((flow, "runs", run))
+        for tasks_key in (run_key + "/steps/" + step + "/tasks", run_key + "/tasks"):
+            if task in _recent_listing(self.storage, tasks_key):
+                prefix = "/".join((tasks_key, task, "cards"))
+                names = sorted(n for n in self.storage.list(prefix) if n.endswith(".html"))
+                if names:
+                    self.prefix, self.names = prefix, names
+                    return
 
     def _key(self, name: str) -> str:
         if name not in self.names:
@@ -266,6 +273,22 @@ class CardStore:
 
     def size(self, name: str) -> int:
         return self.storage.size(self._key(name))
+
+
+_listings: Dict[Tuple[str, str], Tuple[FrozenSet[str], float]] = {}
+
+
+def _recent_listing(storage: Storage, key: str) -> FrozenSet[str]:
+    """`storage.list(key)`, remembered for the TTL (what it lists can still grow while a run is running)."""
+    cache_key = (storage.root, key)
+    names, deadline = _listings.get(cache_key, (None, 0.0))
+    now = time.monotonic()
+    if names is None or deadline <= now:
+        names = frozenset(storage.list(key))
+        if len(_listings) > 10_000:
+            _listings.clear()
+        _listings[cache_key] = (names, now + mffs_setting("TTL", 1.0))
+    return names
 
 
 def root_of_location(location: str) -> str:

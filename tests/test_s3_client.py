@@ -107,9 +107,10 @@ class ClientScript:
     """`python -c <code> <args>` with our client (Metaflow blocked) on the S3 datastore; `step()` sends a line
     and returns the next JSON line the script prints."""
 
-    def __init__(self, code: str, args: list, root_parent: Path, endpoint_url: str, scratch: Path):
+    def __init__(self, code: str, args: list, root_parent: Path, endpoint_url: str, scratch: Path,
+                 settings: Optional[dict] = None):
         env = _walk_env(root_parent, scratch, endpoint_url)
-        env.update(FAULT_SETTINGS)
+        env.update(FAULT_SETTINGS, **(settings or {}))
         prelude = ("import sys\nfrom tests.support.walk import MetaflowBlocker\n"
                    "sys.meta_path.insert(0, MetaflowBlocker())\n")
         self.process = subprocess.Popen([sys.executable, "-c", prelude + code, *args], env=env, cwd=str(scratch),
@@ -184,6 +185,55 @@ def test_a_missing_blob_fails_that_artifact_only(
     # Everything else about the task still works.
     assert result["others"]["x"] == repr("from a")
     assert result["successful"] is True
+
+
+CARD_LISTS_SCRIPT = """
+import json
+from client import Run, namespace
+from client.storage import s3
+namespace(None)
+run = Run(sys.argv[1])
+run["end"].task["name"].data  # the shared boto3 client exists from here on
+card_lists = []
+for s3_client in s3._clients.values():
+    s3_client.meta.events.register(
+        "before-parameter-build.s3.ListObjectsV2", lambda params, **_: card_lists.append(params["Prefix"]))
+cards = {task.pathspec: task.cards().names for step in run for task in step}
+print(json.dumps({"cards": cards, "card_lists": [p for p in card_lists if "/mf.cards/" in p],
+                  "steps": len(list(run))}), flush=True)
+"""
+
+
+def test_card_directories_are_listed_per_step_not_per_task(
+    s3_root_parent: Path, s3_server: MotoServer, tmp_path: Path  # noqa: F811
+) -> None:
+    run = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
+    script = ClientScript(CARD_LISTS_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path,
+                          {"MFFS_TTL": "600"})  # no listing expires during the walk
+    try:
+        result = script.step(None)
+    finally:
+        script.close()
+    # What listing both card paths of every task, as before, finds.
+    server_listing = s3_server.client()
+    expected = {}
+    for pathspec in result["cards"]:
+        flow, run_id, step, task = pathspec.split("/")
+        names = []
+        for path in ("steps/%s/tasks/%s" % (step, task), "tasks/%s" % task):
+            prefix = "%s/mf.cards/%s/runs/%s/%s/cards/" % (S3_PREFIX, flow, run_id, path)
+            listed = server_listing.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+            names = sorted(obj["Key"][len(prefix):] for obj in listed if obj["Key"].endswith(".html"))
+            if names:
+                break
+        expected[pathspec] = names
+    assert result["cards"] == expected
+    with_cards = sum(1 for names in expected.values() if names)
+    # One listing per step and one of the run's legacy directory, then one per task that has cards; listing
+    # both paths of every task without cards would take more.
+    bound = result["steps"] + 1 + with_cards
+    assert with_cards >= 1 and 2 * len(expected) - with_cards > bound
+    assert len(result["card_lists"]) <= bound, result["card_lists"]
 
 
 STOPPED_SERVER_SCRIPT = """
