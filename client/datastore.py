@@ -211,17 +211,45 @@ class FlowDatastore:
     def attempt_index(self, run: str, step: str, task: str, attempt: int) -> Optional[dict]:
         """`<A>.data.json` ({"objects": {name: sha}, "info": {name: {size, type, encoding}}}) of a done attempt
         (immutable once `<A>.DONE.lock` exists, so kept)."""
-        cache_key = (self.storage.root, self.flow, run, step, task, attempt)
-        with _attempt_indexes_lock:
-            index = _attempt_indexes.get(cache_key)
+        index = self.cached_index(run, step, task, attempt)
         if index is None:
-            done, data = (self.task_key(run, step, task, "%d.%s" % (attempt, n)) for n in ("DONE.lock", "data.json"))
-            found = self.storage.read_many([done, data])
-            if found.get(done) is None or found.get(data) is None:
-                return None
-            index = json.loads(found[data])
-            with _attempt_indexes_lock:
-                _attempt_indexes[cache_key] = index
+            keys = self._index_keys(run, step, task, attempt)
+            index = self._keep_index(run, step, task, attempt, self.storage.read_many(keys), keys)
+        return index
+
+    def prefetch_indexes(self, attempts: List[Tuple[str, str, str, int]]) -> None:
+        """Fetch the `(run, step, task, attempt)` indexes that are not cached yet in parallel (remote storage
+        only). Best effort, like `prefetch`: what fails here is fetched again, and reported, when read."""
+        missing = [a for a in attempts if self.cached_index(*a) is None] if self.remote else []
+        if not missing:
+            return
+        keys = {a: self._index_keys(*a) for a in missing}
+        try:
+            found = self.storage.read_many([key for pair in keys.values() for key in pair])
+        except OSError:
+            return
+        for attempt, pair in keys.items():
+            try:
+                self._keep_index(*attempt, found, pair)
+            except ValueError:  # a corrupt index: its own read reports it
+                pass
+
+    def _index_keys(self, run: str, step: str, task: str, attempt: int) -> Tuple[str, str]:
+        return tuple(self.task_key(run, step, task, "%d.%s" % (attempt, name)) for name in ("DONE.lock", "data.json"))
+
+    def cached_index(self, run: str, step: str, task: str, attempt: int) -> Optional[dict]:
+        with _attempt_indexes_lock:
+            return _attempt_indexes.get((self.storage.root, self.flow, run, step, task, attempt))
+
+    def _keep_index(
+        self, run: str, step: str, task: str, attempt: int, found: Dict[str, Optional[bytes]], keys: Tuple[str, str]
+    ) -> Optional[dict]:
+        done, data = (found.get(key) for key in keys)
+        if done is None or data is None:
+            return None
+        index = json.loads(data)
+        with _attempt_indexes_lock:
+            _attempt_indexes[(self.storage.root, self.flow, run, step, task, attempt)] = index
         return index
 
     def log_keys(self, run: str, step: str, task: str, attempt: int, stream: str) -> List[str]:

@@ -236,6 +236,39 @@ def test_card_directories_are_listed_per_step_not_per_task(
     assert len(result["card_lists"]) <= bound, result["card_lists"]
 
 
+INDEX_PREFETCH_SCRIPT = """
+import json
+from client import Run, namespace
+from client.storage import s3
+namespace(None)
+step = max(Run(sys.argv[1]), key=lambda step: len(list(step)))
+tasks = list(step)
+first = {a.id: a.type_name for a in tasks[0]}  # the shared boto3 client exists from here on
+gets = []
+for s3_client in s3._clients.values():
+    s3_client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
+types = [{a.id: a.type_name for a in task} for task in tasks[1:]]
+print(json.dumps({"tasks": len(tasks), "types": [first] + types,
+                  "index_gets": [key for key in gets if key.endswith((".data.json", ".DONE.lock"))]}), flush=True)
+"""
+
+
+def test_the_stored_types_of_a_steps_tasks_come_with_the_first_tasks(
+    s3_root_parent: Path, s3_server: MotoServer, tmp_path: Path  # noqa: F811
+) -> None:
+    """A listing of a step's tasks (the mount's) asks each task for its artifacts' stored types, which live in
+    each task's `<A>.data.json`: the first task's read fetches the others' in parallel."""
+    run = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
+    script = ClientScript(INDEX_PREFETCH_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path)
+    try:
+        result = script.step(None)
+    finally:
+        script.close()
+    assert result["tasks"] >= 3
+    assert result["index_gets"] == []
+    assert all(types and all(name.startswith("<class ") for name in types.values()) for types in result["types"])
+
+
 STOPPED_SERVER_SCRIPT = """
 import errno, json, time
 from client import Run, namespace
