@@ -30,6 +30,7 @@ KNOWN_VALUES = {
     "69e77141c3eb7a8c9ce864251d70c02723f29332": True,
 }
 _GRACE_MS = 5000
+_ABSENT = object()  # cached answers may be None
 
 
 def _approx_size(value: Any) -> int:
@@ -62,8 +63,10 @@ class CachingProvider(MetadataProvider):
     def _get(self, key: Hashable, fetch: Callable[[], Any], keep: Callable[[Any], bool]) -> Any:
         with self._lock:
             for store in (self._immutable, self._fresh):
-                if key in store:
-                    return store[key]
+                # one lookup: an entry of the TTL store can expire between a `key in store` and a `store[key]`
+                value = store.get(key, _ABSENT)
+                if value is not _ABSENT:
+                    return value
         value = fetch()
         with self._lock:
             if keep(value):
