@@ -363,19 +363,19 @@ class DataArtifact(MetaflowObject):
         self._check_encoding()
         return self._datastore().load_blob(self.sha)
 
-    def _peer_records(self) -> List[Tuple[List[str], dict]]:
-        """(task components, record) of this artifact in the tasks a loop reaches next (see Task._peers), this one
-        included: such loops read the same artifact from each."""
+    def _peer_tasks(self) -> List["Task"]:
+        """This artifact's task and the ones a loop reaches next (see Task._peers)."""
         task = self._parent
-        peers = task._peers() if isinstance(task, Task) else []
-        records = [(t._components, self._provider.artifact(*t._components, self.id, attempt=t._attempt)) for t in peers]
-        return [(components, record) for components, record in records if record is not None]
+        return task._peers() if isinstance(task, Task) else []
 
     def _prefetch_for_siblings(self, ds: FlowDatastore) -> None:
         """Reading artifact X of a task that a loop reached (a task of an iterated step, or the end task of an
-        iterated run): fetch X of the tasks the loop reaches next too, in parallel (remote storage only)."""
-        if ds.remote and blob_cache.get(self.sha) is None and not disk_cache().path(self.sha):
-            ds.prefetch([record["sha"] for _, record in self._peer_records()])
+        iterated run): fetch X of the tasks the loop reaches next too, in parallel, since such loops read the same
+        artifact from each (remote storage only)."""
+        if not ds.remote or blob_cache.get(self.sha) is not None or disk_cache().path(self.sha):
+            return
+        records = [self._provider.artifact(*t._components, self.id, attempt=t._attempt) for t in self._peer_tasks()]
+        ds.prefetch([r["sha"] for r in records if r is not None])
 
     def load(self, trusted: bool = True) -> Any:
         """The value; `trusted=False` loads only allow-listed data types (see client.unpickle). A large blob that
@@ -416,11 +416,13 @@ class DataArtifact(MetaflowObject):
         done attempt's, so kept on the object)."""
         info = self.__dict__.get("_own_info_memo")
         if info is None:
-            ds, (_, run, step, task, _) = self._datastore(), self._components
-            if ds.remote and ds.cached_index(run, step, task, self._object["attempt_id"]) is None:
-                # a listing of a step's tasks (the mount's) asks each one for its artifacts' stored types
-                ds.prefetch_indexes([(c[1], c[2], c[3], record["attempt_id"]) for c, record in self._peer_records()])
-            info = self._own_info_memo = self._attempt_info(self._object["attempt_id"])
+            ds, attempt = self._datastore(), self._object["attempt_id"]
+            if ds.remote and ds.cached_index(*self._components[1:4], attempt) is None:
+                # A listing of a step's tasks (the mount's) asks each one for its artifacts' stored types. The next
+                # tasks are taken to be at the same attempt, which costs no request to learn: a wrong guess only
+                # fetches an index that is not read.
+                ds.prefetch_indexes([(*t._components[1:4], attempt) for t in self._peer_tasks()])
+            info = self._own_info_memo = self._attempt_info(attempt)
         return info
 
     @property
