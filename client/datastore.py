@@ -9,13 +9,13 @@ import io
 import json
 import os
 import threading
-import time
 import zlib
 from typing import BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
 
 from cachetools import LRUCache
 
 from .config import mffs_setting
+from .recent import Recent
 from .storage import get_storage
 from .storage.base import Storage
 
@@ -49,6 +49,8 @@ _attempt_indexes: LRUCache = LRUCache(maxsize=20_000)
 _attempt_indexes_lock = threading.Lock()
 #: (root, flow) -> FlowDatastore: stateless but for its storage, shared (a race only builds an equal one)
 _datastores: dict = {}
+#: (card root, `<F>/runs/<R>[/steps/<S>]/tasks`) -> ids of the tasks with a card directory there
+_card_task_listings = Recent(mffs_setting("TTL", 1.0), max_entries=10_000)
 
 
 def disk_cache():
@@ -284,12 +286,15 @@ class CardStore:
         self.prefix, self.names = "", []
         run_key = "/".join((flow, "runs", run))
         for tasks_key in (run_key + "/steps/" + step + "/tasks", run_key + "/tasks"):
-            if task in _recent_listing(self.storage, tasks_key):
+            if task in self._task_ids(tasks_key):
                 prefix = "/".join((tasks_key, task, "cards"))
                 names = sorted(n for n in self.storage.list(prefix) if n.endswith(".html"))
                 if names:
                     self.prefix, self.names = prefix, names
                     return
+
+    def _task_ids(self, tasks_key: str) -> FrozenSet[str]:
+        return _card_task_listings.get((self.storage.root, tasks_key), lambda: frozenset(self.storage.list(tasks_key)))
 
     def _key(self, name: str) -> str:
         if name not in self.names:
@@ -301,22 +306,6 @@ class CardStore:
 
     def size(self, name: str) -> int:
         return self.storage.size(self._key(name))
-
-
-_listings: Dict[Tuple[str, str], Tuple[FrozenSet[str], float]] = {}
-
-
-def _recent_listing(storage: Storage, key: str) -> FrozenSet[str]:
-    """`storage.list(key)`, remembered for the TTL (what it lists can still grow while a run is running)."""
-    cache_key = (storage.root, key)
-    names, deadline = _listings.get(cache_key, (None, 0.0))
-    now = time.monotonic()
-    if names is None or deadline <= now:
-        names = frozenset(storage.list(key))
-        if len(_listings) > 10_000:
-            _listings.clear()
-        _listings[cache_key] = (names, now + mffs_setting("TTL", 1.0))
-    return names
 
 
 def root_of_location(location: str) -> str:

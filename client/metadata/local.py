@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 from ..config import mffs_setting
+from ..recent import Recent
 from ..storage.local import read_file
 from .base import MetadataProvider, artifact_record, run_record
 
@@ -20,6 +20,13 @@ MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
 
 def _read_json(path: str):
     return json.loads(read_file(path))
+
+
+def _list_dir(path: str) -> List[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _self_record(path: str) -> Optional[dict]:
@@ -35,10 +42,11 @@ class LocalMetadataProvider(MetadataProvider):
     def __init__(self, root: Optional[str], ttl: Optional[float] = None):
         #: the `.metaflow` directory, or None when none was found (then nothing exists)
         self.root = root
-        # (meta dir) -> (attempt, monotonic deadline): reading two artifacts of a task probes its attempt once
-        self._attempts: Dict[str, Tuple[Optional[int], float]] = {}
-        self._listings: Dict[str, Tuple[List[str], float]] = {}
-        self._ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
+        ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
+        # meta dir -> attempt: reading two artifacts of a task probes its attempt once
+        self._attempts = Recent(ttl)
+        # meta dir -> file names: several fields of one task cost one listing
+        self._listings = Recent(ttl)
 
     def info(self) -> str:
         if self.root is None:
@@ -111,42 +119,25 @@ class LocalMetadataProvider(MetadataProvider):
         if self.root is None:
             return []
         meta_dir = self._meta_dir(flow, run, step, task)
-        names, deadline = self._listings.get(meta_dir, (None, 0.0))
-        now = time.monotonic()
-        if names is None or deadline <= now:
-            try:
-                names = os.listdir(meta_dir)
-            except (FileNotFoundError, NotADirectoryError):
-                names = []
-            if len(self._listings) > 100_000:
-                self._listings.clear()
-            self._listings[meta_dir] = (names, now + self._ttl)
-        return names
+        return self._listings.get(meta_dir, lambda: _list_dir(meta_dir))
 
     def _default_attempt(self, meta_dir: str) -> Optional[int]:
         """The attempt Metaflow shows by default: the latest one that finished. Metaflow reads the value of the
         newest `attempt-done` event; every finished attempt also registers its artifacts, among them the one
         called `name` (the flow's name), so the highest A with `<A>_artifact_name.json` is the same attempt,
         found with a few stat calls instead of a listing and a read (and remembered for the TTL)."""
-        now = time.monotonic()
-        known = self._attempts.get(meta_dir)
-        if known is not None and known[1] > now:
-            return known[0]
-        names, deadline = self._listings.get(meta_dir, (None, 0.0))
-        if names is not None and deadline > now:  # listed anyway (to list artifacts): no stat needed
-            exists = set(names).__contains__
-            prefix = ""
+        return self._attempts.get(meta_dir, lambda: self._latest_attempt_with_artifacts(meta_dir))
+
+    def _latest_attempt_with_artifacts(self, meta_dir: str) -> Optional[int]:
+        names = self._listings.fresh(meta_dir)
+        if names is not None:  # listed anyway (to list artifacts): no stat needed
+            exists, prefix = set(names).__contains__, ""
         else:
             exists, prefix = os.path.exists, meta_dir + "/"
-        found = None
         for attempt in range(MAX_ATTEMPTS - 1, -1, -1):
             if exists("%s%d_artifact_name.json" % (prefix, attempt)):
-                found = attempt
-                break
-        if len(self._attempts) > 100_000:
-            self._attempts.clear()
-        self._attempts[meta_dir] = (found, now + self._ttl)
-        return found
+                return attempt
+        return None
 
     _artifact = staticmethod(artifact_record)
 

@@ -1,0 +1,32 @@
+"""Answers remembered for a short time: what storage says that can still change while a run is running."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Hashable, Tuple
+
+_MISSING = object()
+
+
+class Recent:
+    """key -> value for `ttl` seconds. Holds at most `max_entries`, then starts over (a crawl of a large datastore
+    must not grow it without bound). Unlocked: two threads may both compute a value, and the last one is kept."""
+
+    def __init__(self, ttl: float, max_entries: int = 100_000):
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._values: Dict[Hashable, Tuple[Any, float]] = {}
+
+    def fresh(self, key: Hashable, default: Any = None) -> Any:
+        """The remembered value, or `default` when there is none or it is older than the TTL."""
+        value, deadline = self._values.get(key, (_MISSING, 0.0))
+        return value if value is not _MISSING and deadline > time.monotonic() else default
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The remembered value, else `compute()`, remembered."""
+        value = self.fresh(key, _MISSING)
+        if value is _MISSING:
+            value = compute()
+            if len(self._values) >= self._max_entries:
+                self._values.clear()
+            self._values[key] = (value, time.monotonic() + self._ttl)
+        return value
