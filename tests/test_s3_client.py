@@ -127,6 +127,12 @@ class ClientScript:
             raise AssertionError("client script died:\n%s" % self.process.stderr.read()[-4000:])
         return json.loads(out)
 
+    def __enter__(self) -> "ClientScript":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -173,13 +179,10 @@ def test_a_missing_blob_fails_that_artifact_only(
     s3_root_parent: Path, s3_server: MotoServer, tmp_path: Path  # noqa: F811
 ) -> None:
     run = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
-    script = ClientScript(MISSING_BLOB_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path)
-    try:
+    with ClientScript(MISSING_BLOB_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path) as script:
         sha = script.step(None)["sha"]
         with kitchen_blob_replaced(s3_server, sha, None):
             result = script.step()
-    finally:
-        script.close()
     assert result["error"] is not None, "loading a deleted blob succeeded"
     assert sha in result["error"][1], result["error"]
     # Everything else about the task still works.
@@ -208,12 +211,9 @@ def test_card_directories_are_listed_per_step_not_per_task(
     s3_root_parent: Path, s3_server: MotoServer, tmp_path: Path  # noqa: F811
 ) -> None:
     run = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
-    script = ClientScript(CARD_LISTS_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path,
-                          {"MFFS_TTL": "600"})  # no listing expires during the walk
-    try:
+    settings = {"MFFS_TTL": "600"}  # no listing expires during the walk
+    with ClientScript(CARD_LISTS_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path, settings) as script:
         result = script.step(None)
-    finally:
-        script.close()
     # What listing both card paths of every task, as before, finds.
     server_listing = s3_server.client()
     expected = {}
@@ -246,7 +246,8 @@ tasks = list(step)
 first = {a.id: a.type_name for a in tasks[0]}  # the shared boto3 client exists from here on
 gets = []
 for s3_client in s3._clients.values():
-    s3_client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
+    s3_client.meta.events.register(
+        "before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
 types = [{a.id: a.type_name for a in task} for task in tasks[1:]]
 print(json.dumps({"tasks": len(tasks), "types": [first] + types,
                   "index_gets": [key for key in gets if key.endswith((".data.json", ".DONE.lock"))]}), flush=True)
@@ -259,11 +260,8 @@ def test_the_stored_types_of_a_steps_tasks_come_with_the_first_tasks(
     """A listing of a step's tasks (the mount's) asks each task for its artifacts' stored types, which live in
     each task's `<A>.data.json`: the first task's read fetches the others' in parallel."""
     run = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
-    script = ClientScript(INDEX_PREFETCH_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path)
-    try:
+    with ClientScript(INDEX_PREFETCH_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path) as script:
         result = script.step(None)
-    finally:
-        script.close()
     assert result["tasks"] >= 3
     assert result["index_gets"] == []
     assert all(types and all(name.startswith("<class ") for name in types.values()) for types in result["types"])
@@ -308,15 +306,12 @@ def test_server_stopped_mid_walk_fails_within_the_timeout_and_recovers(
     s3_root_parent: Path, fault_proxy, tmp_path: Path  # noqa: F811
 ) -> None:
     run = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
-    script = ClientScript(STOPPED_SERVER_SCRIPT, [run], s3_root_parent, fault_proxy.endpoint_url, tmp_path)
-    try:
+    with ClientScript(STOPPED_SERVER_SCRIPT, [run], s3_root_parent, fault_proxy.endpoint_url, tmp_path) as script:
         assert script.step(None) == {"first": "KitchenFlow"}
         fault_proxy.mode = "hang"
         stopped = script.step()
         fault_proxy.mode = "forward"
         recovered = script.step()
-    finally:
-        script.close()
     assert stopped["outcomes"] and set(stopped["outcomes"]) == {"EIO"}, stopped["outcomes"]
     assert stopped["elapsed"] < FAULT_BOUND_S, stopped
     assert any("é ✓ 日本 😀" in text for text in recovered["stdout"])
@@ -343,14 +338,11 @@ def test_a_corrupt_sibling_blob_fails_only_its_own_read(
     s3_root_parent: Path, s3_server: MotoServer, tmp_path: Path  # noqa: F811
 ) -> None:
     run = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
-    script = ClientScript(CORRUPT_SIBLING_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path)
-    try:
+    with ClientScript(CORRUPT_SIBLING_SCRIPT, [run], s3_root_parent, s3_server.endpoint_url, tmp_path) as script:
         shas = script.step(None)["shas"]
         assert len(set(shas)) == len(shas) >= 3
         with kitchen_blob_replaced(s3_server, shas[1], b"not a gzip, not a pickle"):
             outcomes = script.step()["outcomes"]
-    finally:
-        script.close()
     assert outcomes[1].startswith("error: ") and shas[1] in outcomes[1], outcomes
     others = outcomes[:1] + outcomes[2:]
     assert len(set(others)) == len(others) and set(others) <= {"a1", "a2", "b1", "b2"}, outcomes
