@@ -409,6 +409,9 @@ def mount(
     allow_other: bool = False,
 ) -> None:
     """Serve `tree` at `mountpoint` in the foreground until unmounted (fusermount -u, SIGINT, SIGTERM)."""
+    # numpy, imported to render an array, would start OpenBLAS worker threads that spin after each wake-up; the
+    # daemon does no linear algebra, and on a small machine they take a core from the FUSE threads.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     operations = MffsOperations(tree, refresh)
     options: Dict[str, Any] = {
         "fsname": "mffs",

@@ -58,3 +58,18 @@ def test_import_mffs_tree_imports_no_fuse_binding() -> None:
     loaded = imported_top_level_modules("import mffs.tree")
     assert "mffs" in loaded
     assert [m for m in FUSE_BINDINGS if m in loaded] == []
+
+
+def test_listing_exports_of_library_types_imports_no_library() -> None:
+    # A directory listing decides which exports an artifact has from its stored type string; for numpy and pandas
+    # types that must not import numpy (0.2 s) or pandas (0.5 s) into the mount's daemon.
+    code = (
+        "from mffs.exports import export_names\n"
+        "names = {t: export_names(\"<class '%s'>\" % t, trusted=False)\n"
+        "         for t in ('numpy.ndarray', 'numpy.float64', 'pandas.core.frame.DataFrame', 'pandas.Timestamp')}\n"
+        "assert 'value.npy' in names['numpy.ndarray'], names\n"
+        "assert names['numpy.float64'] == names['pandas.Timestamp'] == ['value.json'], names\n"
+        "assert {'value.csv', 'value.parquet'} <= set(names['pandas.core.frame.DataFrame']), names\n"
+    )
+    loaded = imported_top_level_modules(code)
+    assert [m for m in HEAVY_MODULES if m in loaded] == []

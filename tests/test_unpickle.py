@@ -26,6 +26,7 @@ import numpy
 import pandas
 import pytest
 
+from client import unpickle
 from client.unpickle import UntrustedObject, loads
 
 
@@ -201,6 +202,12 @@ def test_untrusted_pickle_cannot_run_library_modules_by_importing_them(capfd: py
     assert capfd.readouterr().out == ""
     with pytest.raises(SystemExit):
         loads(data, trusted=True)
+
+
+@pytest.mark.parametrize("module, name", sorted(unpickle._KNOWN_DATA_CLASSES))
+def test_data_classes_known_by_name_are_those_the_library_check_accepts(module: str, name: str) -> None:
+    # `allowed` answers for these without importing their package; the import-and-inspect check must agree.
+    assert unpickle._is_safe_library_global(module, name)
 
 
 @pytest.mark.parametrize("module, name", [("pandas", "Index"), ("pathlib", "PurePath")])
