@@ -740,11 +740,11 @@ class TaskDir(Dir):
         return dirs
 
     def entries(self) -> List[Union[Node, Entry]]:
+        with client_errors(self.path):
+            artifacts = list(self.task)  # first: the task's metadata listing it makes serves the questions below
         names = [name for name in self.FILES if name != "exception.txt" or self._has_exception()]
         listing: List[Union[Node, Entry]] = [Entry(name, join(self.path, name), FILE) for name in names]
         listing.extend(make() for make in self._special_dirs(listing=True).values())
-        with client_errors(self.path):
-            artifacts = list(self.task)
         stable = self.contents_stable()
         listing.extend(ArtifactDir(self.tree, join(self.path, a.id), a, stable) for a in artifacts)
         return listing
