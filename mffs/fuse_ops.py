@@ -335,7 +335,7 @@ class ThreadStates:
     which create and destroy a thread state each time (in CPython 3.11 that includes mapping and unmapping its
     frame stack). One more Ensure on the thread's first callback, never released, keeps the count above zero, so
     later callbacks only take and drop the GIL: `find` over 1000 tasks with every listing cached went from 0.91 s
-    to 0.65 s of daemon CPU. The pool is fixed (see `mount`), so at most MAX_THREADS states are kept. `kept`
+    to 0.65 s of daemon CPU. The pool is fixed (see `mount`), so at most `threads` states are kept. `kept`
     counts them: a thread-local mark that did not survive would show up as a count growing with the callbacks.
     """
 
@@ -431,19 +431,18 @@ def _type_only_stat(mode: int) -> Any:
 _TYPE_ONLY_STATS = {mode: _type_only_stat(mode) for mode in _MODES.values()}
 
 
-MAX_THREADS = 8
-
-
 def mount(
     tree: Tree,
     mountpoint: str,
     *,
     attr_ttl: float = 3600.0,
     refresh: float = 0.5,
+    threads: int,
     debug: bool = False,
     allow_other: bool = False,
 ) -> None:
-    """Serve `tree` at `mountpoint` in the foreground until unmounted (fusermount -u, SIGINT, SIGTERM)."""
+    """Serve `tree` at `mountpoint` with a pool of `threads` FUSE threads, in the foreground until unmounted
+    (fusermount -u, SIGINT, SIGTERM)."""
     # numpy, imported to render an array, would start OpenBLAS worker threads that spin after each wake-up; the
     # daemon does no linear algebra, and on a small machine they take a core from the FUSE threads.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -457,8 +456,8 @@ def mount(
         "negative_timeout": refresh,
         # A fixed pool: libfuse's default creates and ends threads as load varies, and every hand-off of the GIL
         # to a new thread costs more than the callbacks themselves (find over 1000 tasks: 11 s -> 4.8 s here).
-        "max_threads": MAX_THREADS,
-        "max_idle_threads": MAX_THREADS,
+        "max_threads": threads,
+        "max_idle_threads": threads,
     }
     if allow_other:
         options["allow_other"] = True

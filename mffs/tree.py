@@ -33,6 +33,9 @@ size before the opener's fstat (parquet readers need it). So `stat`/`ls -l` neve
 (its `finished_at` is the latest of every task's). data.pickle streams from `DataArtifact.open_blob()` and is
 never held in memory whole.
 
+Readahead. With `readahead=N` (the mount uses it), listing a task directory of a finished step also lists the N
+tasks after it in a background thread (see Readahead), so a walk finds them built.
+
 Errors are OSErrors with the errno a filesystem would give: unknown names FileNotFoundError (ENOENT), a backend or
 decode failure OSError(EIO) (logged). A file whose rendering fails at stat time is reported with size 0 and fails
 with EIO when opened, so listing its directory still works.
@@ -43,6 +46,7 @@ import errno
 import json
 import logging
 import posixpath
+import queue
 import threading
 import time
 from collections import deque
@@ -365,6 +369,7 @@ class Dir(Node):
     def __init__(self, tree: "Tree", path: str, mtime: float, stable: bool):
         super().__init__(tree, path, mtime, stable)
         self.listing: Optional[List[Entry]] = None  # kept by Tree.list for as long as this node is cached
+        self.listing_lock = threading.Lock()  # one thread builds the listing, others wait for it
 
     def children(self) -> List[Node]:
         """The listed (visible) children, built in bulk from one client listing."""
@@ -648,6 +653,8 @@ class StepDir(Dir):
             mtime = _mtime(step.created_at)
         super().__init__(tree, path, mtime, stable)
         self.step = step
+        self._positions: Optional[Dict[str, int]] = None  # task path -> position in the listing
+        self._handed_out = 0  # listing positions before this were returned by `tasks_after`
 
     def _step_json(self) -> Node:
         step, tree = self.step, self.tree
@@ -665,6 +672,20 @@ class StepDir(Dir):
         with client_errors(self.path):
             tasks = list(self.step)
         return [self._step_json()] + [TaskDir(self.tree, join(self.path, t.id), t, self.stable) for t in tasks]
+
+    def tasks_after(self, task_path: str, count: int) -> List[str]:
+        """Paths of the (up to) `count` tasks listed after `task_path`, except those an earlier call returned;
+        [] until this directory was listed (for Readahead, which holds Readahead.lock)."""
+        if self.listing is None:
+            return []
+        if self._positions is None:
+            self._positions = {entry.path: number for number, entry in enumerate(self.listing)}
+        position = self._positions.get(task_path)
+        if position is None:
+            return []
+        start, end = max(position + 1, self._handed_out), min(position + 1 + count, len(self.listing))
+        self._handed_out = max(self._handed_out, end)
+        return [entry.path for entry in self.listing[start:end] if entry.kind == DIR]
 
     def child(self, name: str) -> Node:
         if name == "step.json":
@@ -951,6 +972,7 @@ class Tree:
         step_json_eager_tasks: int = 100,
         repr_limit: int = 64 << 10,
         trust_pickles: bool = False,
+        readahead: int = 0,
     ):
         if client_module is None:
             import client as client_module  # the project's Metaflow-compatible client
@@ -974,6 +996,7 @@ class Tree:
         self._code_packages: LRUCache = LRUCache(maxsize=CODE_PACKAGES_KEPT)
         self._code_lock = threading.Lock()
         self._started = time.time()
+        self._readahead = Readahead(self, readahead) if readahead > 0 else None
         self.lookup("/")  # fail now on an unknown pathspec
 
     def _root(self) -> Node:
@@ -1085,16 +1108,26 @@ class Tree:
             node = self.lookup(posixpath.join(posixpath.dirname(node.path), node.target))
         if not isinstance(node, Dir):
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
+        listing = self._listing(node)
+        if self._readahead is not None and type(node) is TaskDir:  # not an AttemptDir
+            self._readahead.after(node)
+        return listing
+
+    def _listing(self, node: Dir) -> List[Entry]:
+        """`node`'s listing, built once (concurrent callers wait for the first)."""
         listing = node.listing
         if listing is None:
-            listing = []
-            for item in node.entries():
-                if isinstance(item, Node):
-                    self._remember(item)
-                    # entries keep a stat, not the node: listings must not hold evicted nodes alive
-                    item = Entry(item.name, item.path, item.kind, item.stat() if item.kind != FILE else None)
-                listing.append(item)
-            node.listing = listing
+            with node.listing_lock:
+                listing = node.listing
+                if listing is None:
+                    listing = []
+                    for item in node.entries():
+                        if isinstance(item, Node):
+                            self._remember(item)
+                            # entries keep a stat, not the node: listings must not hold evicted nodes alive
+                            item = Entry(item.name, item.path, item.kind, item.stat() if item.kind != FILE else None)
+                        listing.append(item)
+                    node.listing = listing
         return listing
 
     def readlink(self, path: str) -> str:
@@ -1127,3 +1160,49 @@ class Tree:
 
     def read_file(self, path: str) -> bytes:
         return b"".join(self.iter_file(path))
+
+
+class Readahead:
+    """Lists task directories ahead of a walk, in one background thread.
+
+    A walk (`find`, `grep -r`, `ls -R`) lists a step's tasks one after the other, and each listing reads about ten
+    small files through the client while the walker waits. When a task directory of a finished step is listed,
+    this queues the `window` tasks after it in the step's listing (with their artifact directories), so their
+    reads overlap the FUSE round trips of the walk instead of adding to them (`find` over a 1000-task run: about
+    10% less time). A listing built here is the same one the walk would build: the walk waits for it rather than
+    build it twice (Dir.listing_lock). It starts from a task listing, not a step listing, so a plain `ls` of a step
+    reads nothing ahead, and the window bounds the work done for a walk that stops. Errors are left for the walk to
+    meet and report.
+    """
+
+    def __init__(self, tree: "Tree", window: int):
+        self.tree, self.window = tree, window
+        self.lock = threading.Lock()
+        self._paths: "queue.SimpleQueue[str]" = queue.SimpleQueue()
+        self._worker: Optional[threading.Thread] = None
+
+    def after(self, task: "TaskDir") -> None:
+        """`task` was just listed by a walk."""
+        step = self.tree._cached(posixpath.dirname(task.path))
+        if not isinstance(step, StepDir) or not step.stable:
+            return
+        with self.lock:
+            paths = step.tasks_after(task.path, self.window)
+            if paths and self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="mffs-readahead", daemon=True)
+                self._worker.start()
+        for path in paths:
+            self._paths.put(path)
+
+    def _run(self) -> None:
+        tree = self.tree
+        while True:
+            path = self._paths.get()
+            try:
+                for entry in tree._listing(tree.lookup(path)):
+                    if entry.kind == DIR:
+                        child = tree.lookup(entry.path)
+                        if isinstance(child, ArtifactDir):
+                            tree._listing(child)
+            except Exception as exc:  # noqa: BLE001 - the walk meets and reports the same error
+                log.debug("readahead of %s: %s", path, exc)

@@ -17,8 +17,8 @@ def test_help_documents_commands_and_options():
         assert command in top.stdout
     mount_help = run_mffs("mount", "--help").stdout
     for option in ("--namespace", "--all-namespaces", "--datastore-root", "--foreground", "--debug",
-                   "--allow-other", "--attr-ttl", "--refresh", "--cache-entries", "--content-cache-mb",
-                   "--render-threshold", "--repr-limit", "--trust-pickles", "PATHSPEC"):
+                   "--allow-other", "--attr-ttl", "--readahead", "--threads", "--refresh", "--cache-entries",
+                   "--content-cache-mb", "--render-threshold", "--repr-limit", "--trust-pickles", "PATHSPEC"):
         assert option in mount_help, option
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from mffs import render
 from mffs.exports import export_names
-from mffs.fuse_ops import MAX_THREADS
+from mffs.cli import DEFAULT_THREADS
 from tests.support.datastores import run_flow
 from tests.support.mount import (  # noqa: F401
     corrupt_datastore,
@@ -211,8 +211,8 @@ def test_callback_threads_keep_their_python_thread_state(mount, mf, manifest):
     run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
     before = sum(mount.stats()["calls"].values())
     subprocess.run(["ls", "-lR", run.pathspec], cwd=mount.path, capture_output=True, timeout=60, check=True)
-    assert sum(mount.stats()["calls"].values()) - before > 10 * MAX_THREADS
-    assert 1 <= mount.stats()["thread_states_kept"] <= MAX_THREADS
+    assert sum(mount.stats()["calls"].values()) - before > 10 * DEFAULT_THREADS
+    assert 1 <= mount.stats()["thread_states_kept"] <= DEFAULT_THREADS
 
 
 def test_writes_are_refused_with_erofs(mount, manifest):
