@@ -16,10 +16,11 @@ import threading
 import time
 from typing import Any, Callable, Hashable, List, Optional, Tuple
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
 from .config import mffs_setting
 from .metadata.base import MetadataProvider
+from .recent import Recent
 
 #: Artifact blobs are named by the sha1 of the pickle, so these values are known from a record alone:
 #: sha1(pickle.dumps(value, protocol)) for protocols 4 (Metaflow's pickle-v4) and 2 (pickle-v2).
@@ -53,7 +54,7 @@ class CachingProvider(MetadataProvider):
         self.TYPE = source.TYPE
         ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
         max_bytes = mffs_setting("METADATA_CACHE_MB", 256) * 2**20 if max_bytes is None else max_bytes
-        self._fresh: TTLCache = TTLCache(maxsize=100_000, ttl=ttl)
+        self._fresh = Recent(ttl, 100_000)
         self._immutable: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=_approx_size)
         self._final_tasks: LRUCache = LRUCache(maxsize=1_000_000)
         self._final_runs: set = set()
@@ -62,18 +63,18 @@ class CachingProvider(MetadataProvider):
     # -- the two stores ------------------------------------------------------------------------------------------
     def _get(self, key: Hashable, fetch: Callable[[], Any], keep: Callable[[Any], bool]) -> Any:
         with self._lock:
-            for store in (self._immutable, self._fresh):
-                # one lookup: an entry of the TTL store can expire between a `key in store` and a `store[key]`
-                value = store.get(key, _ABSENT)
-                if value is not _ABSENT:
-                    return value
+            value = self._immutable.get(key, _ABSENT)
+            if value is _ABSENT:
+                value = self._fresh.fresh(key, _ABSENT)
+        if value is not _ABSENT:
+            return value
         value = fetch()
         with self._lock:
             if keep(value):
                 self._immutable[key] = value
-                self._fresh.pop(key, None)
+                self._fresh.pop(key)
             else:
-                self._fresh[key] = value
+                self._fresh.put(key, value)
         return value
 
     # -- finality ------------------------------------------------------------------------------------------------

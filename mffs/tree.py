@@ -54,7 +54,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
+
+from client.recent import Recent
 
 from . import exports, render
 
@@ -991,7 +993,7 @@ class Tree:
         self.on_size_learned: Callable[[str], None] = lambda path: None
         self._lock = threading.Lock()
         self._stable: LRUCache = LRUCache(maxsize=cache_entries)
-        self._live: TTLCache = TTLCache(maxsize=cache_entries, ttl=refresh)
+        self._live = Recent(refresh, cache_entries)
         self._content: LRUCache = LRUCache(maxsize=content_cache_bytes, getsizeof=len)
         self._code_packages: LRUCache = LRUCache(maxsize=CODE_PACKAGES_KEPT)
         self._code_lock = threading.Lock()
@@ -1046,16 +1048,19 @@ class Tree:
     def _cached(self, path: str) -> Optional[Node]:
         with self._lock:
             node = self._stable.get(path)
-            return node if node is not None else self._live.get(path)
+            return node if node is not None else self._live.fresh(path)
 
     def _remember(self, node: Node) -> None:
         with self._lock:
-            (self._stable if node.stable else self._live)[node.path] = node
+            if node.stable:
+                self._stable[node.path] = node
+            else:
+                self._live.put(node.path, node)
 
     def forget(self, path: str) -> None:
         with self._lock:
             self._stable.pop(path, None)
-            self._live.pop(path, None)
+            self._live.pop(path)
 
     def cached_content(self, path: str) -> Optional[bytes]:
         with self._lock:

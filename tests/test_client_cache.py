@@ -1,23 +1,26 @@
 """The client's caching layer (client/cache.py) over a real local metadata provider."""
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 
-from cachetools import TTLCache
-
 from client.cache import CachingProvider
 from client.metadata.local import LocalMetadataProvider
+from client.recent import Recent
 
 
-def test_an_answer_expiring_while_it_is_looked_up_is_a_miss_not_an_error(local_root: Path, manifest: dict) -> None:
-    """Seen once in the suite as KeyError from `Task.metadata`: the short-lived store was read with `key in store`
-    then `store[key]`, and an entry can expire between the two. A clock that moves 0.6 s at every reading, with a
-    TTL of 1 s, puts the expiry there."""
+def test_short_lived_answers_are_read_again_after_the_ttl(local_root: Path, manifest: dict) -> None:
+    """A run list can change: it is served from memory for the TTL, then read again (and never fails in between,
+    as a `key in store` then `store[key]` on an expiring store once did)."""
     flow = manifest["runs"]["kitchen"]["flow"]
     provider = CachingProvider(LocalMetadataProvider(os.path.join(local_root, ".metaflow")), ttl=1.0)
-    provider._fresh = TTLCache(maxsize=100, ttl=1.0, timer=itertools.count(0, 0.6).__next__)
-    runs = provider.runs(flow)  # stored for 1 s
-    # 0.6 s later it is still there: one lookup reads the clock once (two lookups read it twice: 0.6 s and 1.2 s)
-    assert runs and provider.runs(flow) == runs
+    now = [0.0]
+    provider._fresh = Recent(1.0, clock=lambda: now[0])
+    reads = []
+    source_runs = provider.source.runs
+    provider.source.runs = lambda flow: reads.append(flow) or source_runs(flow)  # count the provider's reads
+    runs = provider.runs(flow)
+    now[0] = 0.99
+    assert provider.runs(flow) == runs and len(reads) == 1
+    now[0] = 1.0
+    assert provider.runs(flow) == runs and len(reads) == 2
