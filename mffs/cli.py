@@ -40,6 +40,19 @@ class CliError(Exception):
     """A one-line error for the user (printed as `mffs: <message>`)."""
 
 
+def _count(minimum: int):
+    """An argparse type: an int of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError("must be at least %d" % minimum)
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its message for text that is no number
+    return parse
+
+
 # -- data source options (shared by mount, ls, cat) -------------------------------------------------------------
 
 
@@ -327,12 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the kernel may cache names and attributes of finished runs (default 3600)",
     )
     mount_parser.add_argument(
-        "--readahead", type=int, default=32, metavar="TASKS",
+        "--readahead", type=_count(0), default=32, metavar="TASKS",
         help="when a walk (find, grep -r, ls -R) lists a task of a finished run, list this many tasks after it in "
         "the background (0: off; default 32)",
     )
     mount_parser.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, metavar="N",
+        "--threads", type=_count(1), default=DEFAULT_THREADS, metavar="N",
         help="FUSE threads serving requests (default %d; more help when many programs read at once from S3 or "
         "a metadata service)" % DEFAULT_THREADS,
     )

@@ -74,6 +74,9 @@ def test_mount_errors(client_env, tmp_path):
     assert (not_empty.returncode, not_empty.stderr) == (1, "mffs: mountpoint %s is not empty\n" % full)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
+    no_threads = run_mffs("mount", str(mountpoint), "--threads", "0", "--datastore-root", root)
+    assert no_threads.returncode == 2
+    assert no_threads.stderr.splitlines()[-1] == "mffs mount: error: argument --threads: must be at least 1"
     unknown = run_mffs("mount", str(mountpoint), "NoSuchFlow/1", "--datastore-root", root)
     assert unknown.returncode == 1
     assert unknown.stderr.startswith("mffs: unknown pathspec 'NoSuchFlow/1'")
