@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import gc
 import itertools
 import json
 import logging
@@ -446,6 +447,11 @@ def mount(
     # numpy, imported to render an array, would start OpenBLAS worker threads that spin after each wake-up; the
     # daemon does no linear algebra, and on a small machine they take a core from the FUSE threads.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # The caches fill with tens of thousands of long-lived nodes and records while a walk runs, and CPython's
+    # default thresholds (a collection every 700 allocations) scan them over and over: `find` over a 1000-task
+    # run takes about 10% less time with these. freeze() takes what start-up made out of the collector's view.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     operations = MffsOperations(tree, refresh)
     options: Dict[str, Any] = {
         "fsname": "mffs",
