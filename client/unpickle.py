@@ -185,15 +185,21 @@ def _is_safe_library_global(module: str, name: str) -> bool:
     return isinstance(obj, data_classes)  # a constant such as pandas.NA
 
 
+#: numpy's scalar types that exist on every platform, by name (`str(type(x))` is "numpy.<name>" in numpy 1 and 2;
+#: platform aliases like intc print as int32)
+NUMPY_SCALAR_NAMES = frozenset(
+    {
+        "bool", "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "longlong",
+        "ulonglong", "float16", "float32", "float64", "longdouble", "complex64", "complex128", "clongdouble", "str_",
+        "bytes_", "void", "datetime64", "timedelta64",
+    }
+)  # fmt: skip
 #: Data classes `_is_safe_library_global` accepts, by the names their types print as: the mount asks about these
 #: to list an artifact's exports, and answering by name spares importing numpy (0.2 s) or pandas (0.5 s) for a
 #: directory listing. tests/test_unpickle.py checks each against `_is_safe_library_global`.
 _KNOWN_DATA_CLASSES = frozenset(
     [("numpy", "ndarray")]
-    + [("numpy", scalar) for scalar in ("bool", "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                                        "uint32", "uint64", "longlong", "ulonglong", "float16", "float32", "float64",
-                                        "longdouble", "complex64", "complex128", "clongdouble", "str_", "bytes_",
-                                        "void", "datetime64", "timedelta64")]
+    + [("numpy", scalar) for scalar in NUMPY_SCALAR_NAMES]
     + [("pandas", "DataFrame"), ("pandas.core.frame", "DataFrame"), ("pandas", "Series"),
        ("pandas.core.series", "Series"), ("pandas", "Timestamp"), ("pandas._libs.tslibs.timestamps", "Timestamp"),
        ("pandas", "Timedelta"), ("pandas._libs.tslibs.timedeltas", "Timedelta")]

@@ -108,14 +108,8 @@ _JSON_TYPES = frozenset(
         "pandas.Timedelta", "pandas._libs.tslibs.timedeltas.Timedelta",
     }
 )  # fmt: skip
-# str(type(x)) of numpy scalars is "numpy.<name>" (numpy 1 and 2; platform aliases like intc print as int32).
-_NUMPY_SCALAR_NAMES = frozenset(
-    {
-        "bool", "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "longlong",
-        "ulonglong", "float16", "float32", "float64", "float96", "float128", "longdouble", "complex64",
-        "complex128", "complex192", "complex256", "clongdouble", "str_", "bytes_", "void", "datetime64", "timedelta64",
-    }
-)  # fmt: skip
+# numpy's scalars, also those that exist on some platforms only
+_NUMPY_SCALAR_NAMES = unpickle.NUMPY_SCALAR_NAMES | {"float96", "float128", "complex192", "complex256"}
 _PANDAS_TABLE_TYPES = frozenset(
     {"pandas.DataFrame", "pandas.core.frame.DataFrame", "pandas.Series", "pandas.core.series.Series"}
 )
