@@ -392,7 +392,7 @@ class _Fuse(mfusepy.FUSE):
         with self._prepared_lock:
             prepared = self._prepared.get(key)
         if prepared is None:
-            prepared = self._prepare(path.decode(self.encoding, self.errors), fip.contents.fh, plus=key[1])
+            prepared = self._prepare(key, fip.contents.fh)
         else:
             self.operations.count("readdir")
         with_offsets, rows = prepared
@@ -402,8 +402,9 @@ class _Fuse(mfusepy.FUSE):
                 break
         return 0
 
-    def _prepare(self, path: str, fh: int, plus: bool) -> Tuple[bool, List[Tuple[bytes, Any, int]]]:
-        """(fill with offsets, [(name, stat pointer, fill flags)]) for a readdir of `path`."""
+    def _prepare(self, key: Tuple[bytes, bool], fh: int) -> Tuple[bool, List[Tuple[bytes, Any, int]]]:
+        """(fill with offsets, [(name, stat pointer, fill flags)]) for a readdir, READDIR_PLUS or not, of a path."""
+        path, plus = key[0].decode(self.encoding, self.errors), key[1]
         items = self.operations.readdir(path, fh)
         with_offsets = plus and any(len(attrs) > 1 for _, attrs, _ in items[2:])
         rows = []
@@ -418,7 +419,7 @@ class _Fuse(mfusepy.FUSE):
         prepared = (with_offsets, rows)
         if self.operations.is_stable(path):
             with self._prepared_lock:
-                self._prepared[(path.encode(self.encoding, self.errors), plus)] = prepared
+                self._prepared[key] = prepared
         return prepared
 
 
