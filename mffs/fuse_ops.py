@@ -55,8 +55,6 @@ log = logging.getLogger("mffs")
 
 _CONTROL_PREFIX = "/" + CONTROL_DIR
 _MODES = {DIR: stat_module.S_IFDIR | 0o555, FILE: stat_module.S_IFREG | 0o444, LINK: stat_module.S_IFLNK | 0o777}
-#: a readdir entry's attributes when only its type is given (shared: they are built for tens of thousands of names)
-_TYPE_ONLY = {kind: {"st_mode": mode} for kind, mode in _MODES.items()}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _FUSE_CAP_CACHE_SYMLINKS = 1 << 23  # libfuse3 fuse_common.h
 _FUSE_READDIR_PLUS = 1 << 0  # libfuse3 fuse.h: enum fuse_readdir_flags
@@ -201,43 +199,40 @@ class MffsOperations(mfusepy.Operations):
 
     # -- reads ------------------------------------------------------------------------------------------------
 
-    def _attrs(self, node_stat: Stat) -> Dict[str, int]:
-        mtime_ns = int(node_stat.mtime * 1e9)
-        return {
-            "st_mode": _MODES[node_stat.kind],
-            "st_nlink": 2 if node_stat.kind == DIR else 1,
-            "st_size": node_stat.size,
-            "st_blocks": (node_stat.size + 511) // 512,
-            "st_blksize": _BLOCK_SIZE,
-            "st_uid": self._uid,
-            "st_gid": self._gid,
-            "st_mtime": mtime_ns,
-            "st_ctime": mtime_ns,
-            "st_atime": mtime_ns,
-        }
+    def fill_stat(self, st: Any, node_stat: Stat) -> None:
+        """Write a node's attributes into a zeroed libfuse `struct stat`."""
+        size = node_stat.size
+        st.st_mode = _MODES[node_stat.kind]
+        st.st_nlink = 2 if node_stat.kind == DIR else 1
+        st.st_size = size
+        st.st_blocks = (size + 511) // 512
+        st.st_blksize = _BLOCK_SIZE
+        st.st_uid = self._uid
+        st.st_gid = self._gid
+        seconds, nanoseconds = divmod(int(node_stat.mtime * 1e9), 10**9)
+        for time_field in (st.st_mtimespec, st.st_ctimespec, st.st_atimespec):
+            time_field.tv_sec, time_field.tv_nsec = seconds, nanoseconds
 
     @_callback
-    def getattr(self, path: str, fh: Optional[int] = None) -> Dict[str, int]:
+    def getattr(self, path: str, fh: Optional[int] = None) -> Stat:
         node_stat = self.tree.stat(path)
         if not node_stat.stable:
             self.invalidator.watch(path)
-        return self._attrs(node_stat)
+        return node_stat
 
     @_callback
-    def readdir(self, path: str, fh: int) -> List[Tuple[str, Dict[str, int], int]]:
-        """In a stable directory, entries with their full attributes where they cost nothing (directories and
-        links: their stat is known without I/O), so a readdirplus (see _Fuse) spares the kernel a lookup of each;
-        files only with their type, as working out a size may mean rendering the file. A directory that can still
-        change gets types only: readdirplus fills by offset, and offsets into a list that changes between two
-        reads would skip or repeat names."""
-        entries = [(".", _TYPE_ONLY[DIR], 0), ("..", _TYPE_ONLY[DIR], 0)]
+    def readdir(self, path: str, fh: int) -> List[Tuple[str, str, Optional[Stat]]]:
+        """(name, kind, stat or None) of each entry. In a stable directory, entries come with their attributes
+        where they cost nothing (directories and links: their stat is known without I/O), so a readdirplus (see
+        _Fuse) spares the kernel a lookup of each; files only with their kind, as working out a size may mean
+        rendering the file. A directory that can still change gets kinds only: readdirplus fills by offset, and
+        offsets into a list that changes between two reads would skip or repeat names."""
+        entries: List[Tuple[str, str, Optional[Stat]]] = [(".", DIR, None), ("..", DIR, None)]
         listing = self.tree.list(path)
         with_attrs = self.tree.stat(path).stable
         for entry in listing:
-            if with_attrs and entry.stat is not None and entry.stat.stable:
-                entries.append((entry.name, self._attrs(entry.stat), 0))
-            else:
-                entries.append((entry.name, _TYPE_ONLY[entry.kind], 0))
+            stat = entry.stat if with_attrs and entry.stat is not None and entry.stat.stable else None
+            entries.append((entry.name, entry.kind, stat))
         return entries
 
     def is_stable(self, path: str) -> bool:
@@ -358,8 +353,9 @@ THREAD_STATES = ThreadStates()
 
 
 class _Fuse(mfusepy.FUSE):
-    """mfusepy's FUSE with readdirplus, listings converted for libfuse once, and thread states kept across
-    callbacks (see `ThreadStates`).
+    """mfusepy's FUSE with readdirplus, listings converted for libfuse once, attributes written straight into
+    libfuse's `struct stat` (mfusepy goes through a dict of them), and thread states kept across callbacks (see
+    `ThreadStates`).
 
     mfusepy hands libfuse only each entry's type, so after a readdir the kernel still looks up (a getattr
     callback) every entry it goes into: `find` over a run made a getattr per directory. On a READDIR_PLUS request
@@ -387,6 +383,12 @@ class _Fuse(mfusepy.FUSE):
         THREAD_STATES.keep()
         return super()._wrapper(func, *args, **kwargs)
 
+    def getattr_fuse_3(self, path: Optional[bytes], buf: Any, fip: Any) -> int:
+        node_stat = self.operations.getattr(None if path is None else path.decode(self.encoding, self.errors))
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        self.operations.fill_stat(buf.contents, node_stat)
+        return 0
+
     def readdir_fuse_3(self, path: Optional[bytes], buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
         key = (path, bool(flags & _FUSE_READDIR_PLUS))
         with self._prepared_lock:
@@ -406,15 +408,15 @@ class _Fuse(mfusepy.FUSE):
         """(fill with offsets, [(name, stat pointer, fill flags)]) for a readdir, READDIR_PLUS or not, of a path."""
         path, plus = key[0].decode(self.encoding, self.errors), key[1]
         items = self.operations.readdir(path, fh)
-        with_offsets = plus and any(len(attrs) > 1 for _, attrs, _ in items[2:])
+        with_offsets = plus and any(stat is not None for _, _, stat in items)
         rows = []
-        for name, attrs, _ in items:
-            if with_offsets and len(attrs) > 1:
+        for name, kind, stat in items:
+            if with_offsets and stat is not None:
                 st = mfusepy.c_stat()
-                mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                self.operations.fill_stat(st, stat)
                 row = (name.encode(self.encoding, self.errors), ctypes.pointer(st), _FUSE_FILL_DIR_PLUS)
             else:
-                row = (name.encode(self.encoding, self.errors), _TYPE_ONLY_STATS[attrs["st_mode"]], 0)
+                row = (name.encode(self.encoding, self.errors), _TYPE_ONLY_STATS[kind], 0)
             rows.append(row)
         prepared = (with_offsets, rows)
         if self.operations.is_stable(path):
@@ -429,8 +431,9 @@ def _type_only_stat(mode: int) -> Any:
     return ctypes.pointer(st)
 
 
-#: libfuse copies the stat it is given: one per file type serves every type-only entry (tens of thousands)
-_TYPE_ONLY_STATS = {mode: _type_only_stat(mode) for mode in _MODES.values()}
+#: libfuse copies the stat it is given: one per file type serves every entry listed without attributes (tens of
+#: thousands)
+_TYPE_ONLY_STATS = {kind: _type_only_stat(mode) for kind, mode in _MODES.items()}
 
 
 def mount(

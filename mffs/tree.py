@@ -50,7 +50,6 @@ import queue
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -100,21 +99,32 @@ def _is_not_found(exc: BaseException) -> bool:
     return any(cls.__name__ in _NOT_FOUND_ERRORS for cls in type(exc).__mro__)
 
 
-@contextmanager
-def client_errors(path: str, object_lookup: bool = True) -> Iterator[None]:
+class client_errors:
     """Turn client exceptions into OSErrors: not found -> ENOENT, anything else -> EIO (logged).
 
     With object_lookup=False (rendering a file that exists), "not found" is a backend inconsistency: EIO too.
+    A class rather than a @contextmanager generator: it wraps every client call of a walk (tens of thousands).
     """
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno:
-            raise
-        log.warning("backend failure for %s: %s: %s", path, type(exc).__name__, exc)
-        raise OSError(errno.EIO, "%s: %s" % (type(exc).__name__, exc), path) from exc
-    except Exception as exc:
-        if object_lookup and _is_not_found(exc):
+
+    __slots__ = ("path", "object_lookup")
+
+    def __init__(self, path: str, object_lookup: bool = True):
+        self.path = path
+        self.object_lookup = object_lookup
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        path = self.path
+        if isinstance(exc, OSError):
+            if exc.errno:
+                return False
+            log.warning("backend failure for %s: %s: %s", path, type(exc).__name__, exc)
+            raise OSError(errno.EIO, "%s: %s" % (type(exc).__name__, exc), path) from exc
+        if self.object_lookup and _is_not_found(exc):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from exc
         what = "cannot render" if isinstance(exc, exports.ExportError) else "backend failure for"
         log.warning("%s %s: %s: %s", what, path, type(exc).__name__, exc, exc_info=log.isEnabledFor(10))
