@@ -6,7 +6,6 @@ good, within a byte budget. Per-attempt files (`<A>.data.json`, logs) live under
 from __future__ import annotations
 
 import io
-import json
 import os
 import threading
 import zlib
@@ -14,6 +13,7 @@ from typing import BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
 
 from cachetools import LRUCache
 
+from . import records
 from .config import mffs_setting
 from .recent import Recent
 from .storage import get_storage
@@ -249,7 +249,7 @@ class FlowDatastore:
         done, data = (found.get(key) for key in keys)
         if done is None or data is None:
             return None
-        index = json.loads(data)
+        index = records.loads(data)
         with _attempt_indexes_lock:
             _attempt_indexes[(self.storage.root, self.flow, run, step, task, attempt)] = index
         return index

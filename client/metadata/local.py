@@ -5,11 +5,11 @@ answers `task['x']`. Tags of steps, tasks and artifacts are never read here: the
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import List, Optional
 
+from .. import records
 from ..config import mffs_setting
 from ..recent import Recent
 from ..storage.local import read_file
@@ -19,7 +19,7 @@ MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
 
 
 def _read_json(path: str):
-    return json.loads(read_file(path))
+    return records.loads(read_file(path))
 
 
 def _list_dir(path: str) -> List[str]:

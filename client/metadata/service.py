@@ -13,13 +13,13 @@ answer after the read timeout (not retried), and one that is unreachable after 5
 """
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 from typing import Any, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
+from .. import records
 from ..config import mffs_setting, setting
 from ..exceptions import MetaflowBackendError, MetaflowInternalError
 from .base import MetadataProvider, artifact_record, run_record
@@ -180,7 +180,7 @@ class ServiceMetadataProvider(MetadataProvider):
                 "Metadata request (%s) failed (code %s): %s" % (path, response.status_code, response.text[:500])
             )
         try:
-            return json.loads(response.content)
+            return records.loads(response.content)
         except ValueError:
             raise MetaflowBackendError(
                 "Metadata request (%s) answered something that is not JSON: %r" % (path, response.content[:200])
