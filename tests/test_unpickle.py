@@ -9,7 +9,9 @@ import contextlib
 import datetime as dt
 import decimal
 import fractions
+import gzip
 import importlib
+import io
 import os
 import pickle
 import shlex
@@ -348,6 +350,17 @@ def test_data_loads_identically_without_trust(kind: str, protocol: int) -> None:
     assert_same(value, pickle.loads(data))  # the comparison itself is sound
     assert_same(value, loads(data, trusted=False))
     assert_same(value, loads(data, trusted=True))
+
+
+def test_untrusted_load_that_meets_a_global_late_starts_over_from_a_stream() -> None:
+    # A pickle of plain data loads with the C unpickler; the first global it names sends the load back to the
+    # start, with the checking unpickler: from bytes, and from a gzip stream (large blobs are unpickled while
+    # they are decompressed).
+    value = [list(range(50_000)), {"text": "x" * 1000}, dt.date(2024, 1, 2), decimal.Decimal("1.5")]
+    data = pickle.dumps(value, protocol=4)
+    assert_same(value, loads(data, trusted=False))
+    with gzip.GzipFile(fileobj=io.BytesIO(gzip.compress(data))) as stream:
+        assert_same(value, unpickle.load(stream, trusted=False))
 
 
 # --- classes that cannot be imported -----------------------------------------------------------------------------
