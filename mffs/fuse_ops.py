@@ -221,26 +221,19 @@ class MffsOperations(mfusepy.Operations):
         return node_stat
 
     @_callback
-    def readdir(self, path: str, fh: int) -> List[Tuple[str, str, Optional[Stat]]]:
-        """(name, kind, stat or None) of each entry. In a stable directory, entries come with their attributes
-        where they cost nothing (directories and links: their stat is known without I/O), so a readdirplus (see
-        _Fuse) spares the kernel a lookup of each; files only with their kind, as working out a size may mean
-        rendering the file. A directory that can still change gets kinds only: readdirplus fills by offset, and
-        offsets into a list that changes between two reads would skip or repeat names."""
-        entries: List[Tuple[str, str, Optional[Stat]]] = [(".", DIR, None), ("..", DIR, None)]
+    def readdir(self, path: str, fh: int) -> Tuple[bool, List[Tuple[str, str, Optional[Stat]]]]:
+        """(whether the directory is stable, [(name, kind, stat or None)]). In a stable directory, entries come
+        with their attributes where they cost nothing (directories and links: their stat is known without I/O),
+        so a readdirplus (see _Fuse) spares the kernel a lookup of each; files only with their kind, as working
+        out a size may mean rendering the file. A directory that can still change gets kinds only: readdirplus
+        fills by offset, and offsets into a list that changes between two reads would skip or repeat names."""
         listing = self.tree.list(path)
-        with_attrs = self.tree.stat(path).stable
+        stable = self.tree.stat(path).stable
+        entries: List[Tuple[str, str, Optional[Stat]]] = [(".", DIR, None), ("..", DIR, None)]
         for entry in listing:
-            stat = entry.stat if with_attrs and entry.stat is not None and entry.stat.stable else None
-            entries.append((entry.name, entry.kind, stat))
-        return entries
-
-    def is_stable(self, path: str) -> bool:
-        """Whether `path` can no longer change (see mffs/tree.py), so what was made of it may be kept."""
-        try:
-            return self.tree.stat(path).stable
-        except OSError:
-            return False
+            attrs = entry.stat if stable and entry.stat is not None and entry.stat.stable else None
+            entries.append((entry.name, entry.kind, attrs))
+        return stable, entries
 
     @_callback
     def readlink(self, path: str) -> str:
@@ -408,7 +401,7 @@ class _Fuse(mfusepy.FUSE):
         """(fill with offsets, [filler arguments after the buffer: name, stat pointer, offset, fill flags]) for a
         readdir, READDIR_PLUS or not, of a path."""
         path, plus = key[0].decode(self.encoding, self.errors), key[1]
-        items = self.operations.readdir(path, fh)
+        stable, items = self.operations.readdir(path, fh)
         with_offsets = plus and any(stat is not None for _, _, stat in items)
         rows = []
         for position, (name, kind, stat) in enumerate(items, 1):
@@ -421,7 +414,7 @@ class _Fuse(mfusepy.FUSE):
             else:
                 rows.append((name_bytes, _TYPE_ONLY_STATS[kind], entry_offset, 0))
         prepared = (with_offsets, rows)
-        if self.operations.is_stable(path):
+        if stable:
             with self._prepared_lock:
                 self._prepared[key] = prepared
         return prepared

@@ -1092,6 +1092,9 @@ class Tree:
     # -- the public API ---------------------------------------------------------------------------------------
 
     def lookup(self, path: str) -> Node:
+        node = self._cached(path)  # the kernel's paths are normal already: most lookups end here
+        if node is not None:
+            return node
         path = normalize(path)
         node = self._cached(path)
         if node is not None:
