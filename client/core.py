@@ -340,7 +340,11 @@ class DataArtifact(MetaflowObject):
         return record["name"]
 
     def _datastore(self) -> FlowDatastore:
-        return FlowDatastore.at(root_of_location(self._object["location"] or ""), self._components[0])
+        datastore = self.__dict__.get("_datastore_memo")
+        if datastore is None:  # a listing asks each artifact twice (its stored type, then its attempt's index)
+            location = root_of_location(self._object["location"] or "")
+            datastore = self._datastore_memo = FlowDatastore.at(location, self._components[0])
+        return datastore
 
     @property
     def sha(self) -> str:
