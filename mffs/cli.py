@@ -180,8 +180,8 @@ def _fusermount() -> str:
 
 
 def _check_fuse_available() -> None:
-    if not (ctypes.util.find_library("fuse3") or ctypes.util.find_library("fuse")):
-        raise CliError("libfuse not found: install the fuse3 package (e.g. apt-get install fuse3)")
+    if not ctypes.util.find_library("fuse3"):  # libfuse2 alone will not do (see mffs/fuse_ops.py)
+        raise CliError("libfuse3 not found: install the fuse3 package (e.g. apt-get install fuse3)")
     _fusermount()
     if not os.path.exists("/dev/fuse"):
         raise CliError("/dev/fuse not found: FUSE is not available here (`mffs ls` and `mffs cat` work without it)")

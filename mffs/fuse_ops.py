@@ -46,10 +46,16 @@ from cachetools import LRUCache
 from .tree import CONTROL_DIR, DIR, FILE, LINK, Reader, Stat, Tree
 
 if "FUSE_LIBRARY_NAME" not in os.environ and "FUSE_LIBRARY_PATH" not in os.environ and find_library("fuse3"):
-    # mfusepy prefers libfuse2 when both are installed; libfuse3 has fuse_invalidate_path and better readahead.
+    # mfusepy prefers libfuse2 when both are installed. The mount needs libfuse3: its readdirplus, its
+    # fuse_invalidate_path and its thread-pool options (libfuse2 refuses max_threads).
     os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
 import mfusepy  # noqa: E402  (after choosing the library)
+
+if mfusepy.fuse_version_major != 3:
+    raise ImportError(
+        "mffs needs libfuse 3, and FUSE_LIBRARY_NAME/FUSE_LIBRARY_PATH chose libfuse %d" % mfusepy.fuse_version_major
+    )
 
 log = logging.getLogger("mffs")
 
