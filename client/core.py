@@ -443,6 +443,9 @@ class DataArtifact(MetaflowObject):
     @property
     def blob_size(self) -> int:
         """Length of the serialized (pickle) bytes, known without reading the blob."""
+        stored = self._datastore().stored_blob_size(self.sha)
+        if stored is not None:
+            return stored
         info = self._own_info()
         if "size" in info and info.get("type") != _INCLUDED_FILE_TYPE:
             return info["size"]
