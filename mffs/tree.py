@@ -1095,10 +1095,12 @@ class Tree:
         node = self._cached(path)  # the kernel's paths are normal already: most lookups end here
         if node is not None:
             return node
-        path = normalize(path)
-        node = self._cached(path)
-        if node is not None:
-            return node
+        normal = normalize(path)
+        if normal != path:  # a path typed to `mffs ls/cat` may name a cached node another way
+            path = normal
+            node = self._cached(path)
+            if node is not None:
+                return node
         if path == "/":
             node = self._root()
         elif path == "/" + CONTROL_DIR:
