@@ -5,7 +5,8 @@ orjson would read differently from Metaflow's own client (which reads them with 
   * what orjson refuses (NaN and infinities, lone surrogates, corrupt text), so a corrupt record raises the same
     ValueError as before;
   * integers beyond 64 bits, which orjson reads as floats without a word: a record with a run of 19 or more
-    digits (the only way to write one) goes to json.loads. Looking for one costs a fifth of the parse.
+    digits (the only way to write one) goes to json.loads. Looking for one costs a third to a half of what
+    orjson's parse does; with it, a record still parses in half the time of json.loads or less.
 """
 from __future__ import annotations
 

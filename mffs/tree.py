@@ -338,7 +338,7 @@ class RenderedFile(File):
 
 
 class BlobFile(File):
-    """data.pickle: the artifact's decompressed serialized bytes, size from the artifact index, streamed."""
+    """data.pickle: the artifact's decompressed serialized bytes, size from `DataArtifact.blob_size`, streamed."""
 
     def __init__(self, tree: "Tree", path: str, mtime: float, stable: bool, artifact: Any):
         super().__init__(tree, path, mtime, stable)
