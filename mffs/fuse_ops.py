@@ -179,13 +179,18 @@ class MffsOperations(mfusepy.Operations):
         with self._counts_lock:
             counts = dict(self._counts)
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        daemon = {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3), "max_rss_kb": usage.ru_maxrss}
+        worker = self.tree.readahead_usage()
         return {
             "calls": counts,
             "open_files": len(self._handles),
             "thread_states_kept": THREAD_STATES.kept,
             "cache": self.tree.cache_info(),
-            "max_rss_kb": usage.ru_maxrss,
-            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "daemon": daemon,
+            "readahead_worker": worker,
+            # the mount's processes together (the peaks added up: an upper bound of their peak together)
+            "cpu_seconds": round(daemon["cpu_seconds"] + worker["cpu_seconds"], 3),
+            "max_rss_kb": daemon["max_rss_kb"] + worker["max_rss_kb"],
         }
 
     def _stats_json(self) -> bytes:
@@ -233,8 +238,7 @@ class MffsOperations(mfusepy.Operations):
         so a readdirplus (see _Fuse) spares the kernel a lookup of each; files only with their kind, as working
         out a size may mean rendering the file. A directory that can still change gets kinds only: readdirplus
         fills by offset, and offsets into a list that changes between two reads would skip or repeat names."""
-        listing = self.tree.list(path)
-        stable = self.tree.stat(path).stable
+        stable, listing = self.tree.listing(path)
         entries: List[Tuple[str, str, Optional[Stat]]] = [(".", DIR, None), ("..", DIR, None)]
         for entry in listing:
             attrs = entry.stat if stable and entry.stat is not None and entry.stat.stable else None
@@ -484,3 +488,5 @@ def mount(
         # libfuse3's fuse_main returns 8 when its loop ends on a signal (SIGINT/SIGTERM): a clean unmount.
         if exc.args != (8,):
             raise
+    finally:
+        tree.close()

@@ -34,7 +34,7 @@ size before the opener's fstat (parquet readers need it). So `stat`/`ls -l` neve
 never held in memory whole.
 
 Readahead. With `readahead=N` (the mount uses it), listing a task directory of a finished step also lists the N
-tasks after it in a background thread (see Readahead), so a walk finds them built.
+tasks after it in a worker process (mffs/readahead.py), so a walk finds them built.
 
 Errors are OSErrors with the errno a filesystem would give: unknown names FileNotFoundError (ENOENT), a backend or
 decode failure OSError(EIO) (logged). A file whose rendering fails at stat time is reported with size 0 and fails
@@ -46,7 +46,6 @@ import errno
 import json
 import logging
 import posixpath
-import queue
 import threading
 import time
 from collections import deque
@@ -61,6 +60,8 @@ from . import exports, render
 
 if TYPE_CHECKING:
     import tarfile
+
+    from .readahead import Readahead
 
 log = logging.getLogger("mffs")
 
@@ -687,7 +688,7 @@ class StepDir(Dir):
 
     def tasks_after(self, task_path: str, count: int) -> List[str]:
         """Paths of the (up to) `count` tasks listed after `task_path`, except those an earlier call returned;
-        [] until this directory was listed (for Readahead, which holds Readahead.lock)."""
+        [] until this directory was listed (for Readahead, which calls it under its lock)."""
         if self.listing is None:
             return []
         if self._positions is None:
@@ -1008,8 +1009,40 @@ class Tree:
         self._code_packages: LRUCache = LRUCache(maxsize=CODE_PACKAGES_KEPT)
         self._code_lock = threading.Lock()
         self._started = time.time()
-        self._readahead = Readahead(self, readahead) if readahead > 0 else None
+        self._settings = dict(
+            pathspec=pathspec, refresh=refresh, cache_entries=cache_entries, content_cache_bytes=content_cache_bytes,
+            render_threshold=render_threshold, step_json_eager_tasks=step_json_eager_tasks, repr_limit=repr_limit,
+            trust_pickles=trust_pickles,
+        )
         self.lookup("/")  # fail now on an unknown pathspec
+        self._readahead: Optional[Readahead] = None
+        if readahead > 0:
+            from . import readahead as readahead_module  # which imports this module
+
+            self._readahead = readahead_module.Readahead(self, readahead)
+
+    def close(self) -> None:
+        """End the readahead worker, if any."""
+        if self._readahead is not None:
+            self._readahead.close()
+
+    def readahead_usage(self) -> Dict[str, Any]:
+        """CPU seconds and peak RSS of the readahead worker (zeros without one)."""
+        if self._readahead is None:
+            return {"cpu_seconds": 0.0, "max_rss_kb": 0}
+        return self._readahead.usage()
+
+    def worker_settings(self) -> Dict[str, Any]:
+        """What another process needs to build the same tree (see `from_worker_settings`; mffs/readahead.py)."""
+        return dict(self._settings, namespace=self.client.get_namespace(), metadata=self.client.get_metadata())
+
+    @classmethod
+    def from_worker_settings(cls, settings: Dict[str, Any]) -> "Tree":
+        import client
+
+        settings = dict(settings)
+        client.metadata(settings.pop("metadata"))
+        return cls(client, **settings)
 
     def _root(self) -> Node:
         if not self.pathspec:
@@ -1121,17 +1154,27 @@ class Tree:
         return self.lookup(path).stat()
 
     def list(self, path: str) -> List[Entry]:
-        """The directory's listing, in the client's order. It is kept with the directory's node (so for as long
-        as that is cached); the child nodes built for it go to the node caches for the lookups that follow."""
+        """The directory's listing, in the client's order (see `listing`)."""
+        return self.listing(path)[1]
+
+    def listing(self, path: str) -> Tuple[bool, List[Entry]]:
+        """(whether the directory is stable, its listing in the client's order). A listing is kept with the
+        directory's node (so for as long as that is cached); the child nodes built for it go to the node caches for
+        the lookups that follow. With readahead, a listing the worker built is taken as it is, without a node."""
+        readahead = self._readahead
+        if readahead is not None:
+            listing = readahead.listing(path)
+            if listing is not None:
+                return True, listing  # the worker reads ahead only stable directories
         node = self.lookup(path)
         if isinstance(node, Symlink):  # `mffs ls DemoFlow/latest`, like ls(1) given a link to a directory
             node = self.lookup(posixpath.join(posixpath.dirname(node.path), node.target))
         if not isinstance(node, Dir):
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
         listing = self._listing(node)
-        if self._readahead is not None and type(node) is TaskDir:  # not an AttemptDir
-            self._readahead.after(node)
-        return listing
+        if readahead is not None and type(node) is TaskDir:  # not an AttemptDir
+            readahead.after(node.path)
+        return node.stable, listing
 
     def _listing(self, node: Dir) -> List[Entry]:
         """`node`'s listing, built once (concurrent callers wait for the first)."""
@@ -1180,49 +1223,3 @@ class Tree:
 
     def read_file(self, path: str) -> bytes:
         return b"".join(self.iter_file(path))
-
-
-class Readahead:
-    """Lists task directories ahead of a walk, in one background thread.
-
-    A walk (`find`, `grep -r`, `ls -R`) lists a step's tasks one after the other, and each listing reads about ten
-    small files through the client while the walker waits. When a task directory of a finished step is listed,
-    this queues the `window` tasks after it in the step's listing (with their artifact directories), so their
-    reads overlap the FUSE round trips of the walk instead of adding to them (`find` over a 1000-task run: about
-    10% less time). A listing built here is the same one the walk would build: the walk waits for it rather than
-    build it twice (Dir.listing_lock). It starts from a task listing, not a step listing, so a plain `ls` of a step
-    reads nothing ahead, and the window bounds the work done for a walk that stops. Errors are left for the walk to
-    meet and report.
-    """
-
-    def __init__(self, tree: "Tree", window: int):
-        self.tree, self.window = tree, window
-        self.lock = threading.Lock()
-        self._paths: "queue.SimpleQueue[str]" = queue.SimpleQueue()
-        self._worker: Optional[threading.Thread] = None
-
-    def after(self, task: "TaskDir") -> None:
-        """`task` was just listed by a walk."""
-        step = self.tree._cached(posixpath.dirname(task.path))
-        if not isinstance(step, StepDir) or not step.stable:
-            return
-        with self.lock:
-            paths = step.tasks_after(task.path, self.window)
-            if paths and self._worker is None:
-                self._worker = threading.Thread(target=self._run, name="mffs-readahead", daemon=True)
-                self._worker.start()
-        for path in paths:
-            self._paths.put(path)
-
-    def _run(self) -> None:
-        tree = self.tree
-        while True:
-            path = self._paths.get()
-            try:
-                for entry in tree._listing(tree.lookup(path)):
-                    if entry.kind == DIR:
-                        child = tree.lookup(entry.path)
-                        if isinstance(child, ArtifactDir):
-                            tree._listing(child)
-            except Exception as exc:  # noqa: BLE001 - the walk meets and reports the same error
-                log.debug("readahead of %s: %s", path, exc)

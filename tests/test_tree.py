@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import tarfile
-import time
 
 import pytest
 from cachetools import LRUCache
@@ -18,7 +17,7 @@ from client.datastore import blob_cache
 from mffs import render
 from mffs.exports import export_names
 from mffs.tree import (
-    CONTROL_DIR, DIR, FILE, LINK, ArtifactDir, StreamReader, Tree, card_file_names, code_member_parts
+    CONTROL_DIR, DIR, FILE, LINK, StreamReader, Tree, card_file_names, code_member_parts
 )
 from tests.support.mount import corrupt_datastore, data_json_info, expected_task_record  # noqa: F401
 
@@ -411,33 +410,3 @@ def test_attempts_directory_lists_every_started_attempt(tree, mf, manifest):
             last = "%s/%d" % (attempts, task.current_attempt)
             assert names(tree, last)[:4] == ["task.json", "metadata.json", "stdout.log", "stderr.log"]
             assert "attempts" not in names(tree, last) and "cards" not in names(tree, last)
-
-
-def test_readahead_lists_the_next_tasks_of_a_walked_step(client_env, mf, manifest):
-    run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
-    step = max(run, key=lambda s: len(list(s)))  # the widest foreach step
-    tasks = ["/%s/%s" % (step.pathspec, task.id) for task in step]
-    assert len(tasks) >= 3
-    tree, plain = Tree(client, readahead=1), Tree(client)
-
-    def built(path: str) -> bool:
-        node = tree._cached(path)
-        return node is not None and node.listing is not None
-
-    tree.list("/" + step.pathspec)
-    time.sleep(0.2)
-    assert not any(built(path) for path in tasks)  # listing a step alone reads nothing ahead
-    def wait_built(path: str) -> None:
-        deadline = time.monotonic() + 10
-        while not built(path) and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    tree.list(tasks[0])
-    wait_built(tasks[1])
-    assert built(tasks[1]) and not built(tasks[2])  # the next task only: the window is 1
-    listing = tree.list(tasks[1])
-    wait_built(tasks[2])  # the worker is done with tasks[1] and its artifact directories
-    assert listing == plain.list(tasks[1])
-    for entry in listing:
-        if entry.kind == DIR and isinstance(tree._cached(entry.path), ArtifactDir):
-            assert tree._cached(entry.path).listing == plain.list(entry.path)

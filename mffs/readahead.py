@@ -1,0 +1,235 @@
+"""Readahead: task directories listed ahead of a walk, in a worker process.
+
+A walk (`find`, `grep -r`, `ls -R`) lists a step's tasks one after the other, and each task's listing (with its
+artifact directories) reads about ten small files through the client and builds their nodes. When a walk lists a
+task directory of a finished step, `Readahead.after` sends the `window` tasks after it in the step's listing to a
+worker process, which lists each with its subdirectories in its own Tree and sends the listings back; the walk
+then finds them ready, or waits for one being built rather than build it twice.
+
+Why a process and not a thread: the tree work is Python, so a thread only moves it from one holder of the GIL to
+another, and the walk's FUSE callbacks wait for the GIL instead of for reads. In a process it runs on another core
+while the daemon answers the walk (`find` over a 1000-task run: see docs/benchmarks.md).
+
+The worker is the same code with the same settings (`Tree.worker_settings`), started with the mount and ended
+when its requests pipe closes, so it never outlives the daemon. Only listings of stable directories (a finished
+run) are read ahead, so the worker's answer is the one the daemon would have built. Errors are left to the walk:
+a task the worker could not list comes back empty and the walk builds it, meeting and reporting the error itself.
+If the worker dies or stalls, the walk waits at most `WAIT_SECONDS` per task, then builds what it needs.
+
+Wire format: requests are task paths, one per line, on the worker's stdin; answers are frames on its stdout, each
+a 4-byte little-endian length and a `marshal`led (task path, [(directory path, [entry, ...]), ...]), where an
+entry is (name, kind, stat fields or None). The first frame, (None, []), says the worker is ready.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import marshal
+import os
+import posixpath
+import struct
+import subprocess
+import sys
+import threading
+from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from cachetools import LRUCache
+
+from .tree import DIR, Entry, Stat, join
+
+if TYPE_CHECKING:
+    from .tree import Tree
+
+log = logging.getLogger("mffs")
+
+WAIT_SECONDS = 5.0
+_LENGTH = struct.Struct("<I")
+_Listing = Tuple[str, List[Tuple[str, str, Optional[tuple]]]]  # directory path, [(name, kind, stat fields)]
+
+
+class Readahead:
+    """The daemon's side: sends task paths to the worker, keeps the listings it sends back (an LRU of
+    `max_listings` directories) until the walk asks for them."""
+
+    def __init__(self, tree: "Tree", window: int, max_listings: int = 50_000):
+        self.tree, self.window = tree, window
+        self._lock = threading.Lock()
+        self._listings: LRUCache = LRUCache(maxsize=max_listings)
+        self._pending: Dict[str, threading.Event] = {}
+        self._ready = threading.Event()
+        self._alive = True
+        self._worker = subprocess.Popen(
+            [sys.executable, "-m", "mffs.readahead", json.dumps(tree.worker_settings())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))),
+            start_new_session=True,  # a Ctrl-C of a foreground mount is the daemon's to handle
+        )
+        threading.Thread(target=self._receive, name="mffs-readahead", daemon=True).start()
+
+    def after(self, task_path: str) -> None:
+        """`task_path`, a task directory, was just listed by a walk."""
+        from .tree import StepDir
+
+        step = self.tree._cached(posixpath.dirname(task_path))
+        if not isinstance(step, StepDir) or not step.stable or not self._alive:
+            return
+        with self._lock:
+            paths = step.tasks_after(task_path, self.window)
+            for path in paths:
+                self._pending[path] = threading.Event()
+        if paths:
+            self._send("".join(path + "\n" for path in paths))
+
+    def listing(self, path: str) -> Optional[List[Entry]]:
+        """The listing of `path` if the worker built it (waiting for it if it is being built), else None."""
+        with self._lock:
+            entries = self._listings.get(path)
+            event = self._pending.get(path) if entries is None else None
+        if event is not None and self._ready.is_set():
+            if not event.wait(WAIT_SECONDS):
+                self._stop("the readahead worker did not answer within %g s" % WAIT_SECONDS)
+            with self._lock:
+                entries = self._listings.get(path)
+        if entries is not None:
+            self.after(path)
+        return entries
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the worker is up (waiting at most `timeout` seconds). Until then, the walk does not wait for it."""
+        return self._ready.wait(timeout)
+
+    def close(self) -> None:
+        """End the worker (it exits when its requests pipe closes)."""
+        self._stop(None)
+        try:
+            self._worker.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._worker.wait(WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._worker.kill()
+            self._worker.wait()
+
+    def usage(self) -> Dict[str, Any]:
+        """The worker's CPU seconds and peak RSS (from /proc; zeros once it has exited)."""
+        try:
+            with open("/proc/%d/stat" % self._worker.pid) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open("/proc/%d/status" % self._worker.pid) as handle:
+                peak = next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:"))
+        except (OSError, StopIteration, IndexError, ValueError):
+            return {"cpu_seconds": 0.0, "max_rss_kb": 0}
+        ticks = os.sysconf("SC_CLK_TCK")
+        return {"cpu_seconds": round((int(fields[11]) + int(fields[12])) / ticks, 3), "max_rss_kb": peak}
+
+    def _send(self, text: str) -> None:
+        try:
+            self._worker.stdin.write(text.encode("utf-8", "surrogateescape"))
+            self._worker.stdin.flush()
+        except (OSError, ValueError) as exc:  # the worker is gone: the walk builds its own listings
+            self._stop("cannot reach the readahead worker: %s" % exc)
+
+    def _receive(self) -> None:
+        stream = self._worker.stdout
+        while True:
+            frame = _read_frame(stream)
+            if frame is None:
+                self._stop("the readahead worker exited (code %s)" % self._worker.poll())
+                return
+            task_path, listings = marshal.loads(frame)
+            if task_path is None:
+                self._ready.set()
+                continue
+            built = {
+                path: [Entry(name, join(path, name), kind, None if fields is None else Stat(*fields))
+                       for name, kind, fields in entries]
+                for path, entries in listings
+            }
+            with self._lock:
+                self._listings.update(built)
+                event = self._pending.pop(task_path, None)
+            if event is not None:
+                event.set()
+
+    def _stop(self, reason: Optional[str]) -> None:
+        with self._lock:
+            if not self._alive:
+                return
+            self._alive = False
+            pending, self._pending = self._pending, {}
+        if reason is not None:
+            log.warning("%s; walks list tasks themselves from now on", reason)
+        for event in pending.values():
+            event.set()
+
+
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read_frame(stream: IO[bytes]) -> Optional[bytes]:
+    header = stream.read(_LENGTH.size)
+    if len(header) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack(header)
+    payload = stream.read(length)
+    return payload if len(payload) == length else None
+
+
+def _write_frame(stream: IO[bytes], value: Any) -> None:
+    payload = marshal.dumps(value)
+    stream.write(_LENGTH.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _task_listings(tree: "Tree", task_path: str) -> List[_Listing]:
+    """The listings of a task directory and of the directories in it, as sent to the daemon; only stable ones."""
+    from .tree import Dir
+
+    listings: List[_Listing] = []
+    try:
+        directories = [tree.lookup(task_path)]
+        for directory in directories:
+            if not directory.stable:
+                continue
+            entries = tree.list(directory.path)
+            listings.append((directory.path, [
+                (entry.name, entry.kind, None if entry.stat is None else (
+                    entry.stat.kind, entry.stat.size, entry.stat.mtime, entry.stat.stable, entry.stat.direct_io))
+                for entry in entries
+            ]))
+            if directory is directories[0]:
+                directories.extend(
+                    child for child in (tree.lookup(entry.path) for entry in entries if entry.kind == DIR)
+                    if isinstance(child, Dir)
+                )
+    except Exception as exc:  # noqa: BLE001 - the walk meets and reports the same error
+        log.debug("readahead of %s: %s", task_path, exc)
+        return []
+    return listings
+
+
+def main(argv: List[str]) -> None:
+    """The worker: `python -m mffs.readahead SETTINGS_JSON` (started by Readahead)."""
+    import gc
+
+    from .tree import Tree
+
+    logging.basicConfig(format="%(asctime)s %(name)s readahead %(levelname)s %(message)s")
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints go to the log, not into the frames
+    tree = Tree.from_worker_settings(json.loads(argv[0]))
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)  # as in the daemon: the caches hold many long-lived objects
+    _write_frame(out, (None, []))
+    for line in sys.stdin.buffer:
+        task_path = line.rstrip(b"\n").decode("utf-8", "surrogateescape")
+        _write_frame(out, (task_path, _task_listings(tree, task_path)))
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (BrokenPipeError, KeyboardInterrupt):  # the daemon is gone
+        pass

@@ -1,0 +1,87 @@
+"""Readahead (mffs/readahead.py): task listings built ahead of a walk by a worker process, without FUSE."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Iterator, List
+
+import pytest
+
+import client
+from mffs import readahead
+from mffs.tree import DIR, Tree
+
+
+@pytest.fixture
+def tasks(mf, manifest) -> List[str]:
+    """Tree paths of the tasks of the kitchen run's widest foreach step."""
+    run = mf.Run(manifest["runs"]["kitchen"]["pathspec"])
+    step = max(run, key=lambda s: len(list(s)))
+    paths = ["/%s/%s" % (step.pathspec, task.id) for task in step]
+    assert len(paths) >= 3
+    return paths
+
+
+def reading_ahead(window: int) -> Iterator[Tree]:
+    tree = Tree(client, readahead=window)
+    try:
+        assert tree._readahead.wait_ready(30)
+        yield tree
+    finally:
+        tree.close()
+    assert tree._readahead._worker.poll() is not None  # closing the tree ended the worker
+
+
+@pytest.fixture
+def tree(client_env) -> Iterator[Tree]:
+    yield from reading_ahead(window=1)
+
+
+def test_the_worker_lists_the_next_task_as_the_walk_would(tree, client_env, tasks):
+    plain = Tree(client)
+    tree.list(os.path.dirname(tasks[0]))
+    time.sleep(0.2)
+    assert tree._readahead.listing(tasks[1]) is None  # listing a step alone reads nothing ahead
+
+    tree.list(tasks[0])
+    assert tree._readahead.listing(tasks[2]) is None  # the window is 1: only the next task was asked for
+    listing = tree._readahead.listing(tasks[1])  # waits for the worker
+    assert listing == plain.list(tasks[1])
+    subdirectories = [entry.path for entry in listing if entry.kind == DIR]
+    assert subdirectories  # its artifact directories came with it
+    for path in subdirectories:
+        assert tree._readahead.listing(path) == plain.list(path)
+
+    assert tree.listing(tasks[1]) == (True, plain.list(tasks[1]))
+    assert tree._cached(tasks[1]).listing is None  # served as the worker built it, not built again here
+
+
+def test_the_walk_goes_on_when_the_worker_dies(tree, client_env, tasks, caplog):
+    plain = Tree(client)
+    tree.list(os.path.dirname(tasks[0]))
+    os.kill(tree._readahead._worker.pid, signal.SIGKILL)
+    tree._readahead._worker.wait()
+    with caplog.at_level(logging.WARNING, logger="mffs"):
+        tree.list(tasks[0])  # asks the dead worker for tasks[1]
+        started = time.monotonic()
+        assert tree.list(tasks[1]) == plain.list(tasks[1])
+    assert time.monotonic() - started < readahead.WAIT_SECONDS  # released when the worker's pipe closed
+    assert "readahead worker" in caplog.text
+
+
+def test_the_walk_stops_waiting_for_a_stalled_worker(client_env, tasks, monkeypatch, caplog):
+    monkeypatch.setattr(readahead, "WAIT_SECONDS", 0.5)
+    plain = Tree(client)
+    for tree in reading_ahead(window=2):
+        tree.list(os.path.dirname(tasks[0]))
+        os.kill(tree._readahead._worker.pid, signal.SIGSTOP)
+        with caplog.at_level(logging.WARNING, logger="mffs"):
+            tree.list(tasks[0])  # asks for tasks[1] and tasks[2]
+            assert tree.list(tasks[1]) == plain.list(tasks[1])  # after one wait of WAIT_SECONDS
+            started = time.monotonic()
+            assert tree.list(tasks[2]) == plain.list(tasks[2])
+        assert time.monotonic() - started < readahead.WAIT_SECONDS  # no second wait
+        assert "did not answer" in caplog.text
+        os.kill(tree._readahead._worker.pid, signal.SIGCONT)
