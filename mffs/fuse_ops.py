@@ -63,7 +63,6 @@ _CONTROL_PREFIX = "/" + CONTROL_DIR
 _MODES = {DIR: stat_module.S_IFDIR | 0o555, FILE: stat_module.S_IFREG | 0o444, LINK: stat_module.S_IFLNK | 0o777}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _FUSE_CAP_CACHE_SYMLINKS = 1 << 23  # libfuse3 fuse_common.h
-_FUSE_READDIR_PLUS = 1 << 0  # libfuse3 fuse.h: enum fuse_readdir_flags
 _FUSE_FILL_DIR_PLUS = 1 << 1  # libfuse3 fuse.h: enum fuse_fill_dir_flags
 #: preferred I/O size reported in st_blksize: makes cat/cp use large reads
 _BLOCK_SIZE = 128 << 10
@@ -361,13 +360,12 @@ class _Fuse(mfusepy.FUSE):
     `ThreadStates`).
 
     mfusepy hands libfuse only each entry's type, so after a readdir the kernel still looks up (a getattr
-    callback) every entry it goes into: `find` over a run made a getattr per directory. On a READDIR_PLUS request
-    for a directory with entries that come with full attributes, this passes them with FUSE_FILL_DIR_PLUS and
-    entry offsets: libfuse 3.14 registers such entries (as a lookup would) only when filling with offsets, and
-    the kernel then caches their dentries and attributes for entry/attr_timeout. Any other readdir is filled
-    without offsets, as mfusepy does: libfuse keeps the whole listing and answers the kernel's follow-up reads
-    itself, so that costs one callback per directory (the offset mode costs one more, for the empty read at the
-    end).
+    callback) every entry it goes into: `find` over a run made a getattr per directory. A directory with entries
+    that come with full attributes is filled with FUSE_FILL_DIR_PLUS and entry offsets: libfuse 3.14 registers
+    such entries (as a lookup would) only when filling with offsets, and on a READDIR_PLUS request the kernel then
+    caches their dentries and attributes for entry/attr_timeout. Any other directory is filled without offsets,
+    as mfusepy does: libfuse keeps the whole listing and answers the kernel's follow-up reads itself, so that
+    costs one callback per directory (the offset mode costs one more, for the empty read at the end).
 
     The kernel never caches a listing, so every `find` or `ls` of a directory comes back here. A stable
     directory's listing, once converted to what the filler takes (encoded names, C stat structs), is kept in an
@@ -393,11 +391,10 @@ class _Fuse(mfusepy.FUSE):
         return 0
 
     def readdir_fuse_3(self, path: Optional[bytes], buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
-        key = (path, bool(flags & _FUSE_READDIR_PLUS))
         with self._prepared_lock:
-            prepared = self._prepared.get(key)
+            prepared = self._prepared.get(path)
         if prepared is None:
-            prepared = self._prepare(key, fip.contents.fh)
+            prepared = self._prepare(path, fip.contents.fh)
         else:
             self.operations.count("readdir")
         with_offsets, rows = prepared
@@ -407,12 +404,14 @@ class _Fuse(mfusepy.FUSE):
                 break
         return 0
 
-    def _prepare(self, key: Tuple[bytes, bool], fh: int) -> Tuple[bool, List[Tuple[bytes, Any, Any, int]]]:
+    def _prepare(self, path_bytes: bytes, fh: int) -> Tuple[bool, List[Tuple[bytes, Any, Any, int]]]:
         """(fill with offsets, [filler arguments after the buffer: name, stat pointer, offset, fill flags]) for a
-        readdir, READDIR_PLUS or not, of a path."""
-        path, plus = key[0].decode(self.encoding, self.errors), key[1]
+        readdir of a path. The same rows answer READDIR_PLUS and plain READDIR requests: the kernel asks for the
+        first part of a listing with READDIR_PLUS and, in a walk, for the rest (the empty end) with a plain READDIR,
+        and libfuse's plain filler takes entries with offsets and ignores FUSE_FILL_DIR_PLUS."""
+        path = path_bytes.decode(self.encoding, self.errors)
         stable, items = self.operations.readdir(path, fh)
-        with_offsets = plus and any(stat is not None for _, _, stat in items)
+        with_offsets = any(stat is not None for _, _, stat in items)
         rows = []
         for position, (name, kind, stat) in enumerate(items, 1):
             name_bytes = name.encode(self.encoding, self.errors)
@@ -426,7 +425,7 @@ class _Fuse(mfusepy.FUSE):
         prepared = (with_offsets, rows)
         if stable:
             with self._prepared_lock:
-                self._prepared[key] = prepared
+                self._prepared[path_bytes] = prepared
         return prepared
 
 

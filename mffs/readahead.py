@@ -48,10 +48,11 @@ _Listing = Tuple[str, List[Tuple[str, str, Optional[tuple]]]]  # directory path,
 
 
 class Readahead:
-    """The daemon's side: sends task paths to the worker, keeps the listings it sends back (an LRU of
-    `max_listings` directories) until the walk asks for them."""
+    """The daemon's side: sends task paths to the worker and keeps the listings it sends back until the walk takes
+    them (a listing is handed out once: the front end keeps what it serves again; at most `max_listings`
+    directories are kept, the least recently received dropped first, for walks that stop)."""
 
-    def __init__(self, tree: "Tree", window: int, max_listings: int = 50_000):
+    def __init__(self, tree: "Tree", window: int, max_listings: int = 20_000):
         self.tree, self.window = tree, window
         self._lock = threading.Lock()
         self._listings: LRUCache = LRUCache(maxsize=max_listings)
@@ -82,15 +83,15 @@ class Readahead:
             self._send("".join(path + "\n" for path in paths))
 
     def listing(self, path: str) -> Optional[List[Entry]]:
-        """The listing of `path` if the worker built it (waiting for it if it is being built), else None."""
+        """Takes the listing of `path` if the worker built it (waiting for it if it is being built), else None."""
         with self._lock:
-            entries = self._listings.get(path)
+            entries = self._listings.pop(path, None)
             event = self._pending.get(path) if entries is None else None
         if event is not None and self._ready.is_set():
             if not event.wait(WAIT_SECONDS):
                 self._stop("the readahead worker did not answer within %g s" % WAIT_SECONDS)
             with self._lock:
-                entries = self._listings.get(path)
+                entries = self._listings.pop(path, None)
         if entries is not None:
             self.after(path)
         return entries

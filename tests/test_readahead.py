@@ -47,15 +47,15 @@ def test_the_worker_lists_the_next_task_as_the_walk_would(tree, client_env, task
 
     tree.list(tasks[0])
     assert tree._readahead.listing(tasks[2]) is None  # the window is 1: only the next task was asked for
-    listing = tree._readahead.listing(tasks[1])  # waits for the worker
-    assert listing == plain.list(tasks[1])
-    subdirectories = [entry.path for entry in listing if entry.kind == DIR]
-    assert subdirectories  # its artifact directories came with it
-    for path in subdirectories:
-        assert tree._readahead.listing(path) == plain.list(path)
-
-    assert tree.listing(tasks[1]) == (True, plain.list(tasks[1]))
-    assert tree._cached(tasks[1]).listing is None  # served as the worker built it, not built again here
+    assert tree.listing(tasks[1]) == (True, plain.list(tasks[1]))  # waits for the worker
+    assert tree._cached(tasks[1]).listing is None  # served as the worker built it, not built here
+    subdirectories = [entry.path for entry in plain.list(tasks[1]) if entry.kind == DIR]
+    assert subdirectories
+    for path in subdirectories:  # they came with it
+        assert tree.listing(path) == (True, plain.list(path))
+        assert tree._cached(path) is None
+    assert tree._readahead.listing(tasks[1]) is None  # handed out once; the tree builds it if asked again
+    assert tree.list(tasks[1]) == plain.list(tasks[1])
 
 
 def test_the_walk_goes_on_when_the_worker_dies(tree, client_env, tasks, caplog):
