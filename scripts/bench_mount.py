@@ -14,8 +14,8 @@ the kernel) and in a fresh Python process for the client (cold client cache):
   data.pickle     `cat RUN/end/<task>/big/data.pickle`  vs  `zcat` of the blob it is stored in (throughput)
 
 and prints the median of --repeat runs, the ratios (mount / client time; mount / zcat throughput) and the
-daemon's peak RSS. Goals: the mount is no slower than the client in-process, data.pickle reads at >= 50% of
-zcat's throughput.
+mount's peak RSS (daemon and readahead worker). Goals: the mount is no slower than the client in-process,
+data.pickle reads at >= 50% of zcat's throughput.
 """
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def timed_shell(command: str, cwd: Path) -> Tuple[float, float]:
 
 
 def timed_mount(command: str, mount) -> Tuple[float, float]:
-    """(wall seconds, CPU seconds of the command plus the mount daemon)"""
+    """(wall seconds, CPU seconds of the command plus the mount's processes: daemon and readahead worker)"""
     daemon_cpu = mount.stats()["cpu_seconds"]
     wall, cpu = timed_shell(command, mount.path)
     return wall, cpu + mount.stats()["cpu_seconds"] - daemon_cpu
@@ -213,8 +213,8 @@ def main() -> None:
     print("%-26s %8.0f %8.0f %6.2f   %8.0f %8.0f %6.2f" % (
         "big/data.pickle vs zcat", mb / wall["pickle"], mb / wall["zcat"], wall["zcat"] / wall["pickle"],
         mb / cpu["pickle"], mb / cpu["zcat"], cpu["zcat"] / cpu["pickle"]))
-    print("daemon peak RSS: %.0f MB during the timed runs; %.0f MB after ls -lR of the run and cat of every body "
-          "task's repr.txt files; %.0f MB after also rendering big/repr.txt"
+    print("mount peak RSS (daemon + readahead worker): %.0f MB during the timed runs; %.0f MB after ls -lR of the "
+          "run and cat of every body task's repr.txt files; %.0f MB after also rendering big/repr.txt"
           % (peak_rss_kb / 1024, walk_rss_kb / 1024, big_repr_rss_kb / 1024))
 
 
