@@ -59,11 +59,13 @@ class Readahead:
         self._pending: Dict[str, threading.Event] = {}
         self._ready = threading.Event()
         self._alive = True
+        # the worker imports this copy of mffs and client, wherever the daemon was started from
+        python_path = os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))
         self._worker = subprocess.Popen(
             [sys.executable, "-m", "mffs.readahead", json.dumps(tree.worker_settings())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))),
+            env=dict(os.environ, PYTHONPATH=python_path),
             start_new_session=True,  # a Ctrl-C of a foreground mount is the daemon's to handle
         )
         threading.Thread(target=self._receive, name="mffs-readahead", daemon=True).start()
