@@ -7,6 +7,7 @@ layer; objects read lazily, so iterating a step of 1000 tasks costs one listing 
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -440,9 +441,10 @@ class DataArtifact(MetaflowObject):
         return info.get("size", 0)
 
     # -- for the filesystem view: raw bytes without unpickling ---------------------------------------------------
-    @property
+    @functools.cached_property
     def blob_size(self) -> int:
-        """Length of the serialized (pickle) bytes, known without reading the blob."""
+        """Length of the serialized (pickle) bytes, known without reading the blob (kept: a blob never changes,
+        and the mount asks once per file of the artifact's directory)."""
         stored = self._datastore().stored_blob_size(self.sha)
         if stored is not None:
             return stored
