@@ -116,16 +116,18 @@ class Readahead:
             self._worker.wait()
 
     def usage(self) -> Dict[str, Any]:
-        """The worker's CPU seconds and peak RSS (from /proc; zeros once it has exited)."""
+        """The worker's pid, CPU seconds and peak RSS (from /proc; zeros once it has exited)."""
+        usage = {"pid": self._worker.pid, "cpu_seconds": 0.0, "max_rss_kb": 0}
         try:
             with open("/proc/%d/stat" % self._worker.pid) as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
             with open("/proc/%d/status" % self._worker.pid) as handle:
                 peak = next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:"))
         except (OSError, StopIteration, IndexError, ValueError):
-            return {"cpu_seconds": 0.0, "max_rss_kb": 0}
-        ticks = os.sysconf("SC_CLK_TCK")
-        return {"cpu_seconds": round((int(fields[11]) + int(fields[12])) / ticks, 3), "max_rss_kb": peak}
+            return usage
+        usage["cpu_seconds"] = round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 3)
+        usage["max_rss_kb"] = peak
+        return usage
 
     def _send(self, text: str) -> None:
         try:

@@ -1027,9 +1027,9 @@ class Tree:
             self._readahead.close()
 
     def readahead_usage(self) -> Dict[str, Any]:
-        """CPU seconds and peak RSS of the readahead worker (zeros without one)."""
+        """pid, CPU seconds and peak RSS of the readahead worker (None and zeros without one)."""
         if self._readahead is None:
-            return {"cpu_seconds": 0.0, "max_rss_kb": 0}
+            return {"pid": None, "cpu_seconds": 0.0, "max_rss_kb": 0}
         return self._readahead.usage()
 
     def worker_settings(self) -> Dict[str, Any]:

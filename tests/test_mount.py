@@ -319,6 +319,32 @@ def test_sigterm_unmounts_cleanly(client_env, tmp_path):
         assert not is_mounted(mount.path)
 
 
+def _ended(pid: int, timeout: float) -> bool:
+    """Whether process `pid` is gone (or a zombie: an orphan's reaper may be slow) within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open("/proc/%d/stat" % pid) as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def test_the_readahead_worker_ends_with_the_daemon(client_env, tmp_path):
+    with mounted(tmp_path / "a", "--datastore-root", str(client_env)) as mount:
+        worker = mount.stats()["readahead_worker"]["pid"]
+        assert terminate(mount, signal.SIGTERM) == 0
+        assert _ended(worker, 0)  # the daemon ended it before exiting
+    with mounted(tmp_path / "b", "--datastore-root", str(client_env)) as mount:
+        worker = mount.stats()["readahead_worker"]["pid"]
+        assert terminate(mount, signal.SIGKILL) == -signal.SIGKILL
+        assert _ended(worker, 10)  # its requests pipe closed with the daemon
+
+
 def test_background_mount_returns_when_ready_and_umount(client_env, tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
