@@ -24,8 +24,8 @@ def tasks(mf, manifest) -> List[str]:
     return paths
 
 
-def reading_ahead(window: int) -> Iterator[Tree]:
-    tree = Tree(client, readahead=window)
+def reading_ahead(window: int, **settings) -> Iterator[Tree]:
+    tree = Tree(client, readahead=window, **settings)
     try:
         assert tree._readahead.wait_ready(30)
         yield tree
@@ -85,3 +85,20 @@ def test_the_walk_stops_waiting_for_a_stalled_worker(client_env, tasks, monkeypa
         assert time.monotonic() - started < readahead.WAIT_SECONDS  # no second wait
         assert "did not answer" in caplog.text
         os.kill(tree._readahead._worker.pid, signal.SIGCONT)
+
+
+def test_the_worker_builds_the_tree_the_daemon_has(client_env, tasks, manifest):
+    """A run mounted at the root, trusted pickles (their exports differ), every namespace: the worker's listings
+    are the daemon's."""
+    run = manifest["runs"]["kitchen"]["pathspec"]
+    settings = dict(pathspec=run, namespace=None, trust_pickles=True)
+    local = [path[len(run) + 1:] for path in tasks]
+    plain = Tree(client, **settings)
+    for tree in reading_ahead(window=1, **settings):
+        tree.list(os.path.dirname(local[0]))
+        tree.list(local[0])
+        assert tree.listing(local[1]) == (True, plain.list(local[1]))
+        assert tree._cached(local[1]).listing is None
+        for entry in plain.list(local[1]):
+            if entry.kind == DIR:
+                assert tree.listing(entry.path) == (True, plain.list(entry.path))
