@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mffs")
 
 WAIT_SECONDS = 5.0
+#: the directory holding the mffs and client packages the daemon runs
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LENGTH = struct.Struct("<I")
 _Listing = Tuple[str, List[Tuple[str, str, Optional[tuple]]]]  # directory path, [(name, kind, stat fields)]
 
@@ -75,9 +77,11 @@ class Readahead:
         from .tree import StepDir
 
         step = self.tree._cached(posixpath.dirname(task_path))
-        if not isinstance(step, StepDir) or not step.stable or not self._alive:
+        if not isinstance(step, StepDir) or not step.stable:
             return
         with self._lock:
+            if not self._alive:  # checked with the lock held: `_stop` releases only the waits it sees
+                return
             paths = step.tasks_after(task_path, self.window)
             for path in paths:
                 self._pending[path] = threading.Event()
@@ -168,9 +172,6 @@ class Readahead:
             log.warning("%s; walks list tasks themselves from now on", reason)
         for event in pending.values():
             event.set()
-
-
-_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _read_frame(stream: IO[bytes]) -> Optional[bytes]:
