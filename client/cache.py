@@ -175,6 +175,9 @@ class CachingProvider(MetadataProvider):
         )
 
     def task_metadata_field(self, flow: str, run: str, step: str, task: str, field_name: str) -> List[dict]:
+        """The events of one field (see MetadataProvider.reads_single_fields)."""
+        if not self.source.reads_single_fields:
+            return [e for e in self.task_metadata(flow, run, step, task) if e["field_name"] == field_name]
         key = (flow, run, step, task)
         return self._get(
             ("metadata",) + key + (field_name,),

@@ -400,3 +400,17 @@ def test_concurrent_callers_share_the_pool(service_env, replay_service):
         shas = list(pool.map(lambda t: p.artifact("RecShapesFlow", "1", "inner", t, "cell")["sha"], tasks * 10))
     assert shas == [expected[t] for t in tasks * 10]
     assert replay_service.connections <= 8
+
+
+def test_a_tasks_metadata_fields_cost_one_request(service_env, replay_service):
+    """The client asks a task for one metadata field at a time (its attempt, index, logs, code, neighbours); from
+    a service, which answers every field in one request, they all come from that one answer, kept."""
+    import client
+
+    client.metadata("service@" + replay_service.url)
+    client.namespace(None)
+    task = client.Task("RecShapesFlow/1/inner/10")
+    fields = [(task.current_attempt, task.index, task.code, task.stdout_size, list(task.parent_task_pathspecs))
+              for _ in range(2)]
+    assert fields[0] == fields[1] and fields[0][4]  # (values checked against Metaflow's in test_service_walk)
+    assert replay_service.counts[("GET", "/flows/RecShapesFlow/runs/1/steps/inner/tasks/10/metadata")] == 1

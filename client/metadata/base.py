@@ -95,9 +95,10 @@ class MetadataProvider(ABC):
     def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
         """Every metadata event of every attempt."""
 
-    def task_metadata_field(self, flow: str, run: str, step: str, task: str, field_name: str) -> List[dict]:
-        """The events of one field (providers that can read just those override this)."""
-        return [e for e in self.task_metadata(flow, run, step, task) if e["field_name"] == field_name]
+    #: True for a provider whose `task_metadata_field(flow, run, step, task, field_name)` reads less than
+    #: `task_metadata` (local: only that field's files). For any other, the caching provider filters the full list,
+    #: which it fetches once (a service answers every field in one request).
+    reads_single_fields = False
 
     @abstractmethod
     def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:

@@ -43,6 +43,7 @@ def _self_record(path: str) -> Optional[dict]:
 
 class LocalMetadataProvider(MetadataProvider):
     TYPE = "local"
+    reads_single_fields = True
 
     def __init__(self, root: Optional[str], ttl: Optional[float] = None):
         #: the `.metaflow` directory, or None when none was found (then nothing exists)
@@ -180,6 +181,7 @@ class LocalMetadataProvider(MetadataProvider):
         return self._events(flow, run, step, task, [n for n in names if n.startswith("sysmeta_")])
 
     def task_metadata_field(self, flow: str, run: str, step: str, task: str, field_name: str) -> List[dict]:
+        """The events of one field."""
         # File names are sysmeta_<field>_<ms>.json: only those are read (a name whose rest is not just digits
         # belongs to a longer field, e.g. attempt_ok for attempt).
         prefix = "sysmeta_%s_" % field_name
