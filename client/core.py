@@ -742,18 +742,21 @@ class Task(MetaflowObject):
         return "%s/%s" % (parent, origin_task[0]) if origin_task else None
 
     # -- logs ------------------------------------------------------------------------------------------------
-    def _log_location(self, meta: Dict[str, Any]) -> Optional[Tuple[FlowDatastore, int]]:
-        ds_type, ds_root = meta.get("ds-type"), meta.get("ds-root")
+    def _log_location(self, meta: Optional[Dict[str, Any]] = None) -> Optional[Tuple[FlowDatastore, int]]:
+        """(datastore, attempt) of the task's logs, from `meta` (a metadata_dict) or else from the three fields
+        needed (a task has about twenty)."""
+        field = meta.get if meta is not None else self._latest_field
+        ds_type, ds_root = field("ds-type"), field("ds-root")
         if ds_type is None or ds_root is None:
             return None
-        attempt = self._attempt if self._attempt is not None else int(meta.get("attempt", 0))
+        attempt = self._attempt if self._attempt is not None else int(field("attempt", 0))
         return FlowDatastore.at(ds_root, self._components[0]), attempt
 
     def loglines(self, stream: str, as_unicode: bool = True, meta_dict: Optional[Dict[str, Any]] = None) -> Iterator[
         Tuple[Optional[datetime], Any]
     ]:
         """(UTC timestamp, line) for every line of 'stdout' or 'stderr' of the task's current attempt."""
-        location = self._log_location(meta_dict if meta_dict is not None else self.metadata_dict)
+        location = self._log_location(meta_dict)
         if location is None:
             yield None, ""
             return
@@ -775,7 +778,7 @@ class Task(MetaflowObject):
         return self._log_text("stderr")
 
     def _log_size(self, stream: str) -> int:
-        location = self._log_location(self.metadata_dict)
+        location = self._log_location()
         if location is None:
             return 0
         ds, attempt = location
@@ -793,7 +796,7 @@ class Task(MetaflowObject):
     @property
     def code(self) -> Optional[MetaflowCode]:
         if "_code" not in self.__dict__:
-            package = self.metadata_dict.get("code-package")
+            package = self._latest_field("code-package")
             self.__dict__["_code"] = MetaflowCode(self._components[0], package) if package else None
         return self.__dict__["_code"]
 
@@ -828,7 +831,7 @@ class Task(MetaflowObject):
         step = self._components[2]
         graph = self["_graph_info"].data
         steps = _previous_steps(graph, step)
-        path = self.metadata_dict.get("foreach-execution-path")
+        path = self._latest_field("foreach-execution-path")
         if len(steps) > 1:
             pattern = path or ".*"
         elif not steps:
@@ -847,7 +850,7 @@ class Task(MetaflowObject):
         step = self._components[2]
         graph = self["_graph_info"].data
         steps = graph["steps"][step]["next"]
-        path = self.metadata_dict.get("foreach-execution-path")
+        path = self._latest_field("foreach-execution-path")
         if len(steps) > 1:
             pattern = path or ".*"
         elif not steps:
