@@ -61,6 +61,7 @@ class Readahead:
         self._pending: Dict[str, threading.Event] = {}
         self._ready = threading.Event()
         self._alive = True
+        self._walk_reads_tasks = False
         # the worker imports this copy of mffs and client, wherever the daemon was started from
         python_path = os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))
         self._worker = subprocess.Popen(
@@ -72,10 +73,22 @@ class Readahead:
         )
         threading.Thread(target=self._receive, name="mffs-readahead", daemon=True).start()
 
+    def note_lookup_in_task(self) -> None:
+        """A name inside a task directory was looked up (a file stat'ed or opened, a directory entered without its
+        attributes from a listing)."""
+        self._walk_reads_tasks = True
+
     def after(self, task_path: str) -> None:
-        """`task_path`, a task directory, was just listed by a walk."""
+        """`task_path`, a task directory, was just listed by a walk. Reads the next tasks ahead unless the walk
+        looked up names inside tasks since the last call: a walk that stats or reads files (`grep -r`, `ls -lR`)
+        makes the daemon build every task's nodes anyway, and the worker's listings would only repeat that work
+        and take CPU from it (`grep -r` over 1000 tasks took 4-12% longer with them, in three interleaved
+        series). `find`, whose directories come with their attributes in the listings, looks up nothing."""
         from .tree import StepDir
 
+        if self._walk_reads_tasks:
+            self._walk_reads_tasks = False
+            return
         step = self.tree._cached(posixpath.dirname(task_path))
         if not isinstance(step, StepDir) or not step.stable:
             return

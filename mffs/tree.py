@@ -1014,8 +1014,8 @@ class Tree:
             render_threshold=render_threshold, step_json_eager_tasks=step_json_eager_tasks, repr_limit=repr_limit,
             trust_pickles=trust_pickles,
         )
-        self.lookup("/")  # fail now on an unknown pathspec
         self._readahead: Optional[Readahead] = None
+        self.lookup("/")  # fail now on an unknown pathspec
         if readahead > 0:
             from . import readahead as readahead_module  # which imports this module
 
@@ -1147,6 +1147,8 @@ class Tree:
             if not isinstance(parent, Dir):
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
             node = parent.child(name)
+            if self._readahead is not None and isinstance(parent, TaskDir):
+                self._readahead.note_lookup_in_task()
         self._remember(node)
         return node
 

@@ -58,6 +58,19 @@ def test_the_worker_lists_the_next_task_as_the_walk_would(tree, client_env, task
     assert tree.list(tasks[1]) == plain.list(tasks[1])
 
 
+def test_no_reading_ahead_while_the_walk_looks_into_tasks(tree, client_env, tasks):
+    """A walk that stats files inside the tasks (ls -lR, grep -r) builds their nodes in the daemon anyway: the
+    worker would only repeat that work. A walk that only lists (find) gets the next tasks read ahead."""
+    assert len(tasks) >= 4
+    tree.list(os.path.dirname(tasks[0]))
+    tree.list(tasks[0])  # asks for tasks[1]
+    tree.stat(tasks[0] + "/task.json")
+    assert tree.listing(tasks[1])[0] and tree._cached(tasks[1]).listing is None  # from the worker
+    assert tree._readahead.listing(tasks[2]) is None  # not asked for: the walk looked into tasks[0]
+    tree.list(tasks[2])  # built here; nothing looked up since tasks[1]: reading ahead again
+    assert tree.listing(tasks[3])[0] and tree._cached(tasks[3]).listing is None
+
+
 def test_the_walk_goes_on_when_the_worker_dies(tree, client_env, tasks, caplog):
     plain = Tree(client)
     tree.list(os.path.dirname(tasks[0]))
