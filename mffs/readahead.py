@@ -4,7 +4,9 @@ A walk (`find`, `grep -r`, `ls -R`) lists a step's tasks one after the other, an
 artifact directories) reads about ten small files through the client and builds their nodes. When a walk lists a
 task directory of a finished step, `Readahead.after` sends the `window` tasks after it in the step's listing to a
 worker process, which lists each with its subdirectories in its own Tree and sends the listings back; the walk
-then finds them ready, or waits for one being built rather than build it twice.
+then finds them ready, or waits for one being built rather than build it twice. Only a walk that just lists
+gets this: one that also looks into the tasks (`grep -r`, `ls -lR`) has the daemon build their nodes anyway
+(see `after`).
 
 Why a process and not a thread: the tree work is Python, so a thread only moves it from one holder of the GIL to
 another, and the walk's FUSE callbacks wait for the GIL instead of for reads. In a process it runs on another core
