@@ -88,6 +88,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
+import orjson
+
 from client import unpickle
 from client.unpickle import UntrustedObject
 
@@ -306,6 +308,10 @@ def _render_json(value: Any) -> bytes:
     if not _is_json_kind(value):
         raise _wrong_kind("value.json", value, "data (containers, numbers, text, times, numpy scalars)")
     document = _JsonConverter().convert(value)
+    try:  # json.dumps with an indent runs its pure-Python encoder: orjson writes the same layout 5-10x faster
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # integers beyond 64 bits, lone surrogates: json writes them
+        pass
     try:
         return (json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: ASCII escapes are valid JSON for them
@@ -325,6 +331,10 @@ _RENDERERS: Dict[str, Callable[[Any], bytes]] = {
 
 
 # --- value.json conversion (rules in the module docstring) --------------------------------------------------------
+
+
+#: types whose values are already JSON, exactly (not subclasses, and not float: NaN and infinities are not)
+_JSON_ATOMS = frozenset((str, int, bool, type(None)))
 
 
 class _JsonConverter:
@@ -353,6 +363,8 @@ class _JsonConverter:
         if isinstance(value, Mapping):
             return self._container(value, lambda: self._mapping(value))
         if isinstance(value, (list, tuple, deque)):
+            if all(type(item) in _JSON_ATOMS for item in value):  # the common list of plain values, at C speed
+                return list(value)
             return self._container(value, lambda: [self.convert(item) for item in value])
         if isinstance(value, (set, frozenset)):
             return self._container(value, lambda: _sorted_set([self.convert(item) for item in value]))

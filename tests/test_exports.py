@@ -345,6 +345,8 @@ def test_json_of_top_level_scalars_and_text() -> None:
     assert json.loads(render_export("value.json", dt.timedelta(minutes=1))) == 60.0
     # Lone surrogates cannot be UTF-8: the file falls back to ASCII escapes, which decode to the same string.
     assert json.loads(render_export("value.json", ["\udcff"])) == ["\udcff"]
+    # Integers beyond 64 bits are JSON too (orjson refuses them; json writes them)
+    assert json.loads(render_export("value.json", {"big": [2**70, -(2**64)]})) == {"big": [2**70, -(2**64)]}
 
 
 def test_json_output_does_not_depend_on_hash_seeds() -> None:
