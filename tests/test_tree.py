@@ -1,6 +1,7 @@
 """The path tree (mffs.tree) without FUSE, over the standard datastore, checked against Metaflow's own client."""
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import hashlib
 import io
@@ -410,3 +411,15 @@ def test_attempts_directory_lists_every_started_attempt(tree, mf, manifest):
             last = "%s/%d" % (attempts, task.current_attempt)
             assert names(tree, last)[:4] == ["task.json", "metadata.json", "stdout.log", "stderr.log"]
             assert "attempts" not in names(tree, last) and "cards" not in names(tree, last)
+
+
+@pytest.mark.parametrize("record, same_text", [
+    ({"pathspec": "F/1", "tags": ["a", "ü"], "n": 3, "x": 0.1, "none": None, "ok": True, "empty": []}, True),
+    ({"beyond_64_bits": 2**70}, True),  # orjson refuses it: json writes it
+    ({"bytes": b"\x00", "set": {1}, "when": dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)}, True),  # repr()
+    ({"small": 1.5e-05}, False),  # orjson writes 0.000015, json 1.5e-05: the same number
+])
+def test_json_records_are_written_as_json_dumps_writes_them(record, same_text):
+    expected = json.dumps(record, indent=2, ensure_ascii=False, default=repr) + "\n"
+    assert json.loads(render.json_bytes(record)) == json.loads(expected)
+    assert (render.json_bytes(record) == expected.encode("utf-8")) is same_text
