@@ -50,9 +50,7 @@ def _json_fallback(value: Any) -> str:
 
 #: orjson writes what json.dumps(indent=2, ensure_ascii=False) writes, and leaves datetimes and dataclasses to
 #: `default` as json does
-_ORJSON_OPTIONS = (
-    orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-)
+_ORJSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def indented_json(document: Any, default: Optional[Callable[[Any], Any]] = None) -> Optional[bytes]:
@@ -61,9 +59,12 @@ def indented_json(document: Any, default: Optional[Callable[[Any], Any]] = None)
     the same number). None for what orjson refuses (integers beyond 64 bits, lone surrogates), which the caller
     then writes with json."""
     try:
-        return orjson.dumps(document, default=default, option=_ORJSON_OPTIONS)
+        text = orjson.dumps(document, default=default, option=_ORJSON_OPTIONS)
     except TypeError:
         return None
+    # a new bytes object of its own size: orjson's keeps the buffer it grew (8 KB for a 500-byte record), and
+    # rendered files are cached by their length
+    return text + b"\n"
 
 
 def json_bytes(record: Any) -> bytes:

@@ -423,3 +423,17 @@ def test_json_records_are_written_as_json_dumps_writes_them(record, same_text):
     expected = json.dumps(record, indent=2, ensure_ascii=False, default=repr) + "\n"
     assert json.loads(render.json_bytes(record)) == json.loads(expected)
     assert (render.json_bytes(record) == expected.encode("utf-8")) is same_text
+
+
+def test_json_records_hold_no_more_memory_than_their_bytes():
+    """Rendered files are cached by their length: the bytes must not keep a larger buffer (orjson's output does)."""
+    import tracemalloc
+
+    record = {"pathspec": "F/1/s/2", "values": list(range(50)), "text": "x" * 100}
+    tracemalloc.start()
+    try:
+        kept = [render.json_bytes(record) for _ in range(1000)]
+        traced = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert traced < 2 * sum(len(data) for data in kept)
