@@ -71,6 +71,17 @@ def test_no_reading_ahead_while_the_walk_looks_into_tasks(tree, client_env, task
     assert tree.listing(tasks[3])[0] and tree._cached(tasks[3]).listing is None
 
 
+def test_only_a_task_listing_answers_whether_the_walk_looked_into_tasks(tree, client_env, tasks):
+    """Listings of a task's own directories, handed out between two task listings, leave the signal alone."""
+    tree.list(os.path.dirname(tasks[0]))
+    tree.list(tasks[0])  # asks for tasks[1]
+    subdirectories = [entry.path for entry in tree.list(tasks[1]) if entry.kind == DIR]  # asks for tasks[2]
+    tree.stat(tasks[1] + "/task.json")
+    assert tree.listing(subdirectories[0])[0] and tree._cached(subdirectories[0]) is None  # from the worker
+    assert tree.listing(tasks[2])[0] and tree._cached(tasks[2]).listing is None
+    assert tree._readahead.listing(tasks[3]) is None  # not asked for: the walk looked into tasks[1]
+
+
 def test_the_walk_goes_on_when_the_worker_dies(tree, client_env, tasks, caplog):
     plain = Tree(client)
     tree.list(os.path.dirname(tasks[0]))
