@@ -30,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import gc
 import itertools
 import json
 import logging
@@ -43,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from cachetools import LRUCache
 
-from .tree import CONTROL_DIR, DIR, FILE, LINK, Reader, Stat, Tree
+from .tree import CONTROL_DIR, DIR, FILE, LINK, Reader, Stat, Tree, collect_garbage_for_caches
 
 if "FUSE_LIBRARY_NAME" not in os.environ and "FUSE_LIBRARY_PATH" not in os.environ and find_library("fuse3"):
     # mfusepy prefers libfuse2 when both are installed. The mount needs libfuse3: its readdirplus, its
@@ -461,11 +460,7 @@ def mount(
     # numpy, imported to render an array, would start OpenBLAS worker threads that spin after each wake-up; the
     # daemon does no linear algebra, and on a small machine they take a core from the FUSE threads.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    # The caches fill with tens of thousands of long-lived nodes and records while a walk runs, and CPython's
-    # default thresholds (a collection every 700 allocations) scan them over and over: `find` over a 1000-task
-    # run takes about 10% less time with these. freeze() takes what start-up made out of the collector's view.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    collect_garbage_for_caches()
     operations = MffsOperations(tree, refresh)
     options: Dict[str, Any] = {
         "fsname": "mffs",

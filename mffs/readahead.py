@@ -34,14 +34,11 @@ import struct
 import subprocess
 import sys
 import threading
-from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 from cachetools import LRUCache
 
-from .tree import DIR, Dir, Entry, Stat, StepDir, join
-
-if TYPE_CHECKING:
-    from .tree import Tree
+from .tree import DIR, Dir, Entry, Stat, StepDir, Tree, collect_garbage_for_caches, join
 
 log = logging.getLogger("mffs")
 
@@ -57,7 +54,7 @@ class Readahead:
     them (a listing is handed out once: the front end keeps what it serves again; at most `max_listings`
     directories are kept, the least recently received dropped first, for walks that stop)."""
 
-    def __init__(self, tree: "Tree", window: int, max_listings: int = 20_000):
+    def __init__(self, tree: Tree, window: int, max_listings: int = 20_000):
         self.tree, self.window = tree, window
         self._lock = threading.Lock()
         self._listings: LRUCache = LRUCache(maxsize=max_listings)
@@ -203,7 +200,7 @@ def _write_frame(stream: IO[bytes], value: Any) -> None:
     stream.flush()
 
 
-def _task_listings(tree: "Tree", task_path: str) -> List[_Listing]:
+def _task_listings(tree: Tree, task_path: str) -> List[_Listing]:
     """The listings of a task directory and of the directories in it, as sent to the daemon; only stable ones."""
     listings: List[_Listing] = []
     try:
@@ -229,16 +226,11 @@ def _task_listings(tree: "Tree", task_path: str) -> List[_Listing]:
 
 def main(argv: List[str]) -> None:
     """The worker: `python -m mffs.readahead SETTINGS_JSON` (started by Readahead)."""
-    import gc
-
-    from .tree import Tree
-
     logging.basicConfig(format="%(asctime)s %(name)s readahead %(levelname)s %(message)s")
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints go to the log, not into the frames
     tree = Tree.from_worker_settings(json.loads(argv[0]))
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)  # as in the daemon: the caches hold many long-lived objects
+    collect_garbage_for_caches()
     _write_frame(out, (None, []))
     for line in sys.stdin.buffer:
         task_path = line.rstrip(b"\n").decode("utf-8", "surrogateescape")

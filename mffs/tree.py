@@ -43,6 +43,7 @@ with EIO when opened, so listing its directory still works.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import posixpath
@@ -968,6 +969,15 @@ class ControlDir(Dir):
 
 
 _KEEP_NAMESPACE = object()
+
+
+def collect_garbage_for_caches() -> None:
+    """Garbage collection for a process whose Tree caches fill with tens of thousands of long-lived nodes and
+    records while a walk runs: CPython's default thresholds (a collection every 700 allocations) scan them over and
+    over (`find` over a 1000-task run takes about 10% less time with these). freeze() takes what start-up made out
+    of the collector's view. Called once a process has started up (the daemon, the readahead worker)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 class Tree:
