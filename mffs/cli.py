@@ -341,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mount_parser.add_argument(
         "--readahead", type=_count(0), default=32, metavar="TASKS",
-        help="when a walk (find, grep -r, ls -R) lists a task of a finished run, list this many tasks after it in "
-        "a worker process (0: off, and no worker; default 32)",
+        help="when a walk that only lists (find, ls -R) lists a task of a finished run, list this many tasks after "
+        "it in a worker process (0: off, and no worker; default 32)",
     )
     mount_parser.add_argument(
         "--threads", type=_count(1), default=DEFAULT_THREADS, metavar="N",
