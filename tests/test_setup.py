@@ -96,4 +96,4 @@ def test_nothing_is_installed_when_everything_is_there(sandbox: Path) -> None:
     (sandbox / "bin" / "fusermount3").symlink_to(fusermount)
     result = run_setup(sandbox)
     assert result.returncode == 0, result.stderr
-    assert recorded(sandbox) == []
+    assert recorded(sandbox) == [], result.stderr  # stderr names what it found missing
