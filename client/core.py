@@ -125,6 +125,17 @@ def _current_provider() -> CachingProvider:
     return _provider  # type: ignore[return-value]
 
 
+def current_context() -> Tuple[Optional[str], CachingProvider]:
+    """The namespace and metadata provider in effect, to put back later with `restore_context`: for a process that
+    serves several datastores in turn (mffs's fsspec filesystems), each keeping its provider and caches."""
+    return get_namespace(), _current_provider()
+
+
+def restore_context(context: Tuple[Optional[str], CachingProvider]) -> None:
+    global _namespace, _provider
+    _namespace, _provider = context
+
+
 def _created_at(record: dict) -> "datetime":
     from datetime import datetime
 

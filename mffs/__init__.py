@@ -3,6 +3,9 @@
 mffs.render  how objects become bytes (JSON records, repr.txt, logs)
 mffs.exports typed exports of artifact values (value.json/.txt/.bin/.npy/.csv/.parquet/.png, IncludeFile content)
 mffs.tree    path -> node tree over the `client` object model, with caching; no FUSE import
+mffs.readahead  the worker process that lists the next tasks of a walk
 mffs.fuse_ops  the thin mfusepy adapter and kernel-cache policy
-mffs.cli     `mffs mount | umount | ls | cat`
+mffs.filesystem  the same tree as an fsspec filesystem (mffs://)
+mffs.source  which datastore and namespace a tree shows (CLI, fstab form, fsspec)
+mffs.cli     `mffs mount | umount | ls | cat`; mffs.fstab  `mount -t fuse.mffs SOURCE MOUNTPOINT -o OPTIONS`
 """

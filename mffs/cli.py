@@ -21,7 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
+
+from . import fstab
 
 log = logging.getLogger("mffs")
 
@@ -100,45 +102,16 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _select_datastore(args: argparse.Namespace, client_module) -> None:
-    if args.metadata:
-        client_module.metadata(args.metadata)
-        return
-    if args.datastore_root:
-        root = os.path.abspath(os.path.expanduser(args.datastore_root))
-        parent = os.path.dirname(root) if os.path.basename(root) == ".metaflow" else root
-        if not os.path.isdir(os.path.join(parent, ".metaflow")):
-            raise CliError("no datastore found: %s has no .metaflow directory" % parent)
-        os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = parent
-        client_module.metadata("local@" + parent)
-        return
-    provider = client_module.get_metadata()
-    kind, _, info = provider.partition("@")
-    if kind == "local" and not os.path.isdir(os.path.join(info, ".metaflow")):
-        raise CliError(
-            "no datastore found: no .metaflow directory at %s (use --datastore-root DIR or --metadata SPEC)" % info
-        )
-
-
 def _build_tree(args: argparse.Namespace, pathspec: Optional[str] = None):
     import client as client_module
 
+    from . import source
     from .tree import Tree
 
-    _select_datastore(args, client_module)
-    namespace_kwargs = {}
-    if args.all_namespaces:
-        namespace_kwargs["namespace"] = None
-    elif args.namespace:
-        namespace_kwargs["namespace"] = args.namespace
-    else:
-        try:  # the default namespace is the user's: find out now, not at the first listing
-            client_module.get_namespace()
-        except client_module.MetaflowUnknownUser as exc:
-            raise CliError(
-                "cannot tell whose runs to show (no user name: running as root?); set METAFLOW_USER, or pass "
-                "--namespace NS or --all-namespaces"
-            ) from exc
+    try:
+        namespace_kwargs = source.select(args.datastore_root, args.metadata, args.namespace, args.all_namespaces)
+    except source.SourceError as exc:
+        raise CliError(str(exc)) from exc
     try:
         return Tree(
             client_module,
@@ -377,9 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _commands(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
+    return next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    commands = _commands(parser)
+    if fstab.is_fstab_form(argv, list(commands)):  # mount.fuse3 runs `mffs SOURCE MOUNTPOINT -o OPTIONS`
+        try:
+            argv, environment = fstab.mount_arguments(argv, commands["mount"])
+        except ValueError as exc:
+            print("mffs: %s" % exc, file=sys.stderr)
+            return 2
+        os.environ.update(environment)
+    args = parser.parse_args(argv)
     try:
         args.handler(args, argv)
     except CliError as exc:

@@ -34,10 +34,12 @@ Formats
     UTF-8. Its name has no extension because the stored type does not say whether the file was text or binary.
   * value.npy: `numpy.save` format, readable by `numpy.load(path)`. Object-dtype arrays embed a pickle, as numpy
     writes them, and need `numpy.load(path, allow_pickle=True)`.
-  * value.csv: `DataFrame.to_csv` with the index as the first column (the index name, if any, heads it), so
-    `pandas.read_csv(path, index_col=0)` gives the frame back for typical frames (one-level index and columns;
-    dtypes are re-inferred). A Series is written as a one-column frame headed by its name (`0` when unnamed):
-    `pandas.read_csv(path, index_col=0).squeeze("columns")` gives it back.
+  * value.csv: `DataFrame.to_csv`. A frame with the default index (an unnamed RangeIndex 0, 1, 2, ...) is written
+    without it, so `pandas.read_csv(path)` and DuckDB read the frame back as it is; any other index is written as
+    the first column(s), headed by its name if it has one, and `pandas.read_csv(path, index_col=0)` gives it back
+    (one-level index and columns; dtypes are re-inferred). A Series is written as a one-column frame headed by its
+    name (`0` when unnamed), by the same rule: `pandas.read_csv(path).squeeze("columns")` (or with `index_col=0`
+    for a non-default index) gives it back.
   * value.parquet: `DataFrame.to_parquet` with pyarrow, index included, so `pandas.read_parquet(path)` gives the
     frame back with dtypes and index. Parquet needs string column names: other names are written as `str(name)`.
     A Series is written as `series.to_frame()`.
@@ -267,7 +269,16 @@ def _as_frame(name: str, value: Any) -> Any:
 
 
 def _render_csv(value: Any) -> bytes:
-    return _as_frame("value.csv", value).to_csv(index=True).encode("utf-8")
+    frame = _as_frame("value.csv", value)
+    return frame.to_csv(index=not _is_default_index(frame.index)).encode("utf-8")
+
+
+def _is_default_index(index: Any) -> bool:
+    """A RangeIndex 0, 1, 2, ... with no name: what `read_csv` makes again by itself."""
+    import pandas
+
+    return (isinstance(index, pandas.RangeIndex) and index.name is None and index.start == 0
+            and index.step == 1)
 
 
 def _render_parquet(value: Any) -> bytes:

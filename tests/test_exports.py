@@ -159,11 +159,30 @@ def test_csv_round_trips_a_frame_through_read_csv(tmp_path: Path) -> None:
     pandas.testing.assert_frame_equal(pandas.read_csv(path, index_col=0), frame)
 
 
-def test_csv_round_trips_a_default_index_and_a_named_series(tmp_path: Path) -> None:
+def test_csv_of_a_default_index_reads_back_with_default_arguments(tmp_path: Path) -> None:
     frame = typed_frame().reset_index(drop=True)
     path = tmp_path / "value.csv"
     path.write_bytes(render_export("value.csv", frame))
-    pandas.testing.assert_frame_equal(pandas.read_csv(path, index_col=0), frame)
+    assert path.read_text().splitlines()[0] == ",".join(frame.columns)  # no unnamed index column
+    pandas.testing.assert_frame_equal(pandas.read_csv(path), frame)
+    series = pandas.Series([1.5, 2.5, 4.0], name="score")
+    path.write_bytes(render_export("value.csv", series))
+    pandas.testing.assert_series_equal(pandas.read_csv(path).squeeze("columns"), series)
+
+
+@pytest.mark.parametrize("index", [pandas.RangeIndex(1, 4), pandas.RangeIndex(0, 6, 2),
+                                   pandas.RangeIndex(0, 3, name="row"), pandas.Index([2, 1, 0])])
+def test_csv_keeps_any_other_index_as_a_column(tmp_path: Path, index) -> None:
+    frame = typed_frame().set_axis(index)
+    path = tmp_path / "value.csv"
+    path.write_bytes(render_export("value.csv", frame))
+    read = pandas.read_csv(path, index_col=0)
+    pandas.testing.assert_frame_equal(read, frame, check_index_type=False)
+    assert list(read.index) == list(index) and read.index.name == index.name
+
+
+def test_csv_round_trips_a_named_series_with_its_index(tmp_path: Path) -> None:
+    path = tmp_path / "value.csv"
 
     series = pandas.Series([1.5, 2.5], index=pandas.Index(["x", "y"], name="key"), name="score")
     path.write_bytes(render_export("value.csv", series))
