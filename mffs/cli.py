@@ -15,6 +15,7 @@ import ctypes.util
 import datetime as dt
 import hashlib
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -53,6 +54,21 @@ def _count(minimum: int):
     return parse
 
 
+def _amount(minimum: float = 0.0, *, above: bool = False):
+    """An argparse type: a finite float of at least `minimum` (greater than it when `above`)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError("must be a finite number")
+        if value < minimum or (above and value == minimum):
+            raise argparse.ArgumentTypeError("must be %s %g" % ("greater than" if above else "at least", minimum))
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
 # -- data source options (shared by mount, ls, cat) -------------------------------------------------------------
 
 
@@ -78,24 +94,24 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
     tuning = parser.add_argument_group("caching")
     tuning.add_argument(
-        "--refresh", type=float, default=0.5, metavar="S",
+        "--refresh", type=_amount(0, above=True), default=0.5, metavar="S",
         help="seconds before anything that can still change (running runs, run lists) is re-read (default 0.5)",
     )
     tuning.add_argument(
-        "--cache-entries", type=int, default=50_000, metavar="N",
+        "--cache-entries", type=_count(1), default=50_000, metavar="N",
         help="how many finished (immutable) files and directories to keep in memory (default 50000)",
     )
     tuning.add_argument(
-        "--content-cache-mb", type=float, default=64.0, metavar="MB",
+        "--content-cache-mb", type=_amount(0), default=64.0, metavar="MB",
         help="memory for rendered file contents (JSON, logs, repr.txt, exports, cards, code files) (default 64)",
     )
     tuning.add_argument(
-        "--render-threshold", type=int, default=1 << 20, metavar="BYTES",
+        "--render-threshold", type=_count(0), default=1 << 20, metavar="BYTES",
         help="artifacts whose pickle is larger are not unpickled to size their repr.txt and value.* exports: they "
         "show size 0 until first opened (default 1048576)",
     )
     tuning.add_argument(
-        "--repr-limit", type=int, default=64 << 10, metavar="CHARS",
+        "--repr-limit", type=_count(0), default=64 << 10, metavar="CHARS",
         help="repr.txt is cut after this many characters, with a marker line (default 65536)",
     )
 
@@ -336,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)",
     )
     mount_parser.add_argument(
-        "--attr-ttl", type=float, default=3600.0, metavar="S",
+        "--attr-ttl", type=_amount(0), default=3600.0, metavar="S",
         help="how long the kernel may cache names and attributes of finished runs (default 3600)",
     )
     mount_parser.add_argument(
