@@ -17,12 +17,13 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from typing import List, Optional
+from typing import List, Optional, Union
 
 log = logging.getLogger("mffs")
 
@@ -177,14 +178,25 @@ def _build_tree(args: argparse.Namespace, pathspec: Optional[str] = None):
 # -- mount / umount --------------------------------------------------------------------------------------------
 
 
-def _mounted_paths() -> List[str]:
-    with open("/proc/self/mounts") as mounts:
-        # fields are space-separated with spaces etc. escaped as octal (\040)
-        return [line.split()[1].encode().decode("unicode_escape") for line in mounts if line.strip()]
+_MOUNTS_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
-def is_mounted(mountpoint: str) -> bool:
-    return os.path.realpath(mountpoint) in _mounted_paths()
+def mounted_paths() -> List[str]:
+    """The mountpoints in /proc/self/mounts, as file names (`os.fsdecode`). The kernel writes each path's bytes as
+    they are but for space, tab, newline and backslash, which it escapes as octal (`\\040`): so the line is split
+    and unescaped as bytes, and a name like `mnt-ü` reads back as it was given."""
+    with open("/proc/self/mounts", "rb") as mounts:
+        lines = mounts.read().splitlines()
+    unescape = lambda match: bytes([int(match.group(1), 8)])  # noqa: E731
+    return [os.fsdecode(_MOUNTS_ESCAPE.sub(unescape, line.split()[1])) for line in lines if line.strip()]
+
+
+def is_mounted(mountpoint: Union[str, "os.PathLike[str]"]) -> bool:
+    """Whether `mountpoint` is a mountpoint now. Its parent is resolved first, so a mountpoint that is no link is
+    found without a stat of it (which a hung daemon would never answer); a link is then resolved in full."""
+    paths = mounted_paths()
+    parent, name = os.path.split(os.path.abspath(mountpoint))
+    return os.path.join(os.path.realpath(parent), name) in paths or os.path.realpath(mountpoint) in paths
 
 
 def _fusermount() -> str:
@@ -215,7 +227,7 @@ def _check_mountpoint(mountpoint: str) -> None:
 
 
 def _default_log_file(mountpoint: str) -> str:
-    digest = hashlib.sha1(os.path.realpath(mountpoint).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:10]
     directory = os.path.join(tempfile.gettempdir(), "mffs-%d" % os.getuid())
     os.makedirs(directory, exist_ok=True)
     return os.path.join(directory, "mount-%s.log" % digest)
@@ -393,19 +405,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: line breaks in an error message (a path may hold them) are shown escaped: an error is one line
+_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r"})
+
+
+def _error(message: str) -> None:
+    print("mffs: " + message.translate(_LINE_BREAKS), file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         args.handler(args, argv)
     except CliError as exc:
-        print("mffs: %s" % exc, file=sys.stderr)
+        _error(str(exc))
         return 1
     except BrokenPipeError:
         return 0
     except OSError as exc:
         where = exc.filename or ""
-        print("mffs: %s%s" % (where + ": " if where else "", exc.strerror or exc), file=sys.stderr)
+        _error("%s%s" % (where + ": " if where else "", exc.strerror or exc))
         return 1
     except KeyboardInterrupt:
         return 130
@@ -415,7 +435,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         client_exceptions = sys.modules.get("client.exceptions")
         if client_exceptions is None or not isinstance(exc, client_exceptions.MetaflowException):
             raise
-        print("mffs: %s: %s" % (exc.headline.lower(), str(exc).strip() or type(exc).__name__), file=sys.stderr)
+        _error("%s: %s" % (exc.headline.lower(), str(exc).strip() or type(exc).__name__))
         return 1
     return 0
 
