@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import ctypes.util
 import datetime as dt
+import errno
 import hashlib
 import logging
 import math
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -229,16 +231,59 @@ def _check_mountpoint(mountpoint: str) -> None:
 def _default_log_file(mountpoint: str) -> str:
     digest = hashlib.sha1(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:10]
     directory = os.path.join(tempfile.gettempdir(), "mffs-%d" % os.getuid())
-    os.makedirs(directory, exist_ok=True)
+    _private_directory(directory)
     return os.path.join(directory, "mount-%s.log" % digest)
 
 
-def _last_error_line(log_file: str) -> str:
+def _private_directory(directory: str) -> None:
+    """Create `directory` 0700, or check that the one there is ours alone: in a shared $TMPDIR anyone may have
+    made that name first (a link to another file's directory, a directory they can write), to read or redirect
+    what the daemon logs, which may be root."""
     try:
-        with open(log_file, errors="replace") as handle:
-            lines = [line.strip() for line in handle if line.strip()]
-    except OSError:
-        return ""
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif info.st_uid != os.getuid():
+        problem = "belongs to uid %d" % info.st_uid
+    elif info.st_mode & 0o022:
+        problem = "is writable by others (mode %o)" % stat.S_IMODE(info.st_mode)
+    else:
+        return
+    raise CliError("log directory %s %s: not logging there (remove it, or pass --log-file PATH)" % (directory, problem))
+
+
+def _open_log(path: str) -> int:
+    """A descriptor of the log file `path`, opened to append (and read back) without following a link in its place,
+    and only if it is a regular file of ours with no other name; created 0600."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)  # O_NONBLOCK: a fifo in its place fails instead of blocking
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CliError("log file %s is a symbolic link: not writing to it" % path) from exc
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise CliError("log file %s is not a regular file of ours with one name: not writing to it" % path)
+    return fd
+
+
+#: how much of the end of its log a failed background mount reads to find its error
+_LOG_TAIL_BYTES = 64 << 10
+
+
+def _last_error_line(log_fd: int, start: int) -> str:
+    """The last `mffs: ...` line (else the last line) the log got from `start` on: what this attempt wrote."""
+    end = os.fstat(log_fd).st_size
+    start = max(start, end - _LOG_TAIL_BYTES)
+    text = os.pread(log_fd, max(end - start, 0), start).decode("utf-8", "replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("mffs: ")]
     return (errors or lines or [""])[-1]
 
@@ -246,23 +291,36 @@ def _last_error_line(log_file: str) -> str:
 def _mount_in_background(args: argparse.Namespace, argv: List[str]) -> None:
     log_file = args.log_file or _default_log_file(args.mountpoint)
     command = [sys.executable, "-m", "mffs.cli"] + argv + ["--foreground", "--log-file", log_file]
-    with open(log_file, "ab") as log_handle:
+    log_fd = _open_log(log_file)
+    try:
+        start = os.lseek(log_fd, 0, os.SEEK_END)  # earlier attempts' lines are before this
         child = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle, start_new_session=True
+            command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True
         )
-    deadline = time.monotonic() + MOUNT_READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if is_mounted(args.mountpoint):
-            return
-        if child.poll() is not None:
-            raise CliError(_last_error_line(log_file).removeprefix("mffs: ") or "mount failed, see %s" % log_file)
-        time.sleep(0.05)
-    child.kill()
+        deadline = time.monotonic() + MOUNT_READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if is_mounted(args.mountpoint):
+                return
+            if child.poll() is not None:
+                error = _last_error_line(log_fd, start).removeprefix("mffs: ")
+                raise CliError(error or "mount failed, see %s" % log_file)
+            time.sleep(0.05)
+    finally:
+        os.close(log_fd)
+    child.terminate()  # a daemon that mounted after all unmounts on SIGTERM; SIGKILL would leave a dead mount
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        child.kill()
     raise CliError("mount not ready after %d s, see %s" % (MOUNT_READY_TIMEOUT, log_file))
 
 
 def _configure_logging(debug: bool, log_file: Optional[str]) -> None:
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
+    if log_file:
+        stream = open(_open_log(log_file), "a", encoding="utf-8", errors="backslashreplace")
+        handler: logging.Handler = logging.StreamHandler(stream)
+    else:
+        handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     level = logging.DEBUG if debug else logging.INFO
     for name in ("mffs", "fuse"):

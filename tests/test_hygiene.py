@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
+import stat
 import subprocess
 from pathlib import Path
 from typing import Iterator, Optional
@@ -70,3 +72,139 @@ def test_a_dead_non_ascii_mount_is_removed_by_umount(client_env, tmp_path):
         unmounted = run_mffs("umount", str(mount.path))
         assert (unmounted.returncode, unmounted.stderr) == (0, "")
         assert not is_mounted(mount.path)
+
+
+# -- the log directory ---------------------------------------------------------------------------------------------
+
+
+def default_log_dir(tmpdir: Path) -> Path:
+    return tmpdir / ("mffs-%d" % os.getuid())
+
+
+@pytest.fixture
+def tmpdir_env(client_env: Path, tmp_path: Path) -> dict:
+    """The environment of an `mffs` call whose $TMPDIR (where the default log directory goes) is private."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    return dict(os.environ, TMPDIR=str(tmpdir))
+
+
+def plant_link_to_directory(log_dir: Path, victim: Path) -> None:
+    victim.mkdir()
+    log_dir.symlink_to(victim)
+
+
+def plant_link_to_file(log_dir: Path, victim: Path) -> None:
+    victim.write_text("someone else's file\n")
+    log_dir.symlink_to(victim)
+
+
+def plant_file(log_dir: Path, victim: Path) -> None:
+    log_dir.write_text("not a directory\n")
+
+
+def plant_foreign_directory(log_dir: Path, victim: Path) -> None:
+    log_dir.mkdir()
+    os.chown(log_dir, 65534, 65534)  # nobody's: the tests run as root
+
+
+def plant_open_directory(log_dir: Path, victim: Path) -> None:
+    log_dir.mkdir()
+    os.chmod(log_dir, 0o777)
+
+
+@pytest.mark.parametrize("plant, problem", [
+    (plant_link_to_directory, "is a symbolic link"),
+    (plant_link_to_file, "is a symbolic link"),
+    (plant_file, "is not a directory"),
+    (plant_foreign_directory, "belongs to uid 65534"),
+    (plant_open_directory, "is writable by others (mode 777)"),
+])
+def test_a_planted_log_directory_is_refused(tmpdir_env, tmp_path, plant, problem):
+    log_dir = default_log_dir(Path(tmpdir_env["TMPDIR"]))
+    victim = tmp_path / "victim"
+    plant(log_dir, victim)
+    before = {path: path.read_bytes() for path in [victim] if path.is_file()}
+    with background_mount(tmp_path / "mnt", "--datastore-root", str(tmpdir_env["METAFLOW_DATASTORE_SYSROOT_LOCAL"]),
+                          env=tmpdir_env) as result:
+        line = one_line_error(result)
+        assert line == "mffs: log directory %s %s: not logging there (remove it, or pass --log-file PATH)" % (
+            log_dir, problem)
+        assert not is_mounted(tmp_path / "mnt")
+    if victim.is_dir():
+        assert os.listdir(victim) == []
+    else:
+        assert {path: path.read_bytes() for path in [victim] if path.is_file()} == before
+
+
+def test_a_planted_log_file_link_is_refused(tmpdir_env, tmp_path):
+    """Our own directory, but the log file is a link: O_NOFOLLOW, and the link's target is untouched. The same for
+    a --log-file the user names."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    root = tmpdir_env["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
+    named = tmp_path / "named.log"
+    named.symlink_to(victim)
+    with background_mount(tmp_path / "mnt", "--datastore-root", root, "--log-file", str(named),
+                          env=tmpdir_env) as result:
+        assert one_line_error(result) == "mffs: log file %s is a symbolic link: not writing to it" % named
+    foreground = run_mffs("mount", str(tmp_path / "mnt"), "--foreground", "--datastore-root", root,
+                          "--log-file", str(named), env=tmpdir_env)
+    assert one_line_error(foreground) == "mffs: log file %s is a symbolic link: not writing to it" % named
+    # the default log file, planted as a link in our own directory
+    log_dir = default_log_dir(Path(tmpdir_env["TMPDIR"]))
+    log_dir.mkdir(mode=0o700)
+    digest = hashlib.sha1(os.fsencode(os.path.realpath(tmp_path / "mnt"))).hexdigest()[:10]
+    (log_dir / ("mount-%s.log" % digest)).symlink_to(victim)
+    with background_mount(tmp_path / "mnt", "--datastore-root", root, env=tmpdir_env) as result:
+        assert "is a symbolic link: not writing to it" in one_line_error(result)
+    assert victim.read_text() == "precious\n"
+    assert not is_mounted(tmp_path / "mnt")
+
+
+def test_the_log_directory_is_made_private(tmpdir_env, tmp_path):
+    with background_mount(tmp_path / "mnt", "--datastore-root", tmpdir_env["METAFLOW_DATASTORE_SYSROOT_LOCAL"],
+                          env=tmpdir_env) as result:
+        assert result.returncode == 0, result.stderr
+        assert is_mounted(tmp_path / "mnt")
+    log_dir = default_log_dir(Path(tmpdir_env["TMPDIR"]))
+    info = log_dir.lstat()
+    assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) & 0o077 == 0 and info.st_uid == os.getuid()
+    (log_file,) = log_dir.iterdir()
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
+    assert "mounting all flows at %s" % (tmp_path / "mnt") in log_file.read_text()
+
+
+# -- a failed background mount's error -----------------------------------------------------------------------------
+
+
+FAILING_DAEMON = """
+import os, sys
+if "--foreground" in sys.orig_argv:
+    os.write(2, b"the daemon could not start: planted failure\\n")
+    os._exit(1)
+"""
+
+
+def test_a_failed_background_mount_prints_its_own_error(client_env, tmp_path):
+    """The log keeps earlier attempts' lines; each failure reports only what its own daemon wrote, even when that
+    is no `mffs:` line (a crash) and an earlier attempt's `mffs:` line is still in the log."""
+    root = str(client_env)
+    log_file = tmp_path / "mount.log"
+    log_file.write_text("2026-01-01 00:00:00 mffs: an older run's error\n")
+    mountpoint = tmp_path / "mnt"
+    with background_mount(mountpoint, "NoSuchFlow/1", "--datastore-root", root, "--log-file", str(log_file)) as first:
+        assert one_line_error(first).startswith("mffs: unknown pathspec 'NoSuchFlow/1'")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FAILING_DAEMON)  # the daemon process dies with no `mffs:` line
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    with background_mount(mountpoint, "--datastore-root", root, "--log-file", str(log_file), env=env) as second:
+        assert one_line_error(second) == "mffs: the daemon could not start: planted failure"
+    with background_mount(mountpoint, "--datastore-root", root, "--log-file", str(log_file)) as third:
+        assert third.returncode == 0, third.stderr
+    with background_mount(tmp_path / "other", "--datastore-root", root, "--log-file", str(log_file),
+                          env=env) as fourth:
+        assert one_line_error(fourth) == "mffs: the daemon could not start: planted failure"
+    log_text = log_file.read_text()
+    assert "an older run's error" in log_text and "unknown pathspec" in log_text  # nothing was lost
