@@ -1,19 +1,26 @@
-"""Process hygiene of `mffs` (issue 13, item 6), with real processes, real FUSE mounts."""
+"""Process hygiene of `mffs` (issue 13, item 6), with real processes, real FUSE mounts, a real tmpfs and a real S3
+server (moto)."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
 
+from client.diskcache import BlobDiskCache
+from tests.support import walk
+from tests.support.datastores import load_manifest
 from tests.support.mount import force_unmount, is_mounted, mounted, run_mffs
+from tests.support.s3server import MotoServer, s3_environment, s3_root_parent, s3_server  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -208,3 +215,99 @@ def test_a_failed_background_mount_prints_its_own_error(client_env, tmp_path):
         assert one_line_error(fourth) == "mffs: the daemon could not start: planted failure"
     log_text = log_file.read_text()
     assert "an older run's error" in log_text and "unknown pathspec" in log_text  # nothing was lost
+
+
+# -- a disk cache that cannot be written ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(size: str, *options: str) -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="mffs-tmpfs-"))
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=" + size,) + options), "tmpfs",
+                        str(directory)], check=True, capture_output=True)
+        try:
+            yield directory
+        finally:
+            subprocess.run(["umount", str(directory)], check=True)
+    finally:
+        os.rmdir(directory)
+
+
+def files_under(directory: Path) -> list:
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file())
+
+
+def test_a_full_cache_stores_nothing_and_says_so_once(caplog):
+    data = os.urandom(300_000)
+    key = hashlib.sha1(data).hexdigest()
+    with tiny_tmpfs("64k") as directory:
+        cache = BlobDiskCache(str(directory / "blobs"), 1 << 30)
+        with caplog.at_level(logging.WARNING, logger="mffs"):
+            assert cache.put_stream(key, (data[i:i + 50_000] for i in range(0, len(data), 50_000))) is None
+            assert cache.put_stream(key, [data]) is None
+            assert cache.path(key) is None
+        assert files_under(directory) == []  # nothing half-written left behind
+        assert [r.getMessage() for r in caplog.records] == [
+            "disk cache %s/blobs is not writable ([Errno 28] No space left on device): reading through, from the "
+            "backend" % directory]
+
+
+def test_a_read_only_cache_serves_what_it_holds(caplog):
+    data = b"cached before the disk went read-only" * 100
+    key = hashlib.sha1(data).hexdigest()
+    with tiny_tmpfs("1m") as directory:
+        assert BlobDiskCache(str(directory / "blobs"), 1 << 20).put_stream(key, [data]) is not None
+        subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True)
+        cache = BlobDiskCache(str(directory / "blobs"), 1 << 20)
+        path = cache.path(key)
+        assert path is not None and Path(path).read_bytes() == data
+        with caplog.at_level(logging.WARNING, logger="mffs"):
+            assert cache.put_stream(hashlib.sha1(b"new").hexdigest(), [b"new"]) is None
+        assert "Read-only file system" in caplog.text
+
+
+def test_a_failing_download_still_fails_with_a_full_cache():
+    """Read-through is for the cache's own errors only: an error of the download (even an OSError) propagates."""
+    with tiny_tmpfs("64k") as directory:
+        cache = BlobDiskCache(str(directory / "blobs"), 1 << 30)
+
+        def broken():
+            yield b"x" * 1000
+            raise ConnectionResetError("download cut")
+
+        with pytest.raises(ConnectionResetError):
+            cache.put_stream("ab" * 20, broken())
+        assert files_under(directory) == []
+
+
+@pytest.mark.fuse
+def test_s3_reads_go_through_a_full_disk_cache(s3_root_parent, s3_server, tmp_path):  # noqa: F811
+    """A mount over S3 with its disk cache on a tmpfs far smaller than the run's blobs: every data.pickle and
+    repr.txt reads right, the log says once that the cache is not writable, and no temp file is left."""
+    pathspec = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
+    with tiny_tmpfs("32k") as cache_dir:
+        env = {**walk.clean_env(s3_root_parent, tmp_path), **s3_environment(s3_server.endpoint_url),
+               "MFFS_CACHE_DIR": str(cache_dir)}
+        with mounted(tmp_path / "mnt", "--datastore-root", str(s3_root_parent), env=env) as mount:
+            run_dir = mount.path / pathspec
+            checked = 0
+            for step in sorted(os.listdir(run_dir)):
+                if not (run_dir / step).is_dir() or step == "code":
+                    continue
+                for task in sorted(name for name in os.listdir(run_dir / step) if name.isdigit()):
+                    for artifact in sorted(os.listdir(run_dir / step / task)):
+                        meta_path = run_dir / step / task / artifact / "meta.json"
+                        if not meta_path.exists():
+                            continue
+                        meta = json.loads(meta_path.read_bytes())
+                        blob = (run_dir / step / task / artifact / "data.pickle").read_bytes()
+                        assert hashlib.sha1(blob).hexdigest() == meta["sha"], (step, task, artifact)
+                        (run_dir / step / task / artifact / "repr.txt").read_bytes()
+                        checked += 1
+            assert checked > 50
+            assert mount.process.poll() is None
+            log_text = mount.log()
+        assert log_text.count("is not writable") == 1, log_text
+        assert "No space left on device" in log_text
+        assert not [name for name in files_under(cache_dir) if ".tmp-" in name]
