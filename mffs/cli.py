@@ -435,7 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="FUSE threads serving requests (default %d; more help when many programs read at once from S3 or "
         "a metadata service)" % DEFAULT_THREADS,
     )
-    mount_parser.add_argument("--log-file", metavar="PATH", help="daemon log (default: a file under $TMPDIR/mffs-UID)")
+    mount_parser.add_argument(
+        "--log-file", metavar="PATH",
+        help="daemon log, never a link (default: a file under $TMPDIR/mffs-UID, a directory only you can write)",
+    )
     _add_source_options(mount_parser)
     mount_parser.set_defaults(handler=cmd_mount)
 
