@@ -218,10 +218,10 @@ def _check_fuse_available() -> None:
 
 
 def _check_mountpoint(mountpoint: str) -> None:
+    if is_mounted(mountpoint):  # first: a dead mount (its daemon killed) does not even exist for os.path.exists
+        raise CliError("%s is already mounted (mffs umount %s)" % (mountpoint, mountpoint))
     if not os.path.exists(mountpoint):
         raise CliError("mountpoint %s does not exist" % mountpoint)
-    if is_mounted(mountpoint):
-        raise CliError("%s is already mounted (mffs umount %s)" % (mountpoint, mountpoint))
     if not os.path.isdir(mountpoint):
         raise CliError("mountpoint %s is not a directory" % mountpoint)
     if os.listdir(mountpoint):

@@ -76,6 +76,8 @@ def test_a_dead_non_ascii_mount_is_removed_by_umount(client_env, tmp_path):
             os.listdir(mount.path)
         assert dead.value.errno == errno.ENOTCONN
         assert is_mounted(mount.path)
+        again = run_mffs("mount", str(mount.path), "--datastore-root", str(client_env))
+        assert one_line_error(again) == "mffs: %s is already mounted (mffs umount %s)" % (mount.path, mount.path)
         unmounted = run_mffs("umount", str(mount.path))
         assert (unmounted.returncode, unmounted.stderr) == (0, "")
         assert not is_mounted(mount.path)
