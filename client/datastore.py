@@ -192,7 +192,8 @@ class FlowDatastore:
             if path is None:
                 with self._open_stored(sha) as stream:
                     path = disk_cache().put_stream(sha, iter(lambda: stream.read(_CHUNK), b""))
-            return open(path, "rb")
+            if path is not None:  # else the disk cache cannot be written: stream from the backend
+                return open(path, "rb")
         return self._open_stored(sha)
 
     def _open_stored(self, sha: str) -> BinaryIO:

@@ -8,15 +8,20 @@ the same key write the same bytes), and eviction only unlinks whole files (a rea
 The byte budget is enforced approximately: each process counts what it adds and, when its count says the budget
 is exceeded, rescans the directory and deletes the least recently used files (by mtime, refreshed on every hit)
 until the total is under 90% of the budget.
+
+A cache that cannot be written (full disk, read-only, another user's directory) is no error: `put_stream` stores
+nothing and says so with None, the caller reads from the backend, and one log line says why.
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import tempfile
 import threading
 import time
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 from .config import mffs_setting
 
@@ -25,6 +30,12 @@ _TEMP_PREFIX = ".tmp-"
 # A temp file older than this belongs to a writer that died; eviction removes it.
 _STALE_TEMP_SECONDS = 3600.0
 _EVICT_TO = 0.9
+#: errors that say the cache cannot take a blob now (not that the blob is bad): such a blob is read through
+_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+#: after a failed write, how long the cache stays read-only before it tries again (a full disk may get space)
+UNWRITABLE_RETRY_SECONDS = 60.0
+
+log = logging.getLogger("mffs.diskcache")
 
 
 class BlobDiskCache:
@@ -37,6 +48,7 @@ class BlobDiskCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._estimated_bytes: Optional[int] = None  # lazily measured; then kept up to date by this process
+        self._unwritable_until = 0.0  # monotonic time before which writes are not tried (see put_stream)
 
     @classmethod
     def from_settings(cls) -> "BlobDiskCache":
@@ -57,30 +69,55 @@ class BlobDiskCache:
             os.utime(file)
         except FileNotFoundError:
             return None
+        except OSError as exc:  # a cache we cannot write (read-only, another user's) still serves what it holds
+            if exc.errno not in _UNWRITABLE or not os.path.isfile(file):
+                raise
         return file
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> str:
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> Optional[str]:
         """Store the blob made of `chunks` atomically and return its path. If `chunks` raises, nothing is stored
-        and the exception propagates."""
+        and the exception propagates. If the cache cannot be written (a full disk, a read-only or foreign
+        directory), nothing is stored either and the answer is None: the caller reads through, from the backend.
+        That is logged once, and writes are tried again only after `UNWRITABLE_RETRY_SECONDS`."""
         file = self._file(key)
-        shard = os.path.dirname(file)
-        os.makedirs(shard, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=shard)
+        if time.monotonic() < self._unwritable_until:
+            return None
+        failed_source: List[BaseException] = []
+
+        def source() -> Iterator[bytes]:
+            try:
+                yield from chunks
+            except Exception as exc:  # not GeneratorExit: closing this generator early is no failure of `chunks`
+                failed_source.append(exc)
+                raise
+
+        temp = None
         written = 0
         try:
+            shard = os.path.dirname(file)
+            os.makedirs(shard, exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=shard)
             with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
+                for chunk in source():
                     out.write(chunk)
                     written += len(chunk)
             os.replace(temp, file)
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
-            raise
+        except BaseException as exc:
+            if temp is not None:
+                _unlink_quietly(temp)
+            if failed_source or not isinstance(exc, OSError) or exc.errno not in _UNWRITABLE:
+                raise
+            self._not_writable(exc)
+            return None
         self._added(written, keep=file)
         return file
+
+    def _not_writable(self, exc: OSError) -> None:
+        with self._lock:
+            first = self._unwritable_until == 0.0
+            self._unwritable_until = time.monotonic() + UNWRITABLE_RETRY_SECONDS
+        if first:
+            log.warning("disk cache %s is not writable (%s): reading through, from the backend", self.directory, exc)
 
     def _added(self, size: int, keep: str) -> None:
         with self._lock:
@@ -137,3 +174,6 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:  # another process evicted it first
         pass
+    except OSError as exc:  # not ours to delete, or a read-only cache: eviction is best effort
+        if exc.errno not in _UNWRITABLE:
+            raise

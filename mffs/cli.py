@@ -13,15 +13,19 @@ from __future__ import annotations
 import argparse
 import ctypes.util
 import datetime as dt
+import errno
 import hashlib
 import logging
+import math
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from . import fstab
 
@@ -55,6 +59,21 @@ def _count(minimum: int):
     return parse
 
 
+def _amount(minimum: float = 0.0, *, above: bool = False):
+    """An argparse type: a finite float of at least `minimum` (greater than it when `above`)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError("must be a finite number")
+        if value < minimum or (above and value == minimum):
+            raise argparse.ArgumentTypeError("must be %s %g" % ("greater than" if above else "at least", minimum))
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
 # -- data source options (shared by mount, ls, cat) -------------------------------------------------------------
 
 
@@ -80,24 +99,24 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
     tuning = parser.add_argument_group("caching")
     tuning.add_argument(
-        "--refresh", type=float, default=0.5, metavar="S",
+        "--refresh", type=_amount(0, above=True), default=0.5, metavar="S",
         help="seconds before anything that can still change (running runs, run lists) is re-read (default 0.5)",
     )
     tuning.add_argument(
-        "--cache-entries", type=int, default=50_000, metavar="N",
+        "--cache-entries", type=_count(1), default=50_000, metavar="N",
         help="how many finished (immutable) files and directories to keep in memory (default 50000)",
     )
     tuning.add_argument(
-        "--content-cache-mb", type=float, default=64.0, metavar="MB",
+        "--content-cache-mb", type=_amount(0), default=64.0, metavar="MB",
         help="memory for rendered file contents (JSON, logs, repr.txt, exports, cards, code files) (default 64)",
     )
     tuning.add_argument(
-        "--render-threshold", type=int, default=1 << 20, metavar="BYTES",
+        "--render-threshold", type=_count(0), default=1 << 20, metavar="BYTES",
         help="artifacts whose pickle is larger are not unpickled to size their repr.txt and value.* exports: they "
         "show size 0 until first opened (default 1048576)",
     )
     tuning.add_argument(
-        "--repr-limit", type=int, default=64 << 10, metavar="CHARS",
+        "--repr-limit", type=_count(0), default=64 << 10, metavar="CHARS",
         help="repr.txt is cut after this many characters, with a marker line (default 65536)",
     )
 
@@ -134,14 +153,25 @@ def _build_tree(args: argparse.Namespace, pathspec: Optional[str] = None):
 # -- mount / umount --------------------------------------------------------------------------------------------
 
 
-def _mounted_paths() -> List[str]:
-    with open("/proc/self/mounts") as mounts:
-        # fields are space-separated with spaces etc. escaped as octal (\040)
-        return [line.split()[1].encode().decode("unicode_escape") for line in mounts if line.strip()]
+_MOUNTS_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
-def is_mounted(mountpoint: str) -> bool:
-    return os.path.realpath(mountpoint) in _mounted_paths()
+def mounted_paths() -> List[str]:
+    """The mountpoints in /proc/self/mounts, as file names (`os.fsdecode`). The kernel writes each path's bytes as
+    they are but for space, tab, newline and backslash, which it escapes as octal (`\\040`): so the line is split
+    and unescaped as bytes, and a name like `mnt-ü` reads back as it was given."""
+    with open("/proc/self/mounts", "rb") as mounts:
+        lines = mounts.read().splitlines()
+    unescape = lambda match: bytes([int(match.group(1), 8)])  # noqa: E731
+    return [os.fsdecode(_MOUNTS_ESCAPE.sub(unescape, line.split()[1])) for line in lines if line.strip()]
+
+
+def is_mounted(mountpoint: Union[str, "os.PathLike[str]"]) -> bool:
+    """Whether `mountpoint` is a mountpoint now. Its parent is resolved first, so a mountpoint that is no link is
+    found without a stat of it (which a hung daemon would never answer); a link is then resolved in full."""
+    paths = mounted_paths()
+    parent, name = os.path.split(os.path.abspath(mountpoint))
+    return os.path.join(os.path.realpath(parent), name) in paths or os.path.realpath(mountpoint) in paths
 
 
 def _fusermount() -> str:
@@ -161,10 +191,10 @@ def _check_fuse_available() -> None:
 
 
 def _check_mountpoint(mountpoint: str) -> None:
+    if is_mounted(mountpoint):  # first: a dead mount (its daemon killed) does not even exist for os.path.exists
+        raise CliError("%s is already mounted (mffs umount %s)" % (mountpoint, mountpoint))
     if not os.path.exists(mountpoint):
         raise CliError("mountpoint %s does not exist" % mountpoint)
-    if is_mounted(mountpoint):
-        raise CliError("%s is already mounted (mffs umount %s)" % (mountpoint, mountpoint))
     if not os.path.isdir(mountpoint):
         raise CliError("mountpoint %s is not a directory" % mountpoint)
     if os.listdir(mountpoint):
@@ -172,18 +202,61 @@ def _check_mountpoint(mountpoint: str) -> None:
 
 
 def _default_log_file(mountpoint: str) -> str:
-    digest = hashlib.sha1(os.path.realpath(mountpoint).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:10]
     directory = os.path.join(tempfile.gettempdir(), "mffs-%d" % os.getuid())
-    os.makedirs(directory, exist_ok=True)
+    _private_directory(directory)
     return os.path.join(directory, "mount-%s.log" % digest)
 
 
-def _last_error_line(log_file: str) -> str:
+def _private_directory(directory: str) -> None:
+    """Create `directory` 0700, or check that the one there is ours alone: in a shared $TMPDIR anyone may have
+    made that name first (a link to another file's directory, a directory they can write), to read or redirect
+    what the daemon logs, which may be root."""
     try:
-        with open(log_file, errors="replace") as handle:
-            lines = [line.strip() for line in handle if line.strip()]
-    except OSError:
-        return ""
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif info.st_uid != os.getuid():
+        problem = "belongs to uid %d" % info.st_uid
+    elif info.st_mode & 0o022:
+        problem = "is writable by others (mode %o)" % stat.S_IMODE(info.st_mode)
+    else:
+        return
+    raise CliError("log directory %s %s: not logging there (remove it, or pass --log-file PATH)" % (directory, problem))
+
+
+def _open_log(path: str) -> int:
+    """A descriptor of the log file `path`, opened to append (and read back) without following a link in its place,
+    and only if it is a regular file of ours with no other name; created 0600."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)  # O_NONBLOCK: a fifo in its place fails instead of blocking
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CliError("log file %s is a symbolic link: not writing to it" % path) from exc
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise CliError("log file %s is not a regular file of ours with one name: not writing to it" % path)
+    return fd
+
+
+#: how much of the end of its log a failed background mount reads to find its error
+_LOG_TAIL_BYTES = 64 << 10
+
+
+def _last_error_line(log_fd: int, start: int) -> str:
+    """The last `mffs: ...` line (else the last line) the log got from `start` on: what this attempt wrote."""
+    end = os.fstat(log_fd).st_size
+    start = max(start, end - _LOG_TAIL_BYTES)
+    text = os.pread(log_fd, max(end - start, 0), start).decode("utf-8", "replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("mffs: ")]
     return (errors or lines or [""])[-1]
 
@@ -191,23 +264,36 @@ def _last_error_line(log_file: str) -> str:
 def _mount_in_background(args: argparse.Namespace, argv: List[str]) -> None:
     log_file = args.log_file or _default_log_file(args.mountpoint)
     command = [sys.executable, "-m", "mffs.cli"] + argv + ["--foreground", "--log-file", log_file]
-    with open(log_file, "ab") as log_handle:
+    log_fd = _open_log(log_file)
+    try:
+        start = os.lseek(log_fd, 0, os.SEEK_END)  # earlier attempts' lines are before this
         child = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle, start_new_session=True
+            command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True
         )
-    deadline = time.monotonic() + MOUNT_READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if is_mounted(args.mountpoint):
-            return
-        if child.poll() is not None:
-            raise CliError(_last_error_line(log_file).removeprefix("mffs: ") or "mount failed, see %s" % log_file)
-        time.sleep(0.05)
-    child.kill()
+        deadline = time.monotonic() + MOUNT_READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if is_mounted(args.mountpoint):
+                return
+            if child.poll() is not None:
+                error = _last_error_line(log_fd, start).removeprefix("mffs: ")
+                raise CliError(error or "mount failed, see %s" % log_file)
+            time.sleep(0.05)
+    finally:
+        os.close(log_fd)
+    child.terminate()  # a daemon that mounted after all unmounts on SIGTERM; SIGKILL would leave a dead mount
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        child.kill()
     raise CliError("mount not ready after %d s, see %s" % (MOUNT_READY_TIMEOUT, log_file))
 
 
 def _configure_logging(debug: bool, log_file: Optional[str]) -> None:
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
+    if log_file:
+        stream = open(_open_log(log_file), "a", encoding="utf-8", errors="backslashreplace")
+        handler: logging.Handler = logging.StreamHandler(stream)
+    else:
+        handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     level = logging.DEBUG if debug else logging.INFO
     for name in ("mffs", "fuse"):
@@ -309,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)",
     )
     mount_parser.add_argument(
-        "--attr-ttl", type=float, default=3600.0, metavar="S",
+        "--attr-ttl", type=_amount(0), default=3600.0, metavar="S",
         help="how long the kernel may cache names and attributes of finished runs (default 3600)",
     )
     mount_parser.add_argument(
@@ -322,7 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="FUSE threads serving requests (default %d; more help when many programs read at once from S3 or "
         "a metadata service)" % DEFAULT_THREADS,
     )
-    mount_parser.add_argument("--log-file", metavar="PATH", help="daemon log (default: a file under $TMPDIR/mffs-UID)")
+    mount_parser.add_argument(
+        "--log-file", metavar="PATH",
+        help="daemon log, never a link (default: a file under $TMPDIR/mffs-UID, a directory only you can write)",
+    )
     _add_source_options(mount_parser)
     mount_parser.set_defaults(handler=cmd_mount)
 
@@ -354,6 +443,14 @@ def _commands(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentPar
     return next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
 
 
+#: line breaks in an error message (a path may hold them) are shown escaped: an error is one line
+_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r"})
+
+
+def _error(message: str) -> None:
+    print("mffs: " + message.translate(_LINE_BREAKS), file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -362,20 +459,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             argv, environment = fstab.mount_arguments(argv, commands["mount"])
         except ValueError as exc:
-            print("mffs: %s" % exc, file=sys.stderr)
+            _error(str(exc))
             return 2
         os.environ.update(environment)
     args = parser.parse_args(argv)
     try:
         args.handler(args, argv)
     except CliError as exc:
-        print("mffs: %s" % exc, file=sys.stderr)
+        _error(str(exc))
         return 1
     except BrokenPipeError:
         return 0
     except OSError as exc:
         where = exc.filename or ""
-        print("mffs: %s%s" % (where + ": " if where else "", exc.strerror or exc), file=sys.stderr)
+        _error("%s%s" % (where + ": " if where else "", exc.strerror or exc))
         return 1
     except KeyboardInterrupt:
         return 130
@@ -385,7 +482,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         client_exceptions = sys.modules.get("client.exceptions")
         if client_exceptions is None or not isinstance(exc, client_exceptions.MetaflowException):
             raise
-        print("mffs: %s: %s" % (exc.headline.lower(), str(exc).strip() or type(exc).__name__), file=sys.stderr)
+        _error("%s: %s" % (exc.headline.lower(), str(exc).strip() or type(exc).__name__))
         return 1
     return 0
 

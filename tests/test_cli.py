@@ -129,3 +129,38 @@ def test_unknown_user_is_one_line_naming_the_ways_out(client_env, monkeypatch):
     assert result.stderr.count("\n") == 1 and "METAFLOW_USER" in result.stderr, result.stderr
     assert "--all-namespaces" in result.stderr
     assert run_mffs("ls", "/", "--all-namespaces").returncode == 0
+
+
+INVALID_VALUES = [
+    ("--refresh", "-1", "must be greater than 0"),
+    ("--refresh", "0", "must be greater than 0"),
+    ("--refresh", "nan", "must be a finite number"),
+    ("--refresh", "soon", "invalid float value: 'soon'"),
+    ("--attr-ttl", "-1", "must be at least 0"),
+    ("--attr-ttl", "inf", "must be a finite number"),
+    ("--cache-entries", "0", "must be at least 1"),
+    ("--cache-entries", "1.5", "invalid int value: '1.5'"),
+    ("--content-cache-mb", "-64", "must be at least 0"),
+    ("--render-threshold", "-1", "must be at least 0"),
+    ("--repr-limit", "-1", "must be at least 0"),
+    ("--readahead", "-1", "must be at least 0"),
+    ("--threads", "0", "must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("option, value, message", INVALID_VALUES)
+def test_invalid_option_values_are_refused_in_one_line(tmp_path, option, value, message):
+    (tmp_path / "mnt").mkdir()
+    result = run_mffs("mount", str(tmp_path / "mnt"), option, value)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == ["mffs mount: error: argument %s: %s" % (option, message)], result.stderr
+    assert result.stderr.splitlines()[-1] == errors[0]
+    assert not is_mounted(tmp_path / "mnt")
+
+
+@pytest.mark.parametrize("command", ["ls", "cat"])
+def test_invalid_source_options_are_refused_by_ls_and_cat(command):
+    result = run_mffs(command, "--repr-limit=-5", "KitchenFlow")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "mffs %s: error: argument --repr-limit: must be at least 0" % command

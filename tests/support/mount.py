@@ -22,6 +22,7 @@ from typing import Iterator, List, Optional, Tuple
 import pytest
 
 from mffs import render
+from mffs.cli import is_mounted  # noqa: F401  (the tests import it from here)
 from tests.support.datastores import run_flow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,12 +62,6 @@ def run_mffs(*args: str, env: Optional[dict] = None, timeout: float = 60) -> sub
     return subprocess.run(
         mffs_command(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
-
-
-def is_mounted(path: Path) -> bool:
-    real = os.path.realpath(path)
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1].encode().decode("unicode_escape") == real for line in mounts if line.strip())
 
 
 def _fusermount(*args: str) -> bool:
