@@ -12,6 +12,9 @@ Unpickling policy. repr.txt, the typed exports and parameters.json load values w
 `--trust-pickles`) that is the client's restricted unpickler: standard-library data types, numpy, pandas and
 Metaflow's own stand-ins load; any other class becomes a placeholder whose repr names it and the flag, and none of
 its code runs, so indexers, `grep -r` and `ls -lR` can crawl a mount safely. data.pickle is always the raw bytes.
+A Tree also sets the client's policy for its process (`client.trust_pickles`), so the internal artifacts behind
+`finished`, `successful`, `exception`, `index` and parent/child tasks load the same way, in the daemon, in
+`mffs ls/cat` and in the readahead worker (True, False and None are known from their sha and never unpickled).
 
 Stability. Every node says whether it is *stable*: its attributes, bytes and child names can no longer change.
 Everything under a finished run (`Run.finished`) is stable, and so is everything under a finished task
@@ -1007,8 +1010,10 @@ class Tree:
         self.render_threshold = render_threshold
         self.step_json_eager_tasks = step_json_eager_tasks
         self.repr_limit = repr_limit
-        #: load artifact values for repr.txt and exports with the full unpickler (else the restricted one)
+        #: load artifact values with the full unpickler (else the restricted one): repr.txt and exports, and, as
+        #: the client's policy for this process, the internal artifacts behind finished, exception, parents, ...
         self.trust_pickles = trust_pickles
+        self.client.trust_pickles(trust_pickles)
         self.control_files: Dict[str, Callable[[], bytes]] = {}
         #: called with a path whose reported size changed from 0 to its exact size (deferred repr.txt)
         self.on_size_learned: Callable[[str], None] = lambda path: None
