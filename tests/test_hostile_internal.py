@@ -8,6 +8,7 @@ marker file named after the artifact: a marker that appears names what ran.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import pickle
@@ -184,44 +185,41 @@ def test_known_values_table_holds_the_pickles_metaflow_writes(protocol: int, val
     assert sha in KNOWN_VALUES and KNOWN_VALUES[sha] is value
 
 
+def _states(api, flows: List[str]) -> dict:
+    """pathspec -> (finished, successful) of every run, (finished, successful, exception is None) of every task."""
+    api.namespace(None)
+    states = {}
+    for flow in flows:
+        for run in api.Flow(flow):
+            states[run.pathspec] = (run.finished, run.successful)
+            for step in run:
+                for task in step:
+                    states[task.pathspec] = (task.finished, task.successful, task.exception is None)
+    return states
+
+
 def test_finished_and_successful_of_normal_runs_read_no_blob(local_root: Path, clients: dict,
                                                              tmp_path: Path) -> None:
     """With the blobs of None, True and False deleted from a copy of real runs (successful, failed, resumed),
     finished, successful and exception of every task still answer as Metaflow's client does on the original:
     those values come from the record's sha, with no read (and no unpickling, trusted or not)."""
-    from client.cache import KNOWN_VALUES
-
-    root = copy_flows(local_root, tmp_path / "ds", ["FailFlow", "HelloFlow"])
-    removed = 0
-    for flow in ("FailFlow", "HelloFlow"):
-        for sha in KNOWN_VALUES:
+    flows = ["FailFlow", "HelloFlow"]
+    root = copy_flows(local_root, tmp_path / "ds", flows)
+    removed = set()
+    for flow in flows:
+        for value, protocol in itertools.product((None, True, False), (2, 4)):
+            sha = hashlib.sha1(pickle.dumps(value, protocol=protocol)).hexdigest()
             blob = flow_dir(root, flow) / "data" / sha[:2] / sha
             if blob.exists():
                 blob.unlink()
-                removed += 1
-    assert removed >= 4  # True and None, and the failed run's False
+                removed.add(value)
+    assert removed == {None, True, False}  # False: the failed task's _task_ok and _success
 
-    metaflow, client = clients["metaflow"], clients["client"]
-    metaflow.namespace(None)
-    expected = {}
-    for flow in ("FailFlow", "HelloFlow"):
-        for run in metaflow.Flow(flow):
-            expected[run.pathspec] = (run.finished, run.successful)
-            for step in run:
-                for task in step:
-                    expected[task.pathspec] = (task.finished, task.successful, task.exception is None)
+    expected = _states(clients["metaflow"], flows)
     assert (False, False) in expected.values()
-
+    client = clients["client"]
     for trusted in (True, False):
         client.metadata("local@%s" % root)
-        client.namespace(None)
         client.trust_pickles(trusted)
-        seen = {}
-        for flow in ("FailFlow", "HelloFlow"):
-            for run in client.Flow(flow):
-                seen[run.pathspec] = (run.finished, run.successful)
-                for step in run:
-                    for task in step:
-                        seen[task.pathspec] = (task.finished, task.successful, task.exception is None)
-        assert seen == expected
+        assert _states(client, flows) == expected
     shutil.rmtree(root)
