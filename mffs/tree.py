@@ -802,8 +802,11 @@ class TaskDir(Dir):
             "stderr.log": lambda: render.text_bytes(task.stderr),
             "exception.txt": lambda: render.exception_bytes(task.exception),
         }
-        with client_errors(self.path):
-            mtime = _mtime(task.finished_at, task.created_at)
+        try:
+            with client_errors(self.path):
+                mtime = _mtime(task.finished_at, task.created_at)
+        except OSError:
+            mtime = self.mtime  # its `_task_ok` record is bad (logged): task.json alone fails
         return RenderedFile(self.tree, join(self.path, name), mtime, self.contents_stable(), renderers[name])
 
     def _has_exception(self) -> bool:

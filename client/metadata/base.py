@@ -106,6 +106,17 @@ def artifact_record(r: dict) -> dict:
     }
 
 
+def event_record(r: dict) -> dict:
+    """A metadata event from a source's row."""
+    return {
+        "field_name": _string(r, "field_name", required=True),
+        "value": r["value"],
+        "type": r.get("type"),
+        "ts_epoch": _ts(r),
+        "tags": _strings(r, "tags"),
+    }
+
+
 def skip_record(where: str, exc: BaseException) -> None:
     """Log, once per process and record, that a list leaves out the malformed or unreadable record `where`."""
     if where not in _reported and len(_reported) < 100_000:

@@ -3,9 +3,10 @@
 Reads only what a question needs: a listing of `_meta/` tells which attempts have artifacts, and one file
 answers `task['x']`. Tags of steps, tasks and artifacts are never read here: the object model takes the run's.
 
-Bad records (see base.py): a `_self.json` or artifact record that is not valid JSON or lacks a field is left out
-of its list with one log line and raises MetaflowInternalError when looked up by name; a `_self.json` that is a
-directory is no record at all, as for Metaflow (absent from lists, not found by name).
+Bad records (see base.py): a `_self.json`, artifact or metadata record that is not valid JSON or lacks a field is
+left out of its list with one log line (a task's metadata lacks that event); a `_self.json` or artifact record
+looked up by name raises MetaflowInternalError; a `_self.json` that is a directory is no record at all, as for
+Metaflow (absent from lists, not found by name).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .base import (
     MetadataProvider,
     artifact_record,
     bad_record,
+    event_record,
     flow_record,
     run_record,
     skip_record,
@@ -222,16 +224,11 @@ class LocalMetadataProvider(MetadataProvider):
         events = []
         for n in names:
             if n.endswith(".json"):
-                r = _read_json(os.path.join(meta_dir, n))
-                events.append(
-                    {
-                        "field_name": r["field_name"],
-                        "value": r["value"],
-                        "type": r.get("type"),
-                        "ts_epoch": r["ts_epoch"],
-                        "tags": r.get("tags") or [],
-                    }
-                )
+                path = os.path.join(meta_dir, n)
+                try:
+                    events.append(event_record(_read_json(path)))
+                except (OSError, *RECORD_ERRORS) as exc:
+                    skip_record(path, exc)
         return events
 
     def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
