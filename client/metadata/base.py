@@ -41,16 +41,16 @@ _reported: set = set()
 def _name(r: dict, key: str) -> str:
     """An id field as a string: a non-empty name without '/' (ints, as the service stores run and task ids)."""
     value = r[key]
-    if isinstance(value, int) and not isinstance(value, bool):
+    if type(value) is str and value and "/" not in value and value != "." and value != "..":
+        return value
+    if type(value) is int:
         return str(value)
-    if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
-        raise ValueError("%s is not a name: %r" % (key, value))
-    return value
+    raise ValueError("%s is not a name: %r" % (key, value))
 
 
 def _ts(r: dict) -> Any:
     value = r["ts_epoch"]
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if type(value) is not int and type(value) is not float:
         raise ValueError("ts_epoch is not a number: %r" % (value,))
     return value
 
