@@ -427,6 +427,16 @@ def _built(make: Callable[[Any], Node], items: Iterable[Any]) -> List[Node]:
     return nodes
 
 
+def _run_finished(run: Any, path: str) -> bool:
+    """Whether the run finished; False when its end task's `_task_ok` cannot be read (logged): then run.json alone
+    fails, and the run's directories are re-read as those of a running run."""
+    try:
+        with client_errors(path):
+            return bool(run.finished)
+    except OSError:
+        return False
+
+
 def _mtime(*times: Any) -> float:
     for value in times:
         if value is not None:
@@ -559,12 +569,7 @@ class RunDir(Dir):
     def __init__(self, tree: "Tree", path: str, run: Any):
         with client_errors(path):
             mtime = _mtime(run.created_at)
-        try:
-            with client_errors(path):
-                stable = bool(run.finished)
-        except OSError:
-            stable = False  # its end task's `_task_ok` cannot be read (logged): run.json alone fails
-        super().__init__(tree, path, mtime, stable)
+        super().__init__(tree, path, mtime, _run_finished(run, path))
         self.run = run
         self._archive: Any = _UNKNOWN  # CodeArchive, or None without a code package; read once per node
 
@@ -1130,7 +1135,7 @@ class Tree:
         with client_errors(self.pathspec):
             obj = getattr(self.client, classes[len(parts)])("/".join(parts))
             run = self.client.Run("/".join(parts[:2])) if len(parts) > 2 else None
-            run_stable = bool(run.finished) if run is not None else False
+        run_stable = _run_finished(run, self.pathspec) if run is not None else False
         if len(parts) == 1:
             return FlowDir(self, "/", obj)
         if len(parts) == 2:

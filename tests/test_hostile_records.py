@@ -272,3 +272,17 @@ def test_api_garbage_internal_artifacts_and_code(local_root: Path, tmp_path: Pat
     assert _both(apis, lambda api: api.Run("FailFlow/" + ids["codepkg"]).successful) == ("UnpicklingError",) * 2
     metaflow_code, our_code = _both(apis, lambda api: api.Run("FailFlow/" + ids["codepkg"]).code)
     assert isinstance(metaflow_code, str) and isinstance(our_code, str)  # exception names: both raise
+
+
+def test_a_mount_of_one_step_of_a_run_with_garbage_task_ok_starts(local_root: Path, tmp_path: Path, clients: dict,
+                                                                  ids: dict) -> None:
+    """`mffs mount mnt Flow/run/step` of a run whose end task's `_task_ok` is garbage: the step is served (as
+    a running run's, re-read after the refresh), where the mount failed to start."""
+    from mffs.tree import Tree
+
+    root = _hostile(local_root, tmp_path, CASES["garbage _task_ok"], ids)
+    client = _apis(clients, root)["client"]
+    tree = Tree(client, pathspec="FailFlow/%s/start" % ids["resume"], namespace=None)
+    assert [entry.name for entry in tree.list("/")] == ["step.json", "1"]
+    assert tree.read_file("/1/task.json")
+    assert not tree.listing("/")[0]  # not stable: the run's end is unknown
