@@ -197,9 +197,10 @@ def test_a_bad_record_hides_only_itself_in_a_crawled_mount(
         parent = os.path.dirname(bad) or "."
         listed = run_mffs("ls", parent, "--datastore-root", str(root), "--all-namespaces")
         assert listed.returncode == 0, listed.stderr
-        expected = {n.split("/")[len(parent.split("/")) - (parent == ".")] for n in case.neighbours(ids)
-                    if n.startswith(parent + "/") or parent == "."}
-        assert expected <= set(listed.stdout.split())
+        prefix = "" if parent == "." else parent + "/"
+        expected = {n[len(prefix):].split("/")[0] for n in case.neighbours(ids) if n.startswith(prefix)}
+        assert expected and expected <= set(listed.stdout.split())
+        assert case.bad_errno is None or os.path.basename(bad) not in listed.stdout.split()
     if case.bad_errno != errno.ENOENT:  # a record that is a directory is no record, as for Metaflow: no log
         assert "left out" in mount.log() or "backend failure" in mount.log()
     shutil.rmtree(root)
