@@ -26,13 +26,11 @@ MetaflowInternalError naming it.
 """
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from typing import Any, List, Optional
 
 from ..exceptions import MetaflowInternalError
 
-log = logging.getLogger("client")
 #: what a record builder raises for a malformed row
 RECORD_ERRORS = (ValueError, KeyError, TypeError)
 _reported: set = set()
@@ -120,8 +118,10 @@ def event_record(r: dict) -> dict:
 def skip_record(where: str, exc: BaseException) -> None:
     """Log, once per process and record, that a list leaves out the malformed or unreadable record `where`."""
     if where not in _reported and len(_reported) < 100_000:
+        import logging  # only when a datastore has a bad record: `import client` stays light
+
         _reported.add(where)
-        log.warning("left out %s: %s: %s", where, type(exc).__name__, exc)
+        logging.getLogger("client").warning("left out %s: %s: %s", where, type(exc).__name__, exc)
 
 
 def bad_record(where: str, exc: BaseException) -> MetaflowInternalError:
