@@ -6,6 +6,9 @@
 
 Metaflow itself is never imported. Backends: a local datastore with local metadata (the default), S3 (boto3)
 and the Metaflow metadata service (requests), each imported only when used.
+
+Pickles are trusted by default, as in Metaflow: `trust_pickles(False)` makes every value load (`.data`, and the
+internal artifacts behind `finished`, `exception`, parent tasks, ...) use the restricted unpickler instead.
 """
 from .core import (
     DataArtifact,
@@ -21,8 +24,10 @@ from .core import (
     default_namespace,
     get_metadata,
     get_namespace,
+    get_trust_pickles,
     metadata,
     namespace,
+    trust_pickles,
 )
 from .exceptions import (
     MetaflowBackendError,
@@ -37,6 +42,7 @@ from .exceptions import (
 __all__ = [
     "DataArtifact", "Flow", "Metadata", "Metaflow", "MetaflowCode", "MetaflowData", "Run", "Step", "Task",
     "default_metadata", "default_namespace", "get_metadata", "get_namespace", "metadata", "namespace",
+    "trust_pickles", "get_trust_pickles",
     "MetaflowBackendError", "MetaflowException", "MetaflowInternalError", "MetaflowInvalidPathspec",
     "MetaflowNamespaceMismatch", "MetaflowNotFound", "MetaflowUnknownUser",
 ]

@@ -23,12 +23,15 @@ from .metadata.base import MetadataProvider
 from .recent import Recent
 
 #: Artifact blobs are named by the sha1 of the pickle, so these values are known from a record alone:
-#: sha1(pickle.dumps(value, protocol)) for protocols 4 (Metaflow's pickle-v4) and 2 (pickle-v2).
+#: sha1(pickle.dumps(value, protocol)) for protocols 4 (Metaflow's pickle-v4) and 2 (pickle-v2). `_task_ok`,
+#: `_success` and `_exception` hold one of these in almost every task: they are never read nor unpickled.
 KNOWN_VALUES = {
     "dbc1aaddc8b7343d6d33b34edcf608b8f8801918": None,
     "f3627f46179fdd95bf0e83101840fd1d71b60e40": None,
     "868436778cb011a1c6230bc12534683ab0b7f1c3": True,
     "69e77141c3eb7a8c9ce864251d70c02723f29332": True,
+    "2473d4676d5b2aba674167293142f8031ada401b": False,
+    "caa40ab420354941d2127f64360105b8548b8802": False,
 }
 _GRACE_MS = 5000
 _ABSENT = object()  # cached answers may be None

@@ -52,6 +52,22 @@ _INCLUDED_FILE_TYPE = "<class 'metaflow.includefile.IncludedFile'>"
 _NOT_SET = object()
 _namespace: Any = _NOT_SET
 _provider: Optional[CachingProvider] = None
+_trust_pickles = True
+
+
+def trust_pickles(trusted: bool) -> bool:
+    """Whether artifact values load with the full unpickler (True, the default: Metaflow's behaviour, a pickle may
+    run code) or the restricted one (False: allow-listed data types only, see client.unpickle). Every load obeys
+    it unless it says otherwise (`DataArtifact.load(trusted=...)`): `.data`, and the internal artifacts behind
+    `finished`, `successful`, `exception`, `index`, parent/child tasks and steps. The mount sets False for its
+    process unless started with --trust-pickles, since listing a directory must never run a datastore's code."""
+    global _trust_pickles
+    _trust_pickles = bool(trusted)
+    return _trust_pickles
+
+
+def get_trust_pickles() -> bool:
+    return _trust_pickles
 
 
 def namespace(ns: Optional[str]) -> Optional[str]:
@@ -393,10 +409,14 @@ class DataArtifact(MetaflowObject):
         records = [self._provider.artifact(*t._components, self.id, attempt=t._attempt) for t in self._peer_tasks()]
         ds.prefetch([r["sha"] for r in records if r is not None])
 
-    def load(self, trusted: bool = True) -> Any:
-        """The value; `trusted=False` loads only allow-listed data types (see client.unpickle). A large blob that
-        is not cached is unpickled from a stream, so its serialized bytes and the value are not both in memory."""
+    def load(self, trusted: Optional[bool] = None) -> Any:
+        """The value; `trusted=False` loads only allow-listed data types (see client.unpickle), None follows
+        `trust_pickles()`. A large blob that is not cached is unpickled from a stream, so its serialized bytes and
+        the value are not both in memory."""
         from . import unpickle
+
+        if trusted is None:
+            trusted = _trust_pickles
 
         ds = self._datastore()
         self._prefetch_for_siblings(ds)
@@ -640,7 +660,7 @@ class Task(MetaflowObject):
             return missing
         # `_exception` is None and `_task_ok` True in almost every task: their blobs need not be read
         sha = artifact.sha
-        return KNOWN_VALUES[sha] if sha in KNOWN_VALUES else artifact.data
+        return KNOWN_VALUES[sha] if sha in KNOWN_VALUES else _internal_value(artifact)
 
     @property
     def data(self) -> MetaflowData:
@@ -681,7 +701,7 @@ class Task(MetaflowObject):
             if last.isdigit():
                 return int(last)
         try:
-            return self["_foreach_stack"].data[-1].index
+            return _internal_value(self["_foreach_stack"])[-1].index
         except (KeyError, IndexError):
             return None
 
@@ -840,7 +860,7 @@ class Task(MetaflowObject):
     @property
     def parent_task_pathspecs(self) -> Iterator[str]:
         step = self._components[2]
-        graph = self["_graph_info"].data
+        graph = _internal_value(self["_graph_info"])
         steps = _previous_steps(graph, step)
         path = self._latest_field("foreach-execution-path")
         if len(steps) > 1:
@@ -859,7 +879,7 @@ class Task(MetaflowObject):
     @property
     def child_task_pathspecs(self) -> Iterator[str]:
         step = self._components[2]
-        graph = self["_graph_info"].data
+        graph = _internal_value(self["_graph_info"])
         steps = graph["steps"][step]["next"]
         path = self._latest_field("foreach-execution-path")
         if len(steps) > 1:
@@ -886,6 +906,19 @@ class Task(MetaflowObject):
     def child_tasks(self) -> Iterator["Task"]:
         for pathspec in self.child_task_pathspecs:
             yield Task(pathspec, _namespace_check=False)
+
+
+def _internal_value(artifact: DataArtifact) -> Any:
+    """The value of one of Metaflow's internal artifacts (`_task_ok`, `_graph_info`, ...), loaded as
+    `trust_pickles()` says. Untrusted, a pickle of a class that is not allow-listed is not a value at all: an error
+    naming it, rather than a placeholder that `finished` or a graph lookup would take for one."""
+    value = artifact.load()
+    if not _trust_pickles:
+        from .unpickle import UntrustedObject
+
+        if isinstance(value, UntrustedObject):
+            raise MetaflowInternalError("Artifact %s was not loaded: %r" % (artifact.pathspec, value))
+    return value
 
 
 def _enclosing_path(path: str) -> str:
@@ -941,7 +974,7 @@ class Step(MetaflowObject):
 
     @property
     def parent_steps(self) -> Iterator["Step"]:
-        graph = self.task["_graph_info"].data
+        graph = _internal_value(self.task["_graph_info"])
         if self.id != graph.get("start_step", "start"):
             flow, run, _ = self._components
             for name in _previous_steps(graph, self.id):
@@ -949,7 +982,7 @@ class Step(MetaflowObject):
 
     @property
     def child_steps(self) -> Iterator["Step"]:
-        graph = self.task["_graph_info"].data
+        graph = _internal_value(self.task["_graph_info"])
         if self.id != graph.get("end_step", "end"):
             flow, run, _ = self._components
             for name in graph["steps"][self.id]["next"]:

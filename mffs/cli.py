@@ -296,7 +296,7 @@ def _configure_logging(debug: bool, log_file: Optional[str]) -> None:
         handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     level = logging.DEBUG if debug else logging.INFO
-    for name in ("mffs", "fuse"):
+    for name in ("mffs", "client", "fuse"):  # client: records a listing leaves out, S3 retries
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(level if name == "mffs" else (logging.DEBUG if debug else logging.WARNING))

@@ -12,6 +12,18 @@ Unpickling policy. repr.txt, the typed exports and parameters.json load values w
 `--trust-pickles`) that is the client's restricted unpickler: standard-library data types, numpy, pandas and
 Metaflow's own stand-ins load; any other class becomes a placeholder whose repr names it and the flag, and none of
 its code runs, so indexers, `grep -r` and `ls -lR` can crawl a mount safely. data.pickle is always the raw bytes.
+A Tree also sets the client's policy for its process (`client.trust_pickles`), so the internal artifacts behind
+`finished`, `successful`, `exception`, `index` and parent/child tasks load the same way, in the daemon, in
+`mffs ls/cat` and in the readahead worker (True, False and None are known from their sha and never unpickled).
+
+Bad records hide only themselves. A directory's listing leaves out an entry it cannot build, with a log line
+naming it; looking it up by name answers EIO (a malformed record) or ENOENT (no record): flows in the root, runs
+in a flow, tasks in a step, artifacts in a task (the metadata provider leaves malformed records out of its lists,
+see client/metadata/base.py), attempts. What a neighbour's own listing needs but cannot read does not fail it:
+a run or task whose `_task_ok` cannot be loaded is listed, as not finished (its run.json or task.json is EIO);
+`latest_successful` skips runs whose `_success` cannot be loaded; a task whose `_exception` cannot be loaded
+lists exception.txt (EIO when read); a run whose code package is corrupt lists its files and steps without code/
+(code/ answers EIO).
 
 Stability. Every node says whether it is *stable*: its attributes, bytes and child names can no longer change.
 Everything under a finished run (`Run.finished`) is stable, and so is everything under a finished task
@@ -51,7 +63,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
+from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple,
+                    Union)
 
 from cachetools import LRUCache
 
@@ -402,6 +415,28 @@ class Dir(Node):
         return FileNotFoundError(errno.ENOENT, "No such file or directory", join(self.path, name))
 
 
+def _built(make: Callable[[Any], Node], items: Iterable[Any]) -> List[Node]:
+    """`make(item)` for each item, leaving out those whose node cannot be built (client_errors logged why): one bad
+    record hides only its own entry."""
+    nodes = []
+    for item in items:
+        try:
+            nodes.append(make(item))
+        except OSError:
+            continue
+    return nodes
+
+
+def _run_finished(run: Any, path: str) -> bool:
+    """Whether the run finished; False when its end task's `_task_ok` cannot be read (logged): then run.json alone
+    fails, and the run's directories are re-read as those of a running run."""
+    try:
+        with client_errors(path):
+            return bool(run.finished)
+    except OSError:
+        return False
+
+
 def _mtime(*times: Any) -> float:
     for value in times:
         if value is not None:
@@ -414,7 +449,15 @@ class RootDir(Dir):
 
     def children(self) -> List[Node]:
         with client_errors(self.path):
-            return [FlowDir(self.tree, join(self.path, flow.id), flow) for flow in self.tree.client.Metaflow()]
+            records = self.tree.client.Metaflow().metadata.flows()
+        return _built(self._flow, records)
+
+    def _flow(self, record: dict) -> Node:
+        # as Metaflow() iterates, but one flow at a time: a flow out of the namespace is ENOENT, a bad one EIO
+        path = join(self.path, record["flow_id"])
+        with client_errors(path):
+            flow = self.tree.client.Flow(_object=record, pathspec=record["flow_id"])
+        return FlowDir(self.tree, path, flow)
 
     def child(self, name: str) -> Node:
         with client_errors(join(self.path, name)):
@@ -439,17 +482,27 @@ class FlowDir(Dir):
         with client_errors(self.path):
             return Symlink(self.tree, join(self.path, name), _mtime(run.created_at), False, run.id)
 
+    def _latest_successful(self, runs: List[Any]) -> Optional[Any]:
+        """Flow.latest_successful_run, skipping the runs whose `_success` cannot be read (logged)."""
+        for run in runs:
+            try:
+                with client_errors(join(self.path, run.id)):
+                    if run.successful:
+                        return run
+            except OSError:
+                continue
+        return None
+
     def children(self) -> List[Node]:
         runs = self._runs()
         nodes: List[Node] = []
         if runs:
             nodes.append(self._link("latest", runs[0]))
-            with client_errors(self.path):
-                successful = next((run for run in runs if run.successful), None)
+            successful = self._latest_successful(runs)
             if successful is not None:
                 nodes.append(self._link("latest_successful", successful))
         nodes.append(TagsDir(self.tree, join(self.path, "tags"), self.mtime, self.flow))
-        nodes.extend(RunDir(self.tree, join(self.path, run.id), run) for run in runs)
+        nodes.extend(_built(lambda run: RunDir(self.tree, join(self.path, run.id), run), runs))
         return nodes
 
     def child(self, name: str) -> Node:
@@ -459,7 +512,7 @@ class FlowDir(Dir):
             if name == "latest":
                 run = self.flow.latest_run
             elif name == "latest_successful":
-                run = self.flow.latest_successful_run
+                run = self._latest_successful(self._runs())
             else:
                 return RunDir(self.tree, join(self.path, name), self.flow[name])
         if run is None:
@@ -516,8 +569,7 @@ class RunDir(Dir):
     def __init__(self, tree: "Tree", path: str, run: Any):
         with client_errors(path):
             mtime = _mtime(run.created_at)
-            stable = bool(run.finished)
-        super().__init__(tree, path, mtime, stable)
+        super().__init__(tree, path, mtime, _run_finished(run, path))
         self.run = run
         self._archive: Any = _UNKNOWN  # CodeArchive, or None without a code package; read once per node
 
@@ -550,10 +602,14 @@ class RunDir(Dir):
         with client_errors(self.path):
             steps = list(self.run)
         nodes = self._files()
-        code = self._code_dir() if CODE_DIR not in {step.id for step in steps} else None
-        if code is not None:
-            nodes.append(code)
-        return nodes + [StepDir(self.tree, join(self.path, step.id), step, self.stable) for step in steps]
+        if CODE_DIR not in {step.id for step in steps}:
+            try:
+                code = self._code_dir()
+            except OSError:
+                code = None  # a corrupt code package (logged): code/ alone is left out, and EIO by name
+            if code is not None:
+                nodes.append(code)
+        return nodes + _built(lambda step: StepDir(self.tree, join(self.path, step.id), step, self.stable), steps)
 
     def child(self, name: str) -> Node:
         for node in self._files():
@@ -685,7 +741,7 @@ class StepDir(Dir):
     def children(self) -> List[Node]:
         with client_errors(self.path):
             tasks = list(self.step)
-        return [self._step_json()] + [TaskDir(self.tree, join(self.path, t.id), t, self.stable) for t in tasks]
+        return [self._step_json()] + _built(lambda t: TaskDir(self.tree, join(self.path, t.id), t, self.stable), tasks)
 
     def tasks_after(self, task_path: str, count: int) -> List[str]:
         """Paths of the (up to) `count` tasks listed after `task_path`, except those an earlier call returned;
@@ -735,8 +791,11 @@ class TaskDir(Dir):
 
     def contents_stable(self) -> bool:
         if self._contents_stable is None:
-            with client_errors(self.path):
-                self._contents_stable = self.stable or bool(self.task.finished)
+            try:
+                with client_errors(self.path):
+                    self._contents_stable = self.stable or bool(self.task.finished)
+            except OSError:
+                self._contents_stable = False  # `_task_ok` cannot be read (logged): task.json alone fails
         return self._contents_stable
 
     def _file(self, name: str) -> Node:
@@ -748,13 +807,20 @@ class TaskDir(Dir):
             "stderr.log": lambda: render.text_bytes(task.stderr),
             "exception.txt": lambda: render.exception_bytes(task.exception),
         }
-        with client_errors(self.path):
-            mtime = _mtime(task.finished_at, task.created_at)
+        try:
+            with client_errors(self.path):
+                mtime = _mtime(task.finished_at, task.created_at)
+        except OSError:
+            mtime = self.mtime  # its `_task_ok` record is bad (logged): task.json alone fails
         return RenderedFile(self.tree, join(self.path, name), mtime, self.contents_stable(), renderers[name])
 
     def _has_exception(self) -> bool:
-        with client_errors(self.path):
-            return self.task.exception is not None
+        """Whether exception.txt exists: also when `_exception` cannot be read (logged), so that reading it tells."""
+        try:
+            with client_errors(self.path):
+                return self.task.exception is not None
+        except OSError:
+            return True
 
     def _special_dirs(self, listing: bool) -> Dict[str, Callable[[], Node]]:
         """name -> node factory of the directories mffs adds to the task: cards/ when it registered cards;
@@ -779,9 +845,12 @@ class TaskDir(Dir):
             artifacts = list(self.task)  # first: the task's metadata listing it makes serves the questions below
         names = [name for name in self.FILES if name != "exception.txt" or self._has_exception()]
         listing: List[Union[Node, Entry]] = [Entry(name, join(self.path, name), FILE) for name in names]
-        listing.extend(make() for make in self._special_dirs(listing=True).values())
+        try:
+            listing.extend(make() for make in self._special_dirs(listing=True).values())
+        except OSError:
+            pass  # logged: cards/ and attempts/ stay reachable by name (and fail there)
         stable = self.contents_stable()
-        listing.extend(ArtifactDir(self.tree, join(self.path, a.id), a, stable) for a in artifacts)
+        listing.extend(_built(lambda a: ArtifactDir(self.tree, join(self.path, a.id), a, stable), artifacts))
         return listing
 
     def child(self, name: str) -> Node:
@@ -825,7 +894,7 @@ class AttemptsDir(Dir):
             return self.task.current_attempt + 1
 
     def children(self) -> List[Node]:
-        return [self._attempt(number) for number in range(self._count())]
+        return _built(self._attempt, range(self._count()))
 
     def child(self, name: str) -> Node:
         if not (name.isdigit() and name == str(int(name)) and int(name) < self._count()):
@@ -1007,8 +1076,10 @@ class Tree:
         self.render_threshold = render_threshold
         self.step_json_eager_tasks = step_json_eager_tasks
         self.repr_limit = repr_limit
-        #: load artifact values for repr.txt and exports with the full unpickler (else the restricted one)
+        #: load artifact values with the full unpickler (else the restricted one): repr.txt and exports, and, as
+        #: the client's policy for this process, the internal artifacts behind finished, exception, parents, ...
         self.trust_pickles = trust_pickles
+        self.client.trust_pickles(trust_pickles)
         self.control_files: Dict[str, Callable[[], bytes]] = {}
         #: called with a path whose reported size changed from 0 to its exact size (deferred repr.txt)
         self.on_size_learned: Callable[[str], None] = lambda path: None
@@ -1064,7 +1135,7 @@ class Tree:
         with client_errors(self.pathspec):
             obj = getattr(self.client, classes[len(parts)])("/".join(parts))
             run = self.client.Run("/".join(parts[:2])) if len(parts) > 2 else None
-            run_stable = bool(run.finished) if run is not None else False
+        run_stable = _run_finished(run, self.pathspec) if run is not None else False
         if len(parts) == 1:
             return FlowDir(self, "/", obj)
         if len(parts) == 2:

@@ -57,7 +57,7 @@ def manifest(local_root: Path) -> dict:
 
 def reset_client_state() -> None:
     """Forget the process-global namespace and metadata provider of both clients (whichever are imported), so
-    the next call re-derives them from the environment."""
+    the next call re-derives them from the environment, and trust pickles again (a Tree distrusts them)."""
     mf_core = sys.modules.get("metaflow.client.core")
     if mf_core is not None:
         mf_core.current_namespace = False
@@ -72,6 +72,7 @@ def reset_client_state() -> None:
     if our_core is not None:
         our_core._namespace = our_core._NOT_SET
         our_core._provider = None
+        our_core._trust_pickles = True
 
 
 @pytest.fixture(autouse=True)

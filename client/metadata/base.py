@@ -17,36 +17,116 @@ Records:
 The run's tags are authoritative. Steps, tasks and artifacts carry them as "tags"/"system_tags" only when the
 source serves the run's current tags with each row (the service does); otherwise the object model reads the run
 record (local step/task files hold stale copies, which are never used). Errors other than "not found" are raised as exceptions (OSError / MetaflowBackendError).
+
+A source's rows are untrusted: the record builders below check the fields the object model relies on (ids are
+non-empty names without '/', times are numbers, tags are lists of strings) and raise ValueError, KeyError or
+TypeError (`RECORD_ERRORS`) for a malformed row. A provider leaves such a row out of a list, with one log line
+naming it (`skip_record`), so one bad record hides only itself; looking it up by name raises
+MetaflowInternalError naming it.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import List, Optional
+from typing import Any, List, Optional
+
+from ..exceptions import MetaflowInternalError
+
+#: what a record builder raises for a malformed row
+RECORD_ERRORS = (ValueError, KeyError, TypeError)
+_reported: set = set()
+
+
+def _name(r: dict, key: str) -> str:
+    """An id field as a string: a non-empty name without '/' (ints, as the service stores run and task ids)."""
+    value = r[key]
+    if type(value) is str and value and "/" not in value and value != "." and value != "..":
+        return value
+    if type(value) is int:
+        return str(value)
+    raise ValueError("%s is not a name: %r" % (key, value))
+
+
+def _ts(r: dict) -> Any:
+    value = r["ts_epoch"]
+    if type(value) is not int and type(value) is not float:
+        raise ValueError("ts_epoch is not a number: %r" % (value,))
+    return value
+
+
+def _strings(r: dict, key: str) -> List[str]:
+    value = r.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("%s is not a list of strings: %r" % (key, value))
+    return value
+
+
+def _string(r: dict, key: str, required: bool = False) -> Optional[str]:
+    value = r[key] if required else r.get(key)
+    if (value is not None or required) and not isinstance(value, str):
+        raise ValueError("%s is not a string: %r" % (key, value))
+    return value
+
+
+def flow_record(r: dict) -> dict:
+    return {"flow_id": _name(r, "flow_id"), "ts_epoch": _ts(r)}
 
 
 def run_record(r: dict) -> dict:
     """A run record from a source's row (ids as strings, tags as lists)."""
     return {
-        "flow_id": r["flow_id"],
-        "run_number": str(r["run_number"]),
+        "flow_id": _name(r, "flow_id"),
+        "run_number": _name(r, "run_number"),
         "user_name": r.get("user_name"),
-        "tags": r.get("tags") or [],
-        "system_tags": r.get("system_tags") or [],
-        "ts_epoch": r["ts_epoch"],
+        "tags": _strings(r, "tags"),
+        "system_tags": _strings(r, "system_tags"),
+        "ts_epoch": _ts(r),
     }
+
+
+def step_record(r: dict) -> dict:
+    return {"step_name": _name(r, "step_name"), "ts_epoch": _ts(r)}
+
+
+def task_record(r: dict) -> dict:
+    return {"task_id": _name(r, "task_id"), "ts_epoch": _ts(r)}
 
 
 def artifact_record(r: dict) -> dict:
     """An artifact record from a source's row."""
     return {
-        "name": r["name"],
-        "sha": r["sha"],
-        "content_type": r.get("content_type"),
-        "location": r.get("location"),
+        "name": _name(r, "name"),
+        "sha": _string(r, "sha", required=True),
+        "content_type": _string(r, "content_type"),
+        "location": _string(r, "location"),
         "ds_type": r.get("ds_type"),
         "attempt_id": int(r.get("attempt_id") or 0),
-        "ts_epoch": r["ts_epoch"],
+        "ts_epoch": _ts(r),
     }
+
+
+def event_record(r: dict) -> dict:
+    """A metadata event from a source's row."""
+    return {
+        "field_name": _string(r, "field_name", required=True),
+        "value": r["value"],
+        "type": r.get("type"),
+        "ts_epoch": _ts(r),
+        "tags": _strings(r, "tags"),
+    }
+
+
+def skip_record(where: str, exc: BaseException) -> None:
+    """Log, once per process and record, that a list leaves out the malformed or unreadable record `where`."""
+    if where not in _reported and len(_reported) < 100_000:
+        import logging  # only when a datastore has a bad record: `import client` stays light
+
+        _reported.add(where)
+        logging.getLogger("client").warning("left out %s: %s: %s", where, type(exc).__name__, exc)
+
+
+def bad_record(where: str, exc: BaseException) -> MetaflowInternalError:
+    """The error for looking up a malformed record by name."""
+    return MetaflowInternalError("Malformed metadata record %s: %s: %s" % (where, type(exc).__name__, exc))
 
 
 class MetadataProvider(ABC):

@@ -2,18 +2,34 @@
 
 Reads only what a question needs: a listing of `_meta/` tells which attempts have artifacts, and one file
 answers `task['x']`. Tags of steps, tasks and artifacts are never read here: the object model takes the run's.
+
+Bad records (see base.py): a `_self.json`, artifact or metadata record that is not valid JSON or lacks a field is
+left out of its list with one log line (a task's metadata lacks that event); a `_self.json` or artifact record
+looked up by name raises MetaflowInternalError; a `_self.json` that is a directory is no record at all, as for
+Metaflow (absent from lists, not found by name).
 """
 from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from .. import records
 from ..config import mffs_setting
 from ..recent import Recent
 from ..storage.local import read_file
-from .base import MetadataProvider, artifact_record, run_record
+from .base import (
+    RECORD_ERRORS,
+    MetadataProvider,
+    artifact_record,
+    bad_record,
+    event_record,
+    flow_record,
+    run_record,
+    skip_record,
+    step_record,
+    task_record,
+)
 
 MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
 
@@ -37,7 +53,7 @@ def _exists(path: str) -> bool:
 def _self_record(path: str) -> Optional[dict]:
     try:
         return _read_json(path + "/_meta/_self.json")
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
 
 
@@ -65,8 +81,9 @@ class LocalMetadataProvider(MetadataProvider):
     def _path(self, *ids: str) -> str:
         return "/".join((self.root,) + ids)
 
-    def _children(self, *ids: str) -> List[dict]:
-        """`_self.json` records of the sub-directories that have one, in directory order."""
+    def _children(self, make: Callable[[dict], dict], *ids: str) -> List[dict]:
+        """`make(record)` of the `_self.json` of each sub-directory that has one, in directory order (a bad record
+        is left out, logged)."""
         if self.root is None:
             return []
         try:
@@ -77,45 +94,49 @@ class LocalMetadataProvider(MetadataProvider):
         for entry in entries:
             if entry.name.startswith(".") or entry.name == "_meta":
                 continue
-            record = _self_record(entry.path)
-            if record is not None:
-                records.append(record)
+            try:
+                record = _self_record(entry.path)
+                if record is not None:
+                    records.append(make(record))
+            except (OSError, *RECORD_ERRORS) as exc:
+                skip_record(entry.path + "/_meta/_self.json", exc)
         return records
 
-    def _one(self, *ids: str) -> Optional[dict]:
+    def _one(self, make: Callable[[dict], dict], *ids: str) -> Optional[dict]:
         if self.root is None or any(not i or "/" in i or i in (".", "..") for i in ids):
             return None
-        return _self_record(self._path(*ids))
+        path = self._path(*ids)
+        try:
+            record = _self_record(path)
+            return None if record is None else make(record)
+        except RECORD_ERRORS as exc:
+            raise bad_record(path + "/_meta/_self.json", exc) from exc
 
     def flows(self) -> List[dict]:
-        return [{"flow_id": r["flow_id"], "ts_epoch": r["ts_epoch"]} for r in self._children()]
+        return self._children(flow_record)
 
     def flow(self, flow: str) -> Optional[dict]:
-        r = self._one(flow)
-        return r and {"flow_id": r["flow_id"], "ts_epoch": r["ts_epoch"]}
+        return self._one(flow_record, flow)
 
     _run = staticmethod(run_record)
 
     def runs(self, flow: str) -> List[dict]:
-        return [self._run(r) for r in self._children(flow)] if self._one(flow) else []
+        return self._children(self._run, flow) if self._one(flow_record, flow) else []
 
     def run(self, flow: str, run: str) -> Optional[dict]:
-        r = self._one(flow, run)
-        return r and self._run(r)
+        return self._one(self._run, flow, run)
 
     def steps(self, flow: str, run: str) -> List[dict]:
-        return [{"step_name": r["step_name"], "ts_epoch": r["ts_epoch"]} for r in self._children(flow, run)]
+        return self._children(step_record, flow, run)
 
     def step(self, flow: str, run: str, step: str) -> Optional[dict]:
-        r = self._one(flow, run, step)
-        return r and {"step_name": r["step_name"], "ts_epoch": r["ts_epoch"]}
+        return self._one(step_record, flow, run, step)
 
     def tasks(self, flow: str, run: str, step: str) -> List[dict]:
-        return [{"task_id": str(r["task_id"]), "ts_epoch": r["ts_epoch"]} for r in self._children(flow, run, step)]
+        return self._children(task_record, flow, run, step)
 
     def task(self, flow: str, run: str, step: str, task: str) -> Optional[dict]:
-        r = self._one(flow, run, step, task)
-        return r and {"task_id": str(r["task_id"]), "ts_epoch": r["ts_epoch"]}
+        return self._one(task_record, flow, run, step, task)
 
     def _meta_dir(self, flow: str, run: str, step: str, task: str) -> str:
         return self._path(flow, run, step, task, "_meta")
@@ -155,11 +176,15 @@ class LocalMetadataProvider(MetadataProvider):
             if attempt is None:
                 return []
         prefix, internal = "%d_artifact_" % attempt, "%d_artifact__" % attempt
-        return [
-            self._artifact(_read_json(os.path.join(meta_dir, n)))
-            for n in names
-            if n.startswith(prefix) and n.endswith(".json") and not n.startswith(internal)
-        ]
+        records = []
+        for n in names:
+            if n.startswith(prefix) and n.endswith(".json") and not n.startswith(internal):
+                path = os.path.join(meta_dir, n)
+                try:
+                    records.append(self._artifact(_read_json(path)))
+                except (OSError, *RECORD_ERRORS) as exc:
+                    skip_record(path, exc)
+        return records
 
     def artifact(
         self, flow: str, run: str, step: str, task: str, name: str, attempt: Optional[int] = None
@@ -171,10 +196,13 @@ class LocalMetadataProvider(MetadataProvider):
             attempt = self._default_attempt(meta_dir)
             if attempt is None:
                 return None
+        path = "%s/%d_artifact_%s.json" % (meta_dir, attempt, name)
         try:
-            return self._artifact(_read_json("%s/%d_artifact_%s.json" % (meta_dir, attempt, name)))
-        except (FileNotFoundError, NotADirectoryError):
+            return self._artifact(_read_json(path))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        except RECORD_ERRORS as exc:
+            raise bad_record(path, exc) from exc
 
     def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
         names = self._listing(flow, run, step, task)
@@ -196,16 +224,11 @@ class LocalMetadataProvider(MetadataProvider):
         events = []
         for n in names:
             if n.endswith(".json"):
-                r = _read_json(os.path.join(meta_dir, n))
-                events.append(
-                    {
-                        "field_name": r["field_name"],
-                        "value": r["value"],
-                        "type": r.get("type"),
-                        "ts_epoch": r["ts_epoch"],
-                        "tags": r.get("tags") or [],
-                    }
-                )
+                path = os.path.join(meta_dir, n)
+                try:
+                    events.append(event_record(_read_json(path)))
+                except (OSError, *RECORD_ERRORS) as exc:
+                    skip_record(path, exc)
         return events
 
     def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
