@@ -141,15 +141,16 @@ def _current_provider() -> CachingProvider:
     return _provider  # type: ignore[return-value]
 
 
-def current_context() -> Tuple[Optional[str], CachingProvider]:
-    """The namespace and metadata provider in effect, to put back later with `restore_context`: for a process that
-    serves several datastores in turn (mffs's fsspec filesystems), each keeping its provider and caches."""
-    return get_namespace(), _current_provider()
+def current_context() -> Tuple[Any, Optional[CachingProvider], bool]:
+    """The namespace, metadata provider and pickle trust in effect, as they are (unset ones too), to put back later
+    with `restore_context`: for a process that serves several datastores in turn (mffs's fsspec filesystems), each
+    keeping its provider and caches, while the process's own client settings stay as they were."""
+    return _namespace, _provider, _trust_pickles
 
 
-def restore_context(context: Tuple[Optional[str], CachingProvider]) -> None:
-    global _namespace, _provider
-    _namespace, _provider = context
+def restore_context(context: Tuple[Any, Optional[CachingProvider], bool]) -> None:
+    global _namespace, _provider, _trust_pickles
+    _namespace, _provider, _trust_pickles = context
 
 
 def _created_at(record: dict) -> "datetime":

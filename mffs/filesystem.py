@@ -14,9 +14,10 @@ Links (`latest`, `latest_successful`, tag entries) are listed as type "link" wit
 `find`/`walk` do not descend into them, as `os.walk` does not on a mount, while `ls`, `find` or `open` of a path
 through a link (`mffs://HelloFlow/latest/...`) resolve it.
 
-The client keeps one namespace and metadata provider per process (as Metaflow's does). Each filesystem keeps its
-own (`client.core.current_context`) and puts it back for each call, under one lock: filesystems of several
-datastores can live in one process, and their calls take turns.
+The client keeps one namespace, metadata provider and pickle trust per process (as Metaflow's does). Each
+filesystem keeps its own (`client.core.current_context`) and puts it in effect for each call, under one lock, then
+puts the process's back: filesystems of several datastores live in one process beside the process's own use of
+the client API, and their calls take turns.
 
 Registered through the `fsspec.specs` entry point (pyproject.toml); fsspec is imported only by this module.
 """
@@ -61,16 +62,25 @@ class MffsFileSystem(AbstractFileSystem):
     ):
         super().__init__(**storage_options)
         with _lock:
-            namespace_kwargs = source.select(datastore_root, metadata, namespace, all_namespaces)
-            self.tree = Tree(trust_pickles=trust_pickles, **namespace_kwargs)
-            self._context = client.current_context()
+            outside = client.current_context()
+            try:
+                namespace_kwargs = source.select(datastore_root, metadata, namespace, all_namespaces)
+                self.tree = Tree(trust_pickles=trust_pickles, **namespace_kwargs)
+                self._context = client.current_context()
+            finally:
+                client.restore_context(outside)
 
     @contextlib.contextmanager
     def _active(self) -> Iterator[Tree]:
-        """This filesystem's tree, with its namespace and provider in effect."""
+        """This filesystem's tree, with its namespace, provider and pickle trust in effect; the process's own
+        client settings are put back after."""
         with _lock:
+            outside = client.current_context()
             client.restore_context(self._context)
-            yield self.tree
+            try:
+                yield self.tree
+            finally:
+                client.restore_context(outside)
 
     @classmethod
     def _strip_protocol(cls, path: Union[str, List[str]]) -> Any:

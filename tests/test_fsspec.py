@@ -152,3 +152,15 @@ def test_open_reads_a_deferred_file_with_its_exact_size(fs, types_task) -> None:
         assert handle.size == len(data) > 0
     assert data.decode() == repr(types_task["frame"].data) + "\n"
     assert io.BytesIO(fs.cat_file(path, 0, 10)).read() == data[:10]
+
+
+def test_the_processs_own_client_settings_are_left_as_they_were(fs, clients, client_env, manifest) -> None:
+    ours = clients["client"]
+    ours.namespace("user:alice")
+    assert ours.get_trust_pickles() is True
+    fs.ls("", detail=False)  # untrusted, every namespace
+    other = fsspec.filesystem("mffs", datastore_root=str(client_env), namespace="user:bob", trust_pickles=True)
+    other.ls("", detail=False)
+    assert ours.get_namespace() == "user:alice" and ours.get_trust_pickles() is True
+    kitchen = manifest["runs"]["kitchen"]["pathspec"]
+    assert ours.Run(kitchen).data is not None
