@@ -414,3 +414,26 @@ def test_a_tasks_metadata_fields_cost_one_request(service_env, replay_service):
               for _ in range(2)]
     assert fields[0] == fields[1] and fields[0][4]  # (values checked against Metaflow's in test_service_walk)
     assert replay_service.counts[("GET", "/flows/RecShapesFlow/runs/1/steps/inner/tasks/10/metadata")] == 1
+
+
+def test_a_malformed_row_hides_only_itself(service_env):
+    """A service row without a required field or with a junk id is left out of its list (the neighbours stay), and
+    asked for by name it is MetaflowInternalError naming it, as with the local provider."""
+    with ReplayServer() as server:
+        p = provider(server)
+        good_runs = p.runs("RecTeamFlow")
+        status, headers, body = server.answers[("GET", "/flows/RecTeamFlow/runs")]
+        rows = json.loads(body)
+        rows[0] = dict(rows[0], run_number="../../etc")
+        rows[1] = {key: value for key, value in rows[1].items() if key != "ts_epoch"}
+        server.answers[("GET", "/flows/RecTeamFlow/runs")] = (status, headers, json.dumps(rows).encode())
+        assert p.runs("RecTeamFlow") == good_runs[2:]
+        path = "/flows/RecShapesFlow/runs/1/steps/start/tasks"
+        status, headers, body = server.answers[("GET", path)]
+        tasks = json.loads(body)
+        server.answers[("GET", path)] = (status, headers, json.dumps(tasks + [dict(tasks[0], tags="x")]).encode())
+        assert p.tasks("RecShapesFlow", "1", "start") == [p._task(row) for row in tasks]
+        status, headers, body = server.answers[("GET", "/flows/RecTeamFlow/runs/7")]
+        server.answers[("GET", "/flows/RecTeamFlow/runs/7")] = (status, headers, b'{"flow_id": "RecTeamFlow"}')
+        with pytest.raises(MetaflowInternalError, match="/flows/RecTeamFlow/runs/7"):
+            p.run("RecTeamFlow", "7")

@@ -77,10 +77,14 @@ def run_record(r: dict) -> dict:
         "flow_id": _name(r, "flow_id"),
         "run_number": _name(r, "run_number"),
         "user_name": r.get("user_name"),
-        "tags": _strings(r, "tags"),
-        "system_tags": _strings(r, "system_tags"),
+        **run_tags(r),
         "ts_epoch": _ts(r),
     }
+
+
+def run_tags(r: dict) -> dict:
+    """A row's run tags (`tags`, `system_tags`), checked to be lists of strings."""
+    return {"tags": _strings(r, "tags"), "system_tags": _strings(r, "system_tags")}
 
 
 def step_record(r: dict) -> dict:

@@ -16,13 +16,25 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
 from .. import records
 from ..config import mffs_setting, setting
 from ..exceptions import MetaflowBackendError, MetaflowInternalError
-from .base import MetadataProvider, artifact_record, run_record
+from .base import (
+    RECORD_ERRORS,
+    MetadataProvider,
+    artifact_record,
+    bad_record,
+    event_record,
+    flow_record,
+    run_record,
+    run_tags,
+    skip_record,
+    step_record,
+    task_record,
+)
 
 #: the OS's reason inside a requests/urllib3 connection error, e.g. "[Errno 111] Connection refused"
 _ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
@@ -221,32 +233,42 @@ class ServiceMetadataProvider(MetadataProvider):
             path += "/%s/%s" % (kind, segment)
         return path
 
-    def _one(self, path: Optional[str]) -> Optional[dict]:
-        return None if path is None else self._get(path)
+    def _one(self, make: Callable[[dict], dict], path: Optional[str]) -> Optional[dict]:
+        """`make(row)` of the service's row at `path` (None when there is none); a malformed row raises
+        MetaflowInternalError naming it."""
+        r = None if path is None else self._get(path)
+        if r is None:
+            return None
+        try:
+            return make(r)
+        except RECORD_ERRORS as exc:
+            raise bad_record(self.url + path, exc) from exc
 
-    def _list(self, path: Optional[str]) -> List[dict]:
-        return (None if path is None else self._get(path)) or []
+    def _list(self, make: Callable[[dict], dict], path: Optional[str]) -> List[dict]:
+        """`make(row)` of each row the service lists at `path`; a malformed row is left out (logged once)."""
+        built = []
+        for index, r in enumerate((None if path is None else self._get(path)) or []):
+            try:
+                built.append(make(r))
+            except RECORD_ERRORS as exc:
+                skip_record("%s%s row %d" % (self.url, path, index), exc)
+        return built
 
     # records ---------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _flow(r: dict) -> dict:
-        return {"flow_id": r["flow_id"], "ts_epoch": r["ts_epoch"]}
-
+    _flow = staticmethod(flow_record)
     _run = staticmethod(run_record)
 
-    @staticmethod
-    def _run_tags(r: dict) -> dict:
-        """The run's current tags, which the service serves with every step, task and artifact row."""
-        return {"tags": r.get("tags") or [], "system_tags": r.get("system_tags") or []}
+    #: the run's current tags, which the service serves with every step, task and artifact row
+    _run_tags = staticmethod(run_tags)
 
     @classmethod
     def _step(cls, r: dict) -> dict:
-        return {"step_name": r["step_name"], "ts_epoch": r["ts_epoch"], **cls._run_tags(r)}
+        return {**step_record(r), **cls._run_tags(r)}
 
     @classmethod
     def _task(cls, r: dict) -> dict:
-        return {"task_id": str(r["task_id"]), "ts_epoch": r["ts_epoch"], **cls._run_tags(r)}
+        return {**task_record(r), **cls._run_tags(r)}
 
     @classmethod
     def _artifact(cls, r: dict) -> dict:
@@ -254,49 +276,39 @@ class ServiceMetadataProvider(MetadataProvider):
 
     @staticmethod
     def _event(r: dict) -> dict:
-        value = r["value"]
-        if r["field_name"] == "foreach-stack":
-            value = _foreach_stack(value)
-        return {
-            "field_name": r["field_name"],
-            "value": value,
-            "type": r.get("type"),
-            "ts_epoch": r["ts_epoch"],
-            "tags": r.get("tags") or [],
-        }
+        event = event_record(r)
+        if event["field_name"] == "foreach-stack":
+            event["value"] = _foreach_stack(event["value"])
+        return event
 
     # MetadataProvider ------------------------------------------------------------------------------------------
 
     def flows(self) -> List[dict]:
-        return [self._flow(r) for r in self._list("/flows")]
+        return self._list(self._flow, "/flows")
 
     def flow(self, flow: str) -> Optional[dict]:
-        r = self._one(self._path(flow))
-        return r and self._flow(r)
+        return self._one(self._flow, self._path(flow))
 
     def runs(self, flow: str) -> List[dict]:
         path = self._path(flow)
-        return [self._run(r) for r in self._list(path and path + "/runs")]
+        return self._list(self._run, path and path + "/runs")
 
     def run(self, flow: str, run: str) -> Optional[dict]:
-        r = self._one(self._path(flow, run))
-        return r and self._run(r)
+        return self._one(self._run, self._path(flow, run))
 
     def steps(self, flow: str, run: str) -> List[dict]:
         path = self._path(flow, run)
-        return [self._step(r) for r in self._list(path and path + "/steps")]
+        return self._list(self._step, path and path + "/steps")
 
     def step(self, flow: str, run: str, step: str) -> Optional[dict]:
-        r = self._one(self._path(flow, run, step))
-        return r and self._step(r)
+        return self._one(self._step, self._path(flow, run, step))
 
     def tasks(self, flow: str, run: str, step: str) -> List[dict]:
         path = self._path(flow, run, step)
-        return [self._task(r) for r in self._list(path and path + "/tasks")]
+        return self._list(self._task, path and path + "/tasks")
 
     def task(self, flow: str, run: str, step: str, task: str) -> Optional[dict]:
-        r = self._one(self._path(flow, run, step, task))
-        return r and self._task(r)
+        return self._one(self._task, self._path(flow, run, step, task))
 
     def artifacts(self, flow: str, run: str, step: str, task: str, attempt: Optional[int] = None) -> List[dict]:
         path = self._path(flow, run, step, task)
@@ -307,7 +319,7 @@ class ServiceMetadataProvider(MetadataProvider):
             else:
                 self._require_attempt_routes()
                 path += "/attempt/%d/artifacts" % attempt
-        return [self._artifact(r) for r in self._list(path) if not r["name"].startswith("_")]
+        return [r for r in self._list(self._artifact, path) if not r["name"].startswith("_")]
 
     def artifact(
         self, flow: str, run: str, step: str, task: str, name: str, attempt: Optional[int] = None
@@ -316,12 +328,11 @@ class ServiceMetadataProvider(MetadataProvider):
         if path is not None and attempt is not None:
             self._require_attempt_routes()
             path += "/attempt/%d" % attempt
-        r = self._one(path)
-        return r and self._artifact(r)
+        return self._one(self._artifact, path)
 
     def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
         path = self._path(flow, run, step, task)
-        return [self._event(r) for r in self._list(path and path + "/metadata")]
+        return self._list(self._event, path and path + "/metadata")
 
     def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
         path = self._path(flow, run, step)
