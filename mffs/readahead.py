@@ -30,22 +30,19 @@ import logging
 import marshal
 import os
 import posixpath
-import struct
 import subprocess
 import sys
 import threading
-from typing import IO, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from cachetools import LRUCache
 
+from .sandbox import limit_memory, read_frame, start_worker, write_frame
 from .tree import DIR, Dir, Entry, Stat, StepDir, Tree, collect_garbage_for_caches, join
 
 log = logging.getLogger("mffs")
 
 WAIT_SECONDS = 5.0
-#: the directory holding the mffs and client packages the daemon runs
-_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_LENGTH = struct.Struct("<I")
 _Listing = Tuple[str, List[Tuple[str, str, Optional[tuple]]]]  # directory path, [(name, kind, stat fields)]
 
 
@@ -62,15 +59,7 @@ class Readahead:
         self._ready = threading.Event()
         self._alive = True
         self._walk_reads_tasks = False
-        # the worker imports this copy of mffs and client, wherever the daemon was started from
-        python_path = os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))
-        self._worker = subprocess.Popen(
-            [sys.executable, "-m", "mffs.readahead", json.dumps(tree.worker_settings())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=dict(os.environ, PYTHONPATH=python_path),
-            start_new_session=True,  # a Ctrl-C of a foreground mount is the daemon's to handle
-        )
+        self._worker = start_worker("mffs.readahead", tree.worker_settings())
         threading.Thread(target=self._receive, name="mffs-readahead", daemon=True).start()
 
     def note_lookup_in_task(self) -> None:
@@ -154,7 +143,7 @@ class Readahead:
     def _receive(self) -> None:
         stream = self._worker.stdout
         while True:
-            frame = _read_frame(stream)
+            frame = read_frame(stream)
             if frame is None:
                 self._stop("the readahead worker exited (code %s)" % self._worker.poll())
                 return
@@ -183,21 +172,6 @@ class Readahead:
             log.warning("%s; walks list tasks themselves from now on", reason)
         for event in pending.values():
             event.set()
-
-
-def _read_frame(stream: IO[bytes]) -> Optional[bytes]:
-    header = stream.read(_LENGTH.size)
-    if len(header) < _LENGTH.size:
-        return None
-    (length,) = _LENGTH.unpack(header)
-    payload = stream.read(length)
-    return payload if len(payload) == length else None
-
-
-def _write_frame(stream: IO[bytes], value: Any) -> None:
-    payload = marshal.dumps(value)
-    stream.write(_LENGTH.pack(len(payload)) + payload)
-    stream.flush()
 
 
 def _task_listings(tree: Tree, task_path: str) -> List[_Listing]:
@@ -229,12 +203,16 @@ def main(argv: List[str]) -> None:
     logging.basicConfig(format="%(asctime)s %(name)s readahead %(levelname)s %(message)s")
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints go to the log, not into the frames
-    tree = Tree.from_worker_settings(json.loads(argv[0]))
+    settings = json.loads(argv[0])
+    # what it loads is as untrusted as what the sandbox renders: a value that would exhaust memory ends this
+    # process (the daemon then lists tasks itself), never the machine
+    limit_memory(settings["render_memory_mb"])
+    tree = Tree.from_worker_settings(settings)
     collect_garbage_for_caches()
-    _write_frame(out, (None, []))
+    write_frame(out, (None, []))
     for line in sys.stdin.buffer:
         task_path = line.rstrip(b"\n").decode("utf-8", "surrogateescape")
-        _write_frame(out, (task_path, _task_listings(tree, task_path)))
+        write_frame(out, (task_path, _task_listings(tree, task_path)))
 
 
 if __name__ == "__main__":
