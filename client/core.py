@@ -50,7 +50,14 @@ STREAM_THRESHOLD = 16 * 2**20
 _INCLUDED_FILE_TYPE = "<class 'metaflow.includefile.IncludedFile'>"
 #: what `DataArtifact.load_scalar` returns for a value it does not load
 NOT_A_SCALAR = object()
-_SCALAR_TYPES = frozenset((int, float, complex, bool, type(None), str, bytes))
+_SCALAR_TYPES = frozenset((int, float, bool, type(None), str, bytes))
+#: the opcodes of a protocol 2+ pickle of one scalar: a memo entry, then no more than a few opcodes
+_SCALAR_OPCODES = frozenset((
+    "PROTO", "FRAME", "STOP", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "NONE", "NEWTRUE", "NEWFALSE",
+    "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "BINFLOAT", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
+    "SHORT_BINBYTES", "BINBYTES", "BINBYTES8",
+))
+_SCALAR_MAX_OPCODES = 8
 #: the most serialized bytes `size` reads of an IncludeFile's descriptor (a few hundred in practice)
 _DESCRIPTOR_LIMIT = 64 << 10
 
@@ -404,18 +411,20 @@ class DataArtifact(MetaflowObject):
         return ds.storage.root, ds.flow, self.sha
 
     def load_scalar(self, max_bytes: int) -> Any:
-        """The value when it is a scalar (int, float, complex, bool, None, str, bytes) whose pickle is at most
-        `max_bytes` long and names no global, else `NOT_A_SCALAR`. Provably cheap whatever the blob holds: at most
-        about `max_bytes` are read and inflated, and a pickle that names nothing outside it builds at most one
-        object per opcode. So the mount renders the common small number or string in-process and leaves
+        """The value when it is a scalar (int, float, bool, None, str, bytes) whose pickle is at most `max_bytes`
+        long, else `NOT_A_SCALAR`. Provably cheap whatever the blob holds: at most about `max_bytes` are read and
+        inflated, and the pickle's opcodes are checked before it is unpickled (a handful, none naming a global or
+        building a container). So the mount renders the common small number or string in-process and leaves
         everything else to its sandbox."""
+        ds = self._datastore()
+        self._prefetch_for_siblings(ds)
         self._check_encoding()
-        data = self._datastore().small_blob(self.sha, max_bytes)
+        data = ds.small_blob(self.sha, max_bytes)
         if data is None:
             return NOT_A_SCALAR
         try:
-            value = _loads_naming_only(data, {})
-        except Exception:  # noqa: BLE001 - a global named, or a broken pickle: the sandbox loads and reports it
+            value = _loads_naming_only(data, {}, _SCALAR_OPCODES, _SCALAR_MAX_OPCODES)
+        except Exception:  # noqa: BLE001 - not a scalar, or a broken pickle: the sandbox loads and reports it
             return NOT_A_SCALAR
         return value if type(value) in _SCALAR_TYPES else NOT_A_SCALAR
 
@@ -527,10 +536,22 @@ def _naming_only_unpickler() -> type:
     return NamingOnlyUnpickler
 
 
-def _loads_naming_only(data: bytes, allowed: Dict[Tuple[str, str], Any]) -> Any:
+def _loads_naming_only(data: bytes, allowed: Dict[Tuple[str, str], Any], opcodes: Optional[FrozenSet[str]] = None,
+                       max_opcodes: Optional[int] = None) -> Any:
     """Unpickle `data` resolving only the globals in `allowed` ((module, name) -> object); UnpicklingError for
-    any other. Without globals to call, a pickle builds at most one object per opcode: its cost is bounded by its
-    length (`load_scalar`, and the descriptor read by `size`, rely on that)."""
+    any other. Without globals to call, a pickle builds at most one object per opcode, so its cost is bounded by
+    its length (`load_scalar`, and the descriptor read by `size`, rely on that), but for the memo: the C unpickler
+    sizes it by the largest index stored, gigabytes for a 10-byte pickle. So the opcodes are read first
+    (pickletools), and a memo index beyond the pickle's length refuses it, as do an opcode not in `opcodes` and
+    more than `max_opcodes` opcodes when they are given."""
+    import pickle
+    import pickletools
+
+    for count, (opcode, argument, _) in enumerate(pickletools.genops(data)):
+        if (opcodes is not None and opcode.name not in opcodes) or (max_opcodes is not None and count >= max_opcodes):
+            raise pickle.UnpicklingError("opcode %s refused" % opcode.name)
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(argument) > len(data):
+            raise pickle.UnpicklingError("memo index %s beyond the pickle" % argument)
     unpickler = _naming_only_unpickler()(io.BytesIO(data))
     unpickler.allowed = allowed
     return unpickler.load()

@@ -26,6 +26,7 @@ are (root, flow, sha, artifact name, file name, repr limit); answers are (OK, by
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import marshal
@@ -57,6 +58,8 @@ _LENGTH = struct.Struct("<I")
 #: native libraries a worker may load (numpy, pyarrow) start a thread pool per core unless told otherwise
 _ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 OK, FAILED, LIMIT = "ok", "failed", "limit"
+#: the "file name" asking for a value as `render.json_bytes` writes it (for records: parameters.json)
+RECORD_JSON = ":record.json"
 #: blobs remembered as having blown a limit
 _REFUSALS_KEPT = 10_000
 
@@ -205,9 +208,9 @@ class Sandbox:
         key = request[:4]
         with self._cond:
             refused = self._refused.get(key)
-            if refused is not None:
+            if refused is not None:  # logged when it was refused first: an OSError with an errno is not again
                 self.refusals += 1
-                raise SandboxError("%s: refused: this value %s before" % (file_name, refused))
+                raise OSError(errno.EIO, "%s: refused: this value %s before" % (file_name, refused))
         worker = self._take(key)
         try:
             status, answer = worker.request(request)
@@ -260,7 +263,12 @@ class Sandbox:
                     # the worker holding this blob's value, else the one used last (its caches are warmest)
                     worker = next((w for w in self._idle if w.last_blob == blob), self._idle[-1])
                     self._idle.remove(worker)
-                    break
+                    if worker.process.poll() is None:
+                        break
+                    worker.kill()  # died idle (killed from outside): not the fault of this request's value
+                    self._idle.insert(0, _Worker(self.limits))
+                    self.restarts += 1
+                    continue
                 if len(self._busy) < self.max_workers:
                     starting = not self._busy
                     worker = _Worker(self.limits)
@@ -291,6 +299,17 @@ class Sandbox:
             self._cond.notify()
 
 
+def render_value(value: Any, file_name: str, repr_limit: int) -> bytes:
+    """The bytes of `file_name` (repr.txt, an export, or RECORD_JSON) for a loaded value, wherever it was loaded."""
+    from . import exports, render
+
+    if file_name == "repr.txt":
+        return render.repr_bytes(value, repr_limit)
+    if file_name == RECORD_JSON:
+        return render.json_bytes(value)
+    return exports.render_export(file_name, value)
+
+
 # --- the worker ------------------------------------------------------------------------------------------------
 
 
@@ -309,8 +328,6 @@ def main(argv: List[str]) -> None:
     os.dup2(2, 1)  # stray prints go to the log, not into the frames
     from client.core import load_stored
 
-    from . import exports, render
-
     limit_memory(settings["memory_mb"])
     write_frame(out, (OK, b""))
     kept: Tuple[Any, Any] = (None, None)  # (blob, its value)
@@ -324,11 +341,7 @@ def main(argv: List[str]) -> None:
             if kept[0] != (root, flow, sha, name):
                 kept = (None, None)  # the old value goes before the new one is built
                 kept = ((root, flow, sha, name), load_stored(root, flow, sha, name, trusted=False))
-            value = kept[1]
-            if file_name == "repr.txt":
-                answer = (OK, render.repr_bytes(value, repr_limit))
-            else:
-                answer = (OK, exports.render_export(file_name, value))
+            answer = (OK, render_value(kept[1], file_name, repr_limit))
         except MemoryError:
             kept = (None, None)
             answer = (LIMIT, "reached the memory limit (%d MB)" % settings["memory_mb"])
@@ -336,7 +349,6 @@ def main(argv: List[str]) -> None:
             answer = (LIMIT, "nests too deep to render")
         except Exception as exc:  # noqa: BLE001 - any failure of a hostile value is that file's EIO
             answer = (FAILED, "%s: %s" % (type(exc).__name__, exc))
-        value = None
         write_frame(out, answer)
 
 

@@ -63,6 +63,7 @@ from client.core import NOT_A_SCALAR
 from client.recent import Recent
 
 from . import exports, render
+from . import sandbox as sandbox_module
 from .sandbox import Limits, Sandbox
 
 if TYPE_CHECKING:
@@ -536,7 +537,7 @@ class RunDir(Dir):
         self._archive: Any = _UNKNOWN  # CodeArchive, or None without a code package; read once per node
 
     def _files(self) -> List[Node]:
-        run, stable, mtime, trusted = self.run, self.stable, self.mtime, self.tree.trust_pickles
+        run, stable, mtime, tree = self.run, self.stable, self.mtime, self.tree
         return [
             RenderedFile(
                 self.tree, join(self.path, "run.json"), mtime, stable, lambda: render.json_bytes(render.run_record(run))
@@ -546,7 +547,7 @@ class RunDir(Dir):
                 join(self.path, "parameters.json"),
                 mtime,
                 stable,
-                lambda: render.json_bytes(render.parameters_record(run, trusted)),
+                lambda: render.json_bytes(render.parameters_record(run, tree.record_value)),
             ),
         ]
 
@@ -1117,9 +1118,19 @@ class Tree:
             value = artifact.load_scalar(IN_PROCESS_SCALAR_BYTES)
             if value is NOT_A_SCALAR:
                 return self.sandbox().render(artifact.stored_at(), artifact.id, file_name, self.repr_limit)
-        if file_name == "repr.txt":
-            return render.repr_bytes(value, self.repr_limit)
-        return exports.render_export(file_name, value)
+        return sandbox_module.render_value(value, file_name, self.repr_limit)
+
+    def record_value(self, artifact: Any) -> Any:
+        """An artifact's value for a JSON record (parameters.json), isolated as `render_artifact` isolates it: an
+        untrusted value that is not a small scalar comes back from the sandbox as the JSON data `json_bytes`
+        would write for it (its text parsed), so the record's text is the same."""
+        if self.trust_pickles:
+            return artifact.load(trusted=True)
+        value = artifact.load_scalar(IN_PROCESS_SCALAR_BYTES)
+        if value is NOT_A_SCALAR:
+            text = self.sandbox().render(artifact.stored_at(), artifact.id, sandbox_module.RECORD_JSON, 0)
+            value = json.loads(text)
+        return value
 
     def sandbox(self) -> Sandbox:
         """The pool of processes rendering untrusted values (its workers start with its first render)."""
