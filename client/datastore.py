@@ -22,6 +22,8 @@ from .storage.base import Storage
 MAX_ATTEMPTS = 6
 LOG_SOURCES = ("runtime", "task")
 _GZIP_MAGIC = b"\x1f\x8b"
+#: the most serialized bytes a prefetch inflates per blob (what the blob cache keeps of one blob, by default)
+PREFETCH_INFLATE_LIMIT = 32 << 20
 #: the most serialized bytes inflated to learn a gzip blob's length (`stored_blob_size`, `DataArtifact.blob_size`)
 SIZE_INFLATE_LIMIT = 256 << 10
 
@@ -231,12 +233,23 @@ class FlowDatastore:
         if not missing:
             return
         try:
-            found = self.storage.read_many(missing, then=lambda key, stored: self._decompress(missing[key], stored))
+            found = self.storage.read_many(missing, then=lambda key, stored: self._prefetched(missing[key], stored))
         except OSError:  # the reads that follow fetch (and report) each blob themselves
             return
         for key, data in found.items():
             if data is not None:
                 blob_cache.put(missing[key], data)
+
+    def _prefetched(self, sha: str, stored: bytes) -> Optional[bytes]:
+        """A prefetched blob's bytes, inflated only when they are at most `PREFETCH_INFLATE_LIMIT` long: prefetching
+        runs, on several threads, in whatever process reads (the mount's daemon) for blobs nobody asked for yet,
+        and a small hostile file can inflate to gigabytes. A larger blob is fetched again when it is read."""
+        if stored[:2] != _GZIP_MAGIC:
+            return self._decompress(sha, stored)
+        data = self._inflate_at_most(sha, stored, PREFETCH_INFLATE_LIMIT)
+        if data is not None:
+            disk_cache().put_stream(sha, [data])
+        return data
 
     def open_blob(self, sha: str) -> BinaryIO:
         """A stream of an artifact blob's serialized bytes, decompressed on the fly (for large blobs); from remote

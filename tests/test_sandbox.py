@@ -28,6 +28,7 @@ import pytest
 
 from tests.support.hostile import crawl, copy_flows, flow_dir, replace_artifact, task_dir, wait_for
 from tests.support.mount import mounted
+from tests.support.s3server import BUCKET, s3_env, s3_server  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -386,3 +387,30 @@ def test_parameters_json_is_the_same_through_the_sandbox(client_env, manifest):
     finally:
         sandboxed.close()
         trusted.close()
+
+
+def test_remote_bombs_are_inflated_bounded(s3_env, s3_server, tmp_path):  # noqa: F811
+    """A gzip bomb in S3: prefetching it with its siblings (what a loop over tasks, and the mount, do) and asking
+    its size or whether it is a small scalar inflate a bounded number of bytes, in a process that could not hold
+    what it inflates to."""
+    prefix = "sandbox-%d" % os.getpid()
+    sha, small_sha = "ab" * 20, hashlib.sha1(b"small").hexdigest()
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    objects = {sha: gzip_bomb(4 * 1024), small_sha: compressor.compress(pickle.dumps(0.5, protocol=4)) + compressor.flush()}
+    for key, body in objects.items():
+        s3_server.client().put_object(Bucket=BUCKET, Key="%s/F/data/%s/%s" % (prefix, key[:2], key), Body=body)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        "from client.datastore import FlowDatastore, blob_cache\n"
+        "ds = FlowDatastore.at(sys.argv[1], 'F')\n"
+        "ds.prefetch([sys.argv[2], sys.argv[3]])\n"
+        "print(blob_cache.get(sys.argv[2]) is None, len(blob_cache.get(sys.argv[3]) or b''),"
+        " ds.small_blob(sys.argv[2], 4096) is None)\n"
+    )
+    env = dict(os.environ, MFFS_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-c", script, "s3://%s/%s" % (BUCKET, prefix), sha, small_sha],
+                          capture_output=True, text=True, timeout=120, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", str(len(pickle.dumps(0.5, protocol=4))), "True"]
