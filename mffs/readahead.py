@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from cachetools import LRUCache
 
-from .sandbox import limit_memory, read_frame, start_worker, write_frame
+from .sandbox import limit_memory, process_usage, read_frame, start_worker, write_frame
 from .tree import DIR, Dir, Entry, Stat, StepDir, Tree, collect_garbage_for_caches, join
 
 log = logging.getLogger("mffs")
@@ -121,17 +121,7 @@ class Readahead:
 
     def usage(self) -> Dict[str, Any]:
         """The worker's pid, CPU seconds and peak RSS (from /proc; zeros once it has exited)."""
-        usage = {"pid": self._worker.pid, "cpu_seconds": 0.0, "max_rss_kb": 0}
-        try:
-            with open("/proc/%d/stat" % self._worker.pid) as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            with open("/proc/%d/status" % self._worker.pid) as handle:
-                peak = next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:"))
-        except (OSError, StopIteration, IndexError, ValueError):
-            return usage
-        usage["cpu_seconds"] = round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 3)
-        usage["max_rss_kb"] = peak
-        return usage
+        return process_usage(self._worker.pid)
 
     def _send(self, text: str) -> None:
         try:

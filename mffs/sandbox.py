@@ -106,6 +106,21 @@ def write_frame(stream: IO[bytes], value: Any) -> None:
     stream.flush()
 
 
+def process_usage(pid: int) -> Dict[str, Any]:
+    """A worker's pid, CPU seconds and peak RSS (from /proc; zeros once it has exited)."""
+    usage = {"pid": pid, "cpu_seconds": 0.0, "max_rss_kb": 0}
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/%d/status" % pid) as handle:
+            peak = next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return usage
+    usage["cpu_seconds"] = round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 3)
+    usage["max_rss_kb"] = peak
+    return usage
+
+
 def limit_memory(memory_mb: int) -> None:
     """Cap this process's address space: an allocation beyond it fails (MemoryError) instead of growing."""
     limit = int(memory_mb) << 20
@@ -234,17 +249,18 @@ class Sandbox:
         return answer
 
     def usage(self) -> Dict[str, Any]:
-        """For /.mffs/stats: the workers' pids, renders done, requests refused (a limit blown), workers restarted."""
+        """For /.mffs/stats: the workers (pids, CPU seconds, peak RSS), renders done, requests refused (a limit
+        blown), workers restarted, and the limits."""
         with self._cond:
-            workers = self._idle + self._busy
-            return {
-                "pids": sorted(worker.process.pid for worker in workers),
-                "renders": self.renders,
-                "refusals": self.refusals,
-                "restarts": self.restarts,
-                "limits": {"memory_mb": self.limits.memory_mb, "cpu_seconds": self.limits.cpu_seconds,
-                           "wall_seconds": self.limits.wall_seconds},
-            }
+            pids = sorted(worker.process.pid for worker in self._idle + self._busy)
+            counts = {"renders": self.renders, "refusals": self.refusals, "restarts": self.restarts}
+        return {
+            "pids": pids,
+            "workers": [process_usage(pid) for pid in pids],
+            **counts,
+            "limits": {"memory_mb": self.limits.memory_mb, "cpu_seconds": self.limits.cpu_seconds,
+                       "wall_seconds": self.limits.wall_seconds},
+        }
 
     def close(self) -> None:
         """End every worker (an idle one exits when its requests pipe closes; a busy one is killed)."""

@@ -177,6 +177,7 @@ def test_bombs_fail_alone_and_the_daemon_stays_small(mount, hostile):
     sandbox = stats["render_workers"]
     assert sandbox["refusals"] >= len(BOMBS) and sandbox["restarts"] >= 1, sandbox
     assert len(sandbox["pids"]) == 2
+    assert all(0 < worker["max_rss_kb"] <= MEMORY_MB << 10 for worker in sandbox["workers"]), sandbox
     assert mount.process.poll() is None
     assert daemon_rss_mb(mount) < DAEMON_RSS_BOUND_MB
     log = mount.log()
@@ -223,6 +224,8 @@ def test_unrelated_reads_keep_their_latency_while_a_bomb_is_statted(hostile, tmp
             assert expected is None or text == expected
         bomb.join(60)
         assert not bomb.is_alive()
+        workers = mount.stats()["render_workers"]["pids"]
+    assert wait_for(lambda: all(_state(pid) in ("", "Z") for pid in workers), timeout=30)  # they end with the mount
 
 
 def _state(pid: int) -> str:
