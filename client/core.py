@@ -18,6 +18,7 @@ from .cache import KNOWN_VALUES, CachingProvider
 from .config import find_local_root, setting, username
 from .datastore import (
     MAX_ATTEMPTS,
+    SIZE_INFLATE_LIMIT,
     CardStore,
     FlowDatastore,
     blob_cache,
@@ -47,6 +48,18 @@ PREFETCH_WINDOW = 64
 STREAM_THRESHOLD = 16 * 2**20
 #: the stored type of an IncludeFile artifact: its blob is a descriptor, the file's bytes live elsewhere
 _INCLUDED_FILE_TYPE = "<class 'metaflow.includefile.IncludedFile'>"
+#: what `DataArtifact.load_scalar` returns for a value it does not load
+NOT_A_SCALAR = object()
+_SCALAR_TYPES = frozenset((int, float, bool, type(None), str, bytes))
+#: the opcodes of a protocol 2+ pickle of one scalar: a memo entry, then no more than a few opcodes
+_SCALAR_OPCODES = frozenset((
+    "PROTO", "FRAME", "STOP", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "NONE", "NEWTRUE", "NEWFALSE",
+    "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "BINFLOAT", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
+    "SHORT_BINBYTES", "BINBYTES", "BINBYTES8",
+))
+_SCALAR_MAX_OPCODES = 8
+#: the most serialized bytes `size` reads of an IncludeFile's descriptor (a few hundred in practice)
+_DESCRIPTOR_LIMIT = 64 << 10
 
 # -- process-global state, as in Metaflow: the namespace and the metadata provider ------------------------------
 _NOT_SET = object()
@@ -414,23 +427,37 @@ class DataArtifact(MetaflowObject):
         """The value; `trusted=False` loads only allow-listed data types (see client.unpickle), None follows
         `trust_pickles()`. A large blob that is not cached is unpickled from a stream, so its serialized bytes and
         the value are not both in memory."""
-        from . import unpickle
-
         if trusted is None:
             trusted = _trust_pickles
-
         ds = self._datastore()
         self._prefetch_for_siblings(ds)
         self._check_encoding()
-        blob = ds.load_blob_or_stream(self.sha, STREAM_THRESHOLD)
-        if isinstance(blob, bytes):
-            obj = unpickle.loads(blob, trusted=trusted)
-        else:
-            with blob:
-                obj = unpickle.load(blob, trusted=trusted)
-        if isinstance(obj, unpickle.IncludedFile):
-            return _included_file_value(obj.descriptor, self.id)
-        return obj
+        return _load_value(ds, self.sha, self.id, trusted)
+
+    def stored_at(self) -> Tuple[str, str, str]:
+        """(datastore root, flow, sha): where the value is stored, for `load_stored` in another process (the
+        mount's sandbox), which then reads exactly the blob this artifact's records name."""
+        self._check_encoding()
+        ds = self._datastore()
+        return ds.storage.root, ds.flow, self.sha
+
+    def load_scalar(self, max_bytes: int) -> Any:
+        """The value when it is a scalar (int, float, bool, None, str, bytes) whose pickle is at most `max_bytes`
+        long, else `NOT_A_SCALAR`. Provably cheap whatever the blob holds: at most about `max_bytes` are read and
+        inflated, and the pickle's opcodes are checked before it is unpickled (a handful, none naming a global or
+        building a container). So the mount renders the common small number or string in-process and leaves
+        everything else to its sandbox."""
+        ds = self._datastore()
+        self._prefetch_for_siblings(ds)
+        self._check_encoding()
+        data = ds.small_blob(self.sha, max_bytes)
+        if data is None:
+            return NOT_A_SCALAR
+        try:
+            value = _loads_naming_only(data, {}, _SCALAR_OPCODES, _SCALAR_MAX_OPCODES)
+        except Exception:  # noqa: BLE001 - not a scalar, or a broken pickle: the sandbox loads and reports it
+            return NOT_A_SCALAR
+        return value if type(value) in _SCALAR_TYPES else NOT_A_SCALAR
 
     @property
     def data(self) -> Any:
@@ -466,24 +493,30 @@ class DataArtifact(MetaflowObject):
     def size(self) -> int:
         info = self._attempt_info()
         if info.get("type") == _INCLUDED_FILE_TYPE:
-            from . import unpickle
-
-            obj = unpickle.loads(self._serialized(), trusted=False)  # the IncludedFile stand-in is allow-listed
-            return _included_file_size(obj.descriptor)
+            self._check_encoding()
+            data = self._datastore().small_blob(self.sha, _DESCRIPTOR_LIMIT)
+            if data is None:
+                raise MetaflowInternalError("Artifact %s is not an IncludeFile descriptor (too large)" % self.pathspec)
+            return _included_file_size(_included_file_descriptor(data))
         return info.get("size", 0)
 
     # -- for the filesystem view: raw bytes without unpickling ---------------------------------------------------
     @functools.cached_property
-    def blob_size(self) -> int:
-        """Length of the serialized (pickle) bytes, known without reading the blob (kept: a blob never changes,
-        and the mount asks once per file of the artifact's directory)."""
+    def blob_size(self) -> Optional[int]:
+        """Length of the serialized (pickle) bytes, known without unpickling and without inflating more than
+        `SIZE_INFLATE_LIMIT` bytes (kept: a blob never changes, and the mount asks once per file of the artifact's
+        directory): the stored blob's own size (local storage), else the size its attempt's index records, else
+        the blob's when it inflates within the limit; None when none of these tells (a larger blob without a
+        recorded size: the mount then shows size 0 until the file is read). Stored sizes are not trusted further
+        than that: the gzip trailer of a hostile blob can say anything."""
         stored = self._datastore().stored_blob_size(self.sha)
         if stored is not None:
             return stored
         info = self._own_info()
         if "size" in info and info.get("type") != _INCLUDED_FILE_TYPE:
             return info["size"]
-        return len(self._serialized())
+        data = self._datastore().small_blob(self.sha, SIZE_INFLATE_LIMIT)
+        return len(data) if data is not None else None
 
     @property
     def type_name(self) -> Optional[str]:
@@ -493,6 +526,77 @@ class DataArtifact(MetaflowObject):
     def open_blob(self) -> BinaryIO:
         """A stream of the serialized bytes, decompressed on the fly: large blobs are never held whole."""
         return self._datastore().open_blob(self.sha)
+
+
+def _load_value(ds: FlowDatastore, sha: str, name: str, trusted: bool) -> Any:
+    from . import unpickle
+
+    blob = ds.load_blob_or_stream(sha, STREAM_THRESHOLD)
+    if isinstance(blob, bytes):
+        obj = unpickle.loads(blob, trusted=trusted)
+    else:
+        with blob:
+            obj = unpickle.load(blob, trusted=trusted)
+    if isinstance(obj, unpickle.IncludedFile):
+        return _included_file_value(obj.descriptor, name)
+    return obj
+
+
+def load_stored(root: str, flow: str, sha: str, name: str, trusted: bool = True) -> Any:
+    """The value of artifact `name` stored as blob `sha` of `flow` under datastore `root` (`DataArtifact.stored_at`),
+    loaded as `DataArtifact.load(trusted)` loads it: for a process that has no client objects (the mount's sandbox
+    workers)."""
+    return _load_value(FlowDatastore.at(root, flow), sha, name, trusted)
+
+
+@functools.lru_cache(maxsize=None)
+def _naming_only_unpickler() -> type:
+    import pickle
+
+    class NamingOnlyUnpickler(pickle.Unpickler):
+        """The C unpickler, resolving no global but those in `self.allowed`."""
+
+        allowed: Dict[Tuple[str, str], Any] = {}
+
+        def find_class(self, module: str, name: str) -> Any:
+            found = self.allowed.get((module, name))
+            if found is None:
+                raise pickle.UnpicklingError("names %s.%s" % (module, name))
+            return found
+
+    return NamingOnlyUnpickler
+
+
+def _loads_naming_only(data: bytes, allowed: Dict[Tuple[str, str], Any], opcodes: Optional[FrozenSet[str]] = None,
+                       max_opcodes: Optional[int] = None) -> Any:
+    """Unpickle `data` resolving only the globals in `allowed` ((module, name) -> object); UnpicklingError for
+    any other. Without globals to call, a pickle builds at most one object per opcode, so its cost is bounded by
+    its length (`load_scalar`, and the descriptor read by `size`, rely on that), but for the memo: the C unpickler
+    sizes it by the largest index stored, gigabytes for a 10-byte pickle. So the opcodes are read first
+    (pickletools), and a memo index beyond the pickle's length refuses it, as do an opcode not in `opcodes` and
+    more than `max_opcodes` opcodes when they are given."""
+    import pickle
+    import pickletools
+
+    for count, (opcode, argument, _) in enumerate(pickletools.genops(data)):
+        if (opcodes is not None and opcode.name not in opcodes) or (max_opcodes is not None and count >= max_opcodes):
+            raise pickle.UnpicklingError("opcode %s refused" % opcode.name)
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(argument) > len(data):
+            raise pickle.UnpicklingError("memo index %s beyond the pickle" % argument)
+    unpickler = _naming_only_unpickler()(io.BytesIO(data))
+    unpickler.allowed = allowed
+    return unpickler.load()
+
+
+def _included_file_descriptor(data: bytes) -> dict:
+    """The descriptor of a pickled IncludedFile, unpickled with nothing but that one class allowed (the pickle is
+    read for `size`, in any process, so it must not be able to build anything else)."""
+    from . import unpickle
+
+    obj = _loads_naming_only(data, {("metaflow.includefile", "IncludedFile"): unpickle.IncludedFile})
+    if not isinstance(obj, unpickle.IncludedFile) or not isinstance(obj.descriptor, dict):
+        raise MetaflowInternalError("not an IncludeFile descriptor: a %s" % type(obj).__name__)
+    return obj.descriptor
 
 
 def _included_file_value(descriptor: dict, name: str) -> Any:

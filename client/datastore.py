@@ -22,6 +22,16 @@ from .storage.base import Storage
 MAX_ATTEMPTS = 6
 LOG_SOURCES = ("runtime", "task")
 _GZIP_MAGIC = b"\x1f\x8b"
+#: the most serialized bytes a prefetch inflates per blob (what the blob cache keeps of one blob, by default)
+PREFETCH_INFLATE_LIMIT = 32 << 20
+#: the most serialized bytes inflated to learn a gzip blob's length (`stored_blob_size`, `DataArtifact.blob_size`)
+SIZE_INFLATE_LIMIT = 256 << 10
+
+
+def _gzip_size_bound(length: int) -> int:
+    """The most a gzip file of `length` content bytes takes, as Python's gzip writes it: header and trailer, and 5
+    bytes per stored deflate block (at least 16 KB each) for incompressible content; with room to spare."""
+    return length + 5 * (length // 16384 + 1) + 1024
 
 
 class BlobCache:
@@ -97,24 +107,70 @@ class FlowDatastore:
 
     # -- content-addressed blobs -------------------------------------------------------------------------------
     def stored_blob_size(self, sha: str) -> Optional[int]:
-        """The serialized length of a blob of local storage, from its file alone: the file's size for a raw pickle,
-        else gzip's trailer (ISIZE: the length mod 2**32). gzip compresses at most 1032:1, so the trailer is exact
-        for any file under 4 MB. None when the file cannot tell (remote storage, a larger gzip file), or is missing.
-        Four system calls, where the attempt's `data.json` costs a read and a parse."""
+        """The serialized length of a blob of local storage, from its file alone: the file's size for a raw pickle;
+        for a gzip file, the length it inflates to when that is at most `SIZE_INFLATE_LIMIT` (inflated to
+        learn it, and kept in the blob cache for the read that usually follows). Never gzip's trailer alone: a
+        hostile file's says anything (and only mod 2**32, of the last member). None when the file cannot tell
+        (remote storage, a larger gzip file), or is missing."""
         path = None if self.remote else self.storage.local_path(self.blob_key(sha))
         if path is None:
             return None
+        data = blob_cache.get(sha)
+        if data is not None:
+            return len(data)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                small = size <= _gzip_size_bound(SIZE_INFLATE_LIMIT)
+                stored = f.read(size if small else 2)  # a small file in one read: the render that follows needs it
         except FileNotFoundError:
             return None
+        if stored[:2] != _GZIP_MAGIC:
+            return size
+        if not small:
+            return None
+        data = self._inflate_at_most(sha, stored, SIZE_INFLATE_LIMIT)
+        return len(data) if data is not None else None
+
+    def small_blob(self, sha: str, limit: int) -> Optional[bytes]:
+        """The serialized bytes of a blob when they are at most `limit` long, else None; reads at most about
+        `limit` stored bytes and inflates at most `limit` + 1, whatever the blob holds or claims (for questions
+        asked at `stat` time: a small file can inflate to gigabytes); None too for a corrupt blob."""
+        data = blob_cache.get(sha)
+        if data is None and self.remote and disk_cache().path(sha) is not None:
+            return self._small_cached_on_disk(sha, limit)
+        if data is not None:
+            return data if len(data) <= limit else None
+        bound = _gzip_size_bound(limit)
+        with self.storage.open(self.blob_key(sha)) as f:
+            stored = f.read(bound + 1)
+        if len(stored) > bound:
+            return None  # even a stored pickle, or gzip of incompressible bytes, would be longer than `limit`
+        if stored[:2] != _GZIP_MAGIC:
+            return stored if len(stored) <= limit and stored[:1] == _PICKLE_PROTO else None
+        return self._inflate_at_most(sha, stored, limit)
+
+    def _small_cached_on_disk(self, sha: str, limit: int) -> Optional[bytes]:
         try:
-            size = os.fstat(fd).st_size
-            if os.pread(fd, 2, 0) != _GZIP_MAGIC:
-                return size
-            return int.from_bytes(os.pread(fd, 4, size - 4), "little") if 18 <= size < 4_000_000 else None
-        finally:
-            os.close(fd)
+            with open(disk_cache().path(sha) or "", "rb") as f:
+                data = f.read(limit + 1)
+        except FileNotFoundError:  # evicted by another process meanwhile
+            return None
+        return data if len(data) <= limit else None
+
+    def _inflate_at_most(self, sha: str, stored: bytes, limit: int) -> Optional[bytes]:
+        """A gzip file's content when it is one member of at most `limit` bytes (checked by its CRC and length),
+        kept in the blob cache; None when it is longer (or has more members: their total would need inflating), or
+        corrupt."""
+        inflater = zlib.decompressobj(31)
+        try:
+            data = inflater.decompress(stored, limit + 1)
+        except zlib.error:  # corrupt: the full read, later, reports it
+            return None
+        if len(data) > limit or not inflater.eof or inflater.unused_data:
+            return None
+        blob_cache.put(sha, data)
+        return data
 
     def load_blob(self, sha: str) -> bytes:
         """The serialized bytes of an artifact blob (gunzipped)."""
@@ -177,12 +233,23 @@ class FlowDatastore:
         if not missing:
             return
         try:
-            found = self.storage.read_many(missing, then=lambda key, stored: self._decompress(missing[key], stored))
+            found = self.storage.read_many(missing, then=lambda key, stored: self._prefetched(missing[key], stored))
         except OSError:  # the reads that follow fetch (and report) each blob themselves
             return
         for key, data in found.items():
             if data is not None:
                 blob_cache.put(missing[key], data)
+
+    def _prefetched(self, sha: str, stored: bytes) -> Optional[bytes]:
+        """A prefetched blob's bytes, inflated only when they are at most `PREFETCH_INFLATE_LIMIT` long: prefetching
+        runs, on several threads, in whatever process reads (the mount's daemon) for blobs nobody asked for yet,
+        and a small hostile file can inflate to gigabytes. A larger blob is fetched again when it is read."""
+        if stored[:2] != _GZIP_MAGIC:
+            return self._decompress(sha, stored)
+        data = self._inflate_at_most(sha, stored, PREFETCH_INFLATE_LIMIT)
+        if data is not None:
+            disk_cache().put_stream(sha, [data])
+        return data
 
     def open_blob(self, sha: str) -> BinaryIO:
         """A stream of an artifact blob's serialized bytes, decompressed on the fly (for large blobs); from remote

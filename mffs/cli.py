@@ -119,6 +119,19 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
         "--repr-limit", type=_count(0), default=64 << 10, metavar="CHARS",
         help="repr.txt is cut after this many characters, with a marker line (default 65536)",
     )
+    tuning.add_argument(
+        "--render-memory-mb", type=_count(256), default=2048, metavar="MB",
+        help="address space of each process rendering untrusted values (repr.txt, value.*): a value needing more "
+        "fails with EIO for that file only (default 2048)",
+    )
+    tuning.add_argument(
+        "--render-cpu-seconds", type=_count(1), default=30, metavar="S",
+        help="CPU time one untrusted value may take to load and render (default 30)",
+    )
+    tuning.add_argument(
+        "--render-wall-seconds", type=_count(1), default=60, metavar="S",
+        help="time one untrusted value may take to load and render before its file fails with EIO (default 60)",
+    )
 
 
 def _build_tree(args: argparse.Namespace, pathspec: Optional[str] = None):
@@ -142,6 +155,9 @@ def _build_tree(args: argparse.Namespace, pathspec: Optional[str] = None):
             repr_limit=args.repr_limit,
             trust_pickles=args.trust_pickles,
             readahead=getattr(args, "readahead", 0),
+            render_memory_mb=args.render_memory_mb,
+            render_cpu_seconds=args.render_cpu_seconds,
+            render_wall_seconds=args.render_wall_seconds,
             **namespace_kwargs,
         )
     except FileNotFoundError as exc:

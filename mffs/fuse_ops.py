@@ -186,6 +186,7 @@ class MffsOperations(mfusepy.Operations):
             "cache": self.tree.cache_info(),
             "daemon": daemon,
             "readahead_worker": worker,
+            "render_workers": self.tree.sandbox_usage(),
             # the mount's processes together (the peaks added up: an upper bound of their peak together)
             "cpu_seconds": round(daemon["cpu_seconds"] + worker["cpu_seconds"], 3),
             "max_rss_kb": daemon["max_rss_kb"] + worker["max_rss_kb"],

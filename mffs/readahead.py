@@ -30,22 +30,19 @@ import logging
 import marshal
 import os
 import posixpath
-import struct
 import subprocess
 import sys
 import threading
-from typing import IO, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from cachetools import LRUCache
 
+from .sandbox import limit_memory, process_usage, read_frame, start_worker, write_frame
 from .tree import DIR, Dir, Entry, Stat, StepDir, Tree, collect_garbage_for_caches, join
 
 log = logging.getLogger("mffs")
 
 WAIT_SECONDS = 5.0
-#: the directory holding the mffs and client packages the daemon runs
-_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_LENGTH = struct.Struct("<I")
 _Listing = Tuple[str, List[Tuple[str, str, Optional[tuple]]]]  # directory path, [(name, kind, stat fields)]
 
 
@@ -62,15 +59,7 @@ class Readahead:
         self._ready = threading.Event()
         self._alive = True
         self._walk_reads_tasks = False
-        # the worker imports this copy of mffs and client, wherever the daemon was started from
-        python_path = os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))
-        self._worker = subprocess.Popen(
-            [sys.executable, "-m", "mffs.readahead", json.dumps(tree.worker_settings())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=dict(os.environ, PYTHONPATH=python_path),
-            start_new_session=True,  # a Ctrl-C of a foreground mount is the daemon's to handle
-        )
+        self._worker = start_worker("mffs.readahead", tree.worker_settings())
         threading.Thread(target=self._receive, name="mffs-readahead", daemon=True).start()
 
     def note_lookup_in_task(self) -> None:
@@ -132,17 +121,7 @@ class Readahead:
 
     def usage(self) -> Dict[str, Any]:
         """The worker's pid, CPU seconds and peak RSS (from /proc; zeros once it has exited)."""
-        usage = {"pid": self._worker.pid, "cpu_seconds": 0.0, "max_rss_kb": 0}
-        try:
-            with open("/proc/%d/stat" % self._worker.pid) as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            with open("/proc/%d/status" % self._worker.pid) as handle:
-                peak = next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:"))
-        except (OSError, StopIteration, IndexError, ValueError):
-            return usage
-        usage["cpu_seconds"] = round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 3)
-        usage["max_rss_kb"] = peak
-        return usage
+        return process_usage(self._worker.pid)
 
     def _send(self, text: str) -> None:
         try:
@@ -154,7 +133,7 @@ class Readahead:
     def _receive(self) -> None:
         stream = self._worker.stdout
         while True:
-            frame = _read_frame(stream)
+            frame = read_frame(stream)
             if frame is None:
                 self._stop("the readahead worker exited (code %s)" % self._worker.poll())
                 return
@@ -183,21 +162,6 @@ class Readahead:
             log.warning("%s; walks list tasks themselves from now on", reason)
         for event in pending.values():
             event.set()
-
-
-def _read_frame(stream: IO[bytes]) -> Optional[bytes]:
-    header = stream.read(_LENGTH.size)
-    if len(header) < _LENGTH.size:
-        return None
-    (length,) = _LENGTH.unpack(header)
-    payload = stream.read(length)
-    return payload if len(payload) == length else None
-
-
-def _write_frame(stream: IO[bytes], value: Any) -> None:
-    payload = marshal.dumps(value)
-    stream.write(_LENGTH.pack(len(payload)) + payload)
-    stream.flush()
 
 
 def _task_listings(tree: Tree, task_path: str) -> List[_Listing]:
@@ -229,12 +193,16 @@ def main(argv: List[str]) -> None:
     logging.basicConfig(format="%(asctime)s %(name)s readahead %(levelname)s %(message)s")
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints go to the log, not into the frames
-    tree = Tree.from_worker_settings(json.loads(argv[0]))
+    settings = json.loads(argv[0])
+    # what it loads is as untrusted as what the sandbox renders: a value that would exhaust memory ends this
+    # process (the daemon then lists tasks itself), never the machine
+    limit_memory(settings["render_memory_mb"])
+    tree = Tree.from_worker_settings(settings)
     collect_garbage_for_caches()
-    _write_frame(out, (None, []))
+    write_frame(out, (None, []))
     for line in sys.stdin.buffer:
         task_path = line.rstrip(b"\n").decode("utf-8", "surrogateescape")
-        _write_frame(out, (task_path, _task_listings(tree, task_path)))
+        write_frame(out, (task_path, _task_listings(tree, task_path)))
 
 
 if __name__ == "__main__":

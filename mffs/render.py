@@ -117,13 +117,14 @@ def run_record(run: Any) -> dict:
     }
 
 
-def parameters_record(run: Any, trusted: bool = True) -> dict:
+def parameters_record(run: Any, load: Callable[[Any], Any] = lambda artifact: artifact.data) -> dict:
     """name -> value of the run's flow parameters (the `_parameters` task's artifacts named in `_graph_info`),
-    loaded with `DataArtifact.load(trusted=trusted)`: a parameter of a custom type is a pickled object too."""
+    each artifact's value given by `load` (a parameter of a custom type is a pickled object too; the mount passes
+    `Tree.record_value`, which keeps untrusted values out of its process)."""
     task = run["_parameters"].task
-    graph_info = task["_graph_info"].load(trusted=trusted)
+    graph_info = load(task["_graph_info"])
     names = [parameter["name"] for parameter in graph_info.get("parameters", [])]
-    return {name: task[name].load(trusted=trusted) for name in names if name in task}
+    return {name: load(task[name]) for name in names if name in task}
 
 
 def step_record(step: Any) -> dict:

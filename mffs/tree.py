@@ -25,6 +25,11 @@ a run or task whose `_task_ok` cannot be loaded is listed, as not finished (its 
 lists exception.txt (EIO when read); a run whose code package is corrupt lists its files and steps without code/
 (code/ answers EIO).
 
+Untrusted values are also rendered in isolation (`Tree.render_artifact`): a small scalar, provably cheap, in this
+process; any other value in a sandbox worker process under memory, CPU and wall-time limits (mffs/sandbox.py,
+`render_memory_mb`, `render_cpu_seconds`, `render_wall_seconds`), so a bomb costs its own files (EIO), never the
+daemon's memory or its other readers. With `trust_pickles` the user opted in: values are rendered here.
+
 Stability. Every node says whether it is *stable*: its attributes, bytes and child names can no longer change.
 Everything under a finished run (`Run.finished`) is stable, and so is everything under a finished task
 (`Task.finished`) of a running run, and a code package. Flow-level nodes (flows, runs, tags, `latest*`) and the
@@ -34,8 +39,8 @@ TTL cache that expires after `refresh` seconds, so a running run is re-read from
 same flag to decide what the kernel may cache (see mffs/fuse_ops.py).
 
 File sizes are exact at stat time. JSON files, logs, exception.txt, cards, and the repr.txt and exports of
-artifacts whose pickle is at most `render_threshold` bytes (`DataArtifact.blob_size`, known without loading the
-blob) are rendered when first stat'ed; their bytes go to an LRU cache bounded to `content_cache_bytes`, their size
+artifacts whose pickle is known to be at most `render_threshold` bytes (`DataArtifact.blob_size`, known without
+unpickling or inflating more than a bounded number of bytes) are rendered when first stat'ed; their bytes go to an LRU cache bounded to `content_cache_bytes`, their size
 stays with the node. Code package files take their size from the archive header. The repr.txt and exports of a
 larger artifact are *deferred*: they report size 0 until opened (always with direct I/O, so reads are not cut at
 the size the kernel knows); opening renders them (`repr_limit` bounds repr.txt), after which the exact size is
@@ -43,7 +48,7 @@ reported and `on_size_learned(path)` is called (during the open) so the front en
 size before the opener's fstat (parquet readers need it). So `stat`/`ls -l` never unpickle anything bigger than
 `render_threshold`. step.json is deferred the same way in a step of more than `step_json_eager_tasks` tasks
 (its `finished_at` is the latest of every task's). data.pickle streams from `DataArtifact.open_blob()` and is
-never held in memory whole.
+never held in memory whole; its size is 0 (read with direct I/O) when `blob_size` cannot tell it cheaply.
 
 Readahead. With `readahead=N` (the mount uses it), listing a task directory of a finished step also lists the N
 tasks after it in a worker process (mffs/readahead.py), so a walk finds them built.
@@ -68,9 +73,12 @@ from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Deque, Dict, Iterabl
 
 from cachetools import LRUCache
 
+from client.core import NOT_A_SCALAR
 from client.recent import Recent
 
 from . import exports, render
+from . import sandbox as sandbox_module
+from .sandbox import Limits, Sandbox
 
 if TYPE_CHECKING:
     import tarfile
@@ -84,6 +92,8 @@ CONTROL_DIR = ".mffs"
 CODE_DIR, CARDS_DIR, ATTEMPTS_DIR = "code", "cards", "attempts"
 #: code packages (whole archives, typically a few MB) kept in memory for reading code/ files
 CODE_PACKAGES_KEPT = 4
+#: the largest pickle whose value, when a scalar, is loaded and rendered in the daemon rather than the sandbox
+IN_PROCESS_SCALAR_BYTES = 4096
 _UNKNOWN = object()
 #: errors from the client that mean "no such object" (matched by class name, as Metaflow's client names them)
 _NOT_FOUND_ERRORS = {"MetaflowNotFound", "MetaflowNamespaceMismatch", "MetaflowInvalidPathspec", "KeyError"}
@@ -361,7 +371,13 @@ class BlobFile(File):
 
     def size(self) -> int:
         with client_errors(self.path):
-            return self.artifact.blob_size
+            return self.artifact.blob_size or 0
+
+    def stat(self) -> Stat:
+        with client_errors(self.path):
+            size = self.artifact.blob_size
+        # unknown without inflating the whole blob (DataArtifact.blob_size): size 0, read with direct I/O
+        return Stat(FILE, size or 0, self.mtime, self.stable, direct_io=size is None)
 
     def open(self) -> Reader:
         def opener() -> BinaryIO:
@@ -574,7 +590,7 @@ class RunDir(Dir):
         self._archive: Any = _UNKNOWN  # CodeArchive, or None without a code package; read once per node
 
     def _files(self) -> List[Node]:
-        run, stable, mtime, trusted = self.run, self.stable, self.mtime, self.tree.trust_pickles
+        run, stable, mtime, tree = self.run, self.stable, self.mtime, self.tree
         return [
             RenderedFile(
                 self.tree, join(self.path, "run.json"), mtime, stable, lambda: render.json_bytes(render.run_record(run))
@@ -584,7 +600,7 @@ class RunDir(Dir):
                 join(self.path, "parameters.json"),
                 mtime,
                 stable,
-                lambda: render.json_bytes(render.parameters_record(run, trusted)),
+                lambda: render.json_bytes(render.parameters_record(run, tree.record_value)),
             ),
         ]
 
@@ -1007,12 +1023,9 @@ class ArtifactDir(Dir):
             return RenderedFile(
                 tree, path, self.mtime, self.stable, lambda: render.json_bytes(render.artifact_record(artifact))
             )
-        if name == "repr.txt":
-            rendering = lambda: render.repr_bytes(tree.load(artifact), tree.repr_limit)  # noqa: E731
-        else:
-            rendering = lambda: exports.render_export(name, tree.load(artifact))  # noqa: E731
         return RenderedFile(
-            tree, path, self.mtime, self.stable, rendering, eager=lambda: artifact.blob_size <= tree.render_threshold
+            tree, path, self.mtime, self.stable, lambda: tree.render_artifact(artifact, name),
+            eager=lambda: tree.renders_at_stat(artifact),
         )
 
     def entries(self) -> List[Union[Node, Entry]]:
@@ -1065,6 +1078,9 @@ class Tree:
         repr_limit: int = 64 << 10,
         trust_pickles: bool = False,
         readahead: int = 0,
+        render_memory_mb: int = Limits.memory_mb,
+        render_cpu_seconds: float = Limits.cpu_seconds,
+        render_wall_seconds: float = Limits.wall_seconds,
     ):
         if client_module is None:
             import client as client_module  # the project's Metaflow-compatible client
@@ -1080,6 +1096,9 @@ class Tree:
         #: the client's policy for this process, the internal artifacts behind finished, exception, parents, ...
         self.trust_pickles = trust_pickles
         self.client.trust_pickles(trust_pickles)
+        #: what rendering one untrusted value may use (mffs/sandbox.py)
+        self.render_limits = Limits(render_memory_mb, render_cpu_seconds, render_wall_seconds)
+        self._sandbox: Optional[Sandbox] = None
         self.control_files: Dict[str, Callable[[], bytes]] = {}
         #: called with a path whose reported size changed from 0 to its exact size (deferred repr.txt)
         self.on_size_learned: Callable[[str], None] = lambda path: None
@@ -1093,7 +1112,8 @@ class Tree:
         self._settings = dict(
             pathspec=pathspec, refresh=refresh, cache_entries=cache_entries, content_cache_bytes=content_cache_bytes,
             render_threshold=render_threshold, step_json_eager_tasks=step_json_eager_tasks, repr_limit=repr_limit,
-            trust_pickles=trust_pickles,
+            trust_pickles=trust_pickles, render_memory_mb=render_memory_mb, render_cpu_seconds=render_cpu_seconds,
+            render_wall_seconds=render_wall_seconds,
         )
         self._readahead: Optional[Readahead] = None
         self.lookup("/")  # fail now on an unknown pathspec
@@ -1103,9 +1123,19 @@ class Tree:
             self._readahead = readahead_module.Readahead(self, readahead)
 
     def close(self) -> None:
-        """End the readahead worker, if any."""
+        """End the readahead worker and the sandbox's workers, if any."""
         if self._readahead is not None:
             self._readahead.close()
+        with self._lock:
+            sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            sandbox.close()
+
+    def sandbox_usage(self) -> Dict[str, Any]:
+        """The sandbox's workers (pids), renders, refusals and restarts (zeros before its first render)."""
+        with self._lock:
+            sandbox = self._sandbox
+        return (sandbox or Sandbox(self.render_limits)).usage()
 
     def readahead_usage(self) -> Dict[str, Any]:
         """pid, CPU seconds and peak RSS of the readahead worker (None and zeros without one)."""
@@ -1144,9 +1174,42 @@ class Tree:
             return StepDir(self, "/", obj, run_stable)
         return TaskDir(self, "/", obj, run_stable)
 
-    def load(self, artifact: Any) -> Any:
-        """An artifact's value for repr.txt and exports, unpickled as the mount's policy says."""
-        return artifact.load(trusted=self.trust_pickles)
+    def renders_at_stat(self, artifact: Any) -> bool:
+        """Whether the repr.txt and exports of `artifact` are rendered when first stat'ed (exact sizes): when its
+        pickle is known to be at most `render_threshold` bytes."""
+        size = artifact.blob_size
+        return size is not None and size <= self.render_threshold
+
+    def render_artifact(self, artifact: Any, file_name: str) -> bytes:
+        """The bytes of an artifact's repr.txt or export `file_name`. With `trust_pickles`, loaded and rendered
+        here, as the user asked. Otherwise the value is untrusted: a small scalar (provably cheap to load and
+        render: `DataArtifact.load_scalar`) is rendered here, anything else in the sandbox (mffs/sandbox.py)."""
+        if self.trust_pickles:
+            value = artifact.load(trusted=True)
+        else:
+            value = artifact.load_scalar(IN_PROCESS_SCALAR_BYTES)
+            if value is NOT_A_SCALAR:
+                return self.sandbox().render(artifact.stored_at(), artifact.id, file_name, self.repr_limit)
+        return sandbox_module.render_value(value, file_name, self.repr_limit)
+
+    def record_value(self, artifact: Any) -> Any:
+        """An artifact's value for a JSON record (parameters.json), isolated as `render_artifact` isolates it: an
+        untrusted value that is not a small scalar comes back from the sandbox as the JSON data `json_bytes`
+        would write for it (its text parsed), so the record's text is the same."""
+        if self.trust_pickles:
+            return artifact.load(trusted=True)
+        value = artifact.load_scalar(IN_PROCESS_SCALAR_BYTES)
+        if value is NOT_A_SCALAR:
+            text = self.sandbox().render(artifact.stored_at(), artifact.id, sandbox_module.RECORD_JSON, 0)
+            value = json.loads(text)
+        return value
+
+    def sandbox(self) -> Sandbox:
+        """The pool of processes rendering untrusted values (its workers start with its first render)."""
+        with self._lock:
+            if self._sandbox is None:
+                self._sandbox = Sandbox(self.render_limits)
+            return self._sandbox
 
     def code_package(self, run: Any) -> Any:
         """`run.code` (a MetaflowCode, or None), kept for the last few runs that have one: a package holds its whole
