@@ -1013,17 +1013,30 @@ class Task(MetaflowObject):
             yield Task(pathspec, _namespace_check=False)
 
 
+#: the largest pickle of an internal artifact loaded untrusted (a `_graph_info` of hundreds of steps is ~100 KB)
+INTERNAL_MAX_BYTES = 1 << 20
+
+
 def _internal_value(artifact: DataArtifact) -> Any:
     """The value of one of Metaflow's internal artifacts (`_task_ok`, `_graph_info`, ...), loaded as
-    `trust_pickles()` says. Untrusted, a pickle of a class that is not allow-listed is not a value at all: an error
-    naming it, rather than a placeholder that `finished` or a graph lookup would take for one."""
-    value = artifact.load()
-    if not _trust_pickles:
-        from .unpickle import UntrustedObject
+    `trust_pickles()` says. Untrusted, it is read and unpickled within fixed bounds, since these are loaded by
+    listings (`finished`, `index`, parents), in the mount's daemon: at most `INTERNAL_MAX_BYTES` read and inflated,
+    and no global but Metaflow's stand-ins (its exception wrapper, ForeachFrame), so the pickle can build no more
+    than one plain object per opcode. Anything else is an error naming the artifact, not a placeholder that
+    `finished` or a graph lookup would take for a value."""
+    if _trust_pickles:
+        return artifact.load()
+    from . import unpickle
 
-        if isinstance(value, UntrustedObject):
-            raise MetaflowInternalError("Artifact %s was not loaded: %r" % (artifact.pathspec, value))
-    return value
+    artifact._check_encoding()
+    data = artifact._datastore().small_blob(artifact.sha, INTERNAL_MAX_BYTES)
+    if data is None:
+        raise MetaflowInternalError("Artifact %s was not loaded: larger than %d bytes, or corrupt"
+                                    % (artifact.pathspec, INTERNAL_MAX_BYTES))
+    try:
+        return _loads_naming_only(data, unpickle._METAFLOW_STANDINS)
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile pickle raises, it is this artifact's error
+        raise MetaflowInternalError("Artifact %s was not loaded: %s" % (artifact.pathspec, exc)) from exc
 
 
 def _enclosing_path(path: str) -> str:

@@ -223,3 +223,39 @@ def test_finished_and_successful_of_normal_runs_read_no_blob(local_root: Path, c
         client.trust_pickles(trusted)
         assert _states(client, flows) == expected
     shutil.rmtree(root)
+
+
+def test_internal_artifacts_that_are_bombs_cost_only_their_own_files(local_root: Path, manifest: dict,
+                                                                     tmp_path: Path) -> None:
+    """Internal artifacts are loaded by listings in the daemon itself: untrusted, they are read and unpickled
+    within fixed bounds. A `_task_ok` that would build a billion-element list (allowed constructors), a 10-byte
+    pickle that makes the C unpickler allocate a 4 GB memo, and a `_foreach_stack` of 8 MB each fail their own
+    task's files; the run still lists, the daemon stays small."""
+    from tests.support.hostile import peak_rss_mb, task_dir
+
+    root = copy_flows(local_root, tmp_path / "ds", ["KitchenFlow"])
+    run = manifest["runs"]["kitchen"]
+    steps = sorted(p.name for p in (flow_dir(root, "KitchenFlow") / run["run_id"]).iterdir()
+                   if not p.name.startswith("_"))
+    bombs = {
+        "_task_ok": b"\x80\x04\x8c\x08builtins\x94\x8c\x04list\x94\x93\x94\x8c\x08builtins\x94\x8c\x05range"
+                    b"\x94\x93\x94J\x00\xca\x9a;\x85\x94R\x94\x85\x94R\x94.",
+        "_exception": b"\x80\x04N\x94r\xff\xff\xff\x7f.",  # LONG_BINPUT 2**31-1: the memo bomb
+        "_foreach_stack": pickle.dumps([b"x" * 1024] * 1 + [bytes(8 << 20)], protocol=4),
+    }
+    bombed = {}
+    for step, (name, payload) in zip(steps, bombs.items()):
+        task = task_dir(root, "KitchenFlow", run["run_id"], step)
+        replace_artifact(root, task, name, payload)
+        bombed[name] = "%s/%s/%s" % (run["pathspec"], step, task.name)
+    with mounted(tmp_path / "mnt", "--datastore-root", str(root), "--all-namespaces") as mount:
+        run_dir = mount.path / run["pathspec"]
+        assert sorted(p for p in os.listdir(run_dir) if not p.endswith(".json")) == steps
+        report = crawl(run_dir)
+        for name, task in bombed.items():
+            failing = {path for path in report.errors if path.startswith(str(mount.path / task) + "/")}
+            assert failing, (name, report.errors)
+            assert not [path for path in report.errors if not path.startswith(tuple(
+                str(mount.path / t) for t in bombed.values()))], report.errors
+        assert mount.process.poll() is None
+        assert peak_rss_mb(mount.process.pid) < 300
