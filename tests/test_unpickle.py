@@ -207,9 +207,40 @@ def test_untrusted_pickle_cannot_run_library_modules_by_importing_them(capfd: py
 
 
 @pytest.mark.parametrize("module, name", sorted(unpickle._KNOWN_DATA_CLASSES))
-def test_data_classes_known_by_name_are_those_the_library_check_accepts(module: str, name: str) -> None:
-    # `allowed` answers for these without importing their package; the import-and-inspect check must agree.
-    assert unpickle._is_safe_library_global(module, name)
+def test_data_classes_known_by_name_are_allow_listed_classes(module: str, name: str) -> None:
+    # `allowed` answers for these without importing their package: each is an exact entry of the allow-list, and a
+    # class there.
+    assert (module, name) in unpickle._ALLOWED and unpickle.allowed(module, name)
+    assert isinstance(getattr(importlib.import_module(module), name), type)
+
+
+def test_allow_list_names_one_guard_per_object() -> None:
+    # The unpickler keys a call's guard by the object a name resolves to: two names of one object (numpy 1.x and
+    # 2.x paths, pandas 2 and 3 paths) must not give it different guards, or the laxer name would lift the other.
+    guards: dict = {}
+    for (module, name), guard in unpickle._ALLOWED.items():
+        try:
+            obj = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue  # a name of another numpy/pandas version
+        guards.setdefault(id(obj), (obj, set()))[1].add(guard)
+    mixed = {repr(obj): found for obj, found in guards.values() if len(found) > 1}
+    assert mixed == {}
+
+
+def test_allowed_does_not_import_the_module_it_is_asked_about() -> None:
+    code = (
+        "import sys\n"
+        "from client import unpickle\n"
+        "before = set(sys.modules)\n"
+        "assert unpickle.allowed('pandas', 'DataFrame') and unpickle.allowed('numpy', 'ndarray')\n"
+        "assert not unpickle.allowed('numpy', 'memmap') and not unpickle.allowed('numpy.f2py.__main__', 'main')\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("module, name", [("pandas", "Index"), ("pathlib", "PurePath")])
