@@ -214,6 +214,94 @@ def _arrow_validated(call: Callable, args: tuple) -> Any:
     return result
 
 
+def _pandas_blocks_in_frame(call: Callable, args: tuple) -> Any:
+    """BlockManager(blocks, axes) as pandas 3 pickles it (pandas 2: no arguments, then BUILD), never with
+    verify_integrity=False; pandas does not check that blocks lie within the frame (see `_check_block_locations`)."""
+    if len(args) not in (0, 2):
+        raise _refuse(call, "with other arguments than (blocks, axes)")
+    if args:
+        _check_block_locations([block.mgr_locs for block in args[0]], args[1])
+    return call(*args)
+
+
+def _no_arguments(call: Callable, args: tuple) -> Any:
+    """Made by NEWOBJ without arguments, then BUILD (SingleBlockManager(block, axis) checks nothing)."""
+    if args:
+        raise _refuse(call, "with arguments")
+    return call()
+
+
+def _invalid(what: str) -> pickle.UnpicklingError:
+    return pickle.UnpicklingError("untrusted pickle holds %s: refused" % what)
+
+
+def _check_block_locations(locations: list, axes: Any) -> None:
+    """pandas writes each block's item numbers into arrays as long as the frame's items without bounds checks
+    (`_rebuild_blknos_and_blklocs`): a block placed outside writes outside them."""
+    from pandas._libs.internals import BlockPlacement
+
+    items = len(axes[0])
+    for location in locations:
+        numbers = (location if isinstance(location, BlockPlacement) else BlockPlacement(location)).as_array
+        if len(numbers) and (numbers.min() < 0 or numbers.max() >= items):
+            raise _invalid("a pandas block placed outside its frame")
+
+
+def _check_manager_state(state: Any) -> None:
+    """A block manager's pickled state (pandas 2, and pandas 3's SingleBlockManager), before pandas uses it."""
+    try:
+        state = state[3]["0.14.1"]
+        locations = [block["mgr_locs"] for block in state["blocks"]]
+        axes = state["axes"]
+    except (TypeError, KeyError, IndexError):
+        return  # pandas refuses it itself ("pre-0.14.1 pickles are no longer supported")
+    _check_block_locations(locations, axes)
+
+
+def _check_pandas_object(obj: Any) -> None:
+    """The invariants pandas' compiled code relies on without checking, for objects pickles rebuild from state:
+    a Categorical's codes index its categories, an NDArrayBacked array holds an ndarray of its kind, a manager's
+    blocks match its axes, a MultiIndex's codes its levels."""
+    import numpy
+    import pandas
+    from pandas._libs.arrays import NDArrayBacked
+    from pandas.core.internals import managers
+
+    if isinstance(obj, NDArrayBacked):
+        values = obj._ndarray
+        if not isinstance(values, numpy.ndarray):
+            raise _invalid("a %s without its array" % type(obj).__name__)
+        if isinstance(obj, pandas.Categorical):
+            categories = len(obj.dtype.categories)
+            if values.dtype.kind not in "iu" or values.ndim != 1 or (
+                values.size and (values.min() < -1 or values.max() >= categories)
+            ):
+                raise _invalid("a Categorical whose codes are not those of its categories")
+        elif isinstance(obj, (pandas.arrays.DatetimeArray, pandas.arrays.TimedeltaArray, pandas.arrays.PeriodArray)):
+            kind = {"DatetimeArray": "M", "TimedeltaArray": "m"}.get(type(obj).__name__, "i")
+            if values.dtype.kind != kind or values.dtype.itemsize != 8:
+                raise _invalid("a %s of %s values" % (type(obj).__name__, values.dtype))
+    elif isinstance(obj, managers.BaseBlockManager):
+        try:
+            if isinstance(obj, managers.SingleBlockManager):
+                ok = len(obj.blocks) == 1 and len(obj.blocks[0].values) == len(obj.axes[0])
+            else:
+                obj._verify_integrity()
+                ok = True
+        except (AssertionError, ValueError, TypeError, AttributeError, IndexError):
+            ok = False
+        if not ok:
+            raise _invalid("a pandas %s whose blocks do not match its axes" % type(obj).__name__)
+    elif isinstance(obj, pandas.MultiIndex):
+        try:
+            obj._verify_integrity()
+        except ValueError as exc:
+            raise _invalid("a MultiIndex whose codes are not those of its levels (%s)" % exc) from None
+    elif isinstance(obj, pandas.arrays.SparseArray):
+        if len(obj.sp_values) != obj.sp_index.npoints:
+            raise _invalid("a SparseArray whose values do not match its index")
+
+
 def _entries(guard: Optional[Callable], module: str, names: str) -> Dict[Tuple[str, str], Optional[Callable]]:
     return {(module, name): guard for name in names.split()}
 
@@ -277,8 +365,8 @@ NUMPY_SCALAR_NAMES = frozenset(
 #: Every global an untrusted pickle may name, exactly, and how it may be called: None (freely: it only builds a
 #: value from its arguments), `_NOT_CALLED`, or a guard (above). The module docstring says what is left out.
 _ALLOWED: Dict[Tuple[str, str], Optional[Callable]] = {
-    **_entries(None, "builtins", "complex range slice Ellipsis NotImplemented getattr"),
-    **_entries(_NOT_CALLED, "builtins", "list dict tuple int float str bool object"),
+    **_entries(None, "builtins", "complex range slice Ellipsis NotImplemented getattr object"),
+    **_entries(_NOT_CALLED, "builtins", "list dict tuple int float str bool"),
     **_entries(_materialised, "builtins", "set frozenset"),
     **_entries(_byte_source, "builtins", "bytes bytearray"),
     ("builtins", "type"): _type_of_singleton,
@@ -326,8 +414,8 @@ _ALLOWED: Dict[Tuple[str, str], Optional[Callable]] = {
                                       "SparseArray StringArray TimedeltaArray"),
     **{(module, name): None for module, names in _PANDAS_2_MODULES.items() for name in names.split()},
     **_entries(None, "pandas._libs.tslibs.offsets", _PANDAS_OFFSETS),
-    ("pandas.core.internals.managers", "BlockManager"): None,
-    ("pandas.core.internals.managers", "SingleBlockManager"): None,
+    ("pandas.core.internals.managers", "BlockManager"): _pandas_blocks_in_frame,
+    ("pandas.core.internals.managers", "SingleBlockManager"): _no_arguments,
     ("pandas._libs.internals", "_unpickle_block"): None,
     ("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked"): None,
     ("pandas._libs.interval", "__pyx_unpickle_IntervalMixin"): None,
@@ -458,6 +546,21 @@ def _check_dtype(dtype: Any) -> None:
         raise pickle.UnpicklingError("untrusted pickle sets a numpy dtype state numpy would not build: refused")
 
 
+def _complete_without_state(obj: Any) -> bool:
+    """Whether an object made without its constructor (NEWOBJ) is whole without a BUILD: a bare object, immutable
+    builtins (namedtuples), placeholders, pandas' masked dtypes (stateless). Others, numpy and pandas' compiled classes
+    among them, keep NULL or None fields that their compiled code does not check until a BUILD sets them."""
+    if type(obj) is object or isinstance(obj, (UntrustedObject, tuple, int, float, complex, str, bytes, frozenset)):
+        return True
+    dtypes = sys.modules.get("pandas.core.dtypes.dtypes")
+    return dtypes is not None and isinstance(obj, getattr(dtypes, "BaseMaskedDtype", ()))
+
+
+def _check_made(obj: Any) -> None:
+    if type(obj).__module__.startswith("pandas"):
+        _check_pandas_object(obj)
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
     """trusted=False: pickle's pure-Python unpickler, because its opcodes can be checked (module docstring)."""
 
@@ -467,6 +570,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
         super().__init__(file)
         # what find_class returned during this load, by id (kept alive): (object, guard)
         self._named: Dict[int, Tuple[Any, Optional[Callable]]] = {}
+        # objects that BUILD may no longer change (kept alive): built already, or referred to again (memo GET)
+        self._settled: Dict[int, Any] = {}
+        # objects made without their constructor whose C state only a BUILD sets: the load fails if one is left
+        self._unbuilt: Dict[int, Any] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         found = _find_class(self, super().find_class, module, name)
@@ -489,6 +596,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
         value = func(*args) if guard is None else guard(func, args)
         if func is _restricted_getattr and callable(value) and not isinstance(value, UntrustedObject):
             self._named[id(value)] = (value, None)  # ZoneInfo._unpickle
+        elif getattr(func, "__name__", "").startswith("__pyx_unpickle_") and args and args[-1] is None:
+            self._unbuilt[id(value)] = value  # Cython's reconstructor: the state follows in a BUILD
+        else:
+            _check_made(value)
         self.stack[-1] = value
 
     def _load_newobj(self) -> None:
@@ -505,36 +616,114 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def _new(self, cls: Any, args: tuple, kwargs: dict) -> Any:
         guard = self._guard_for(cls)
         if guard is None:
-            return cls.__new__(cls, *args, **kwargs)
-        return guard(lambda *args: cls.__new__(cls, *args, **kwargs), args)
+            obj = cls.__new__(cls, *args, **kwargs)
+        else:
+
+            def new(*args: Any) -> Any:
+                return cls.__new__(cls, *args, **kwargs)
+
+            new.__qualname__ = "%s.__new__" % getattr(cls, "__qualname__", "?")
+            obj = guard(new, args)
+        if not _complete_without_state(obj):
+            self._unbuilt[id(obj)] = obj
+        return obj
 
     def _load_build(self) -> None:
         # BUILD on a class, function or constant the pickle named would change it for the whole process (set
         # `pandas.Index.__repr__`); pickles of data only ever BUILD objects they have just created, and never set
-        # dunder attributes (`__class__`, `__reduce_ex__`, `__setstate__`).
+        # dunder attributes (`__class__`, `__reduce_ex__`, `__setstate__`; pandas' __setstate__ sets any key), nor
+        # shadow a method with their own callable (what a renderer calls next: `frame.to_csv`).
         state = self.stack[-1]
         target = self.stack[-2]
         if isinstance(target, (type, types.ModuleType)) or id(target) in self._named:
             raise pickle.UnpicklingError("untrusted pickle sets attributes of %r: refused" % (target,))
-        for part in state if isinstance(state, tuple) and len(state) == 2 else (state,):
-            if isinstance(part, dict) and any(isinstance(key, str) and key.startswith("__") for key in part):
-                raise pickle.UnpicklingError("untrusted pickle sets dunder attributes of a %s: refused"
-                                             % type(target).__name__)
+        if isinstance(target, UntrustedObject):
+            pickle._Unpickler.load_build(self)  # its __setstate__ ignores the state
+            return
+        # A data pickle builds each object once, before anything refers to it again: changing an object that was
+        # already passed to a constructor (an array a pandas block checked, a dtype an array uses) is refused.
+        if id(target) in self._settled:
+            raise pickle.UnpicklingError("untrusted pickle changes a %s it built or used already: refused"
+                                         % type(target).__name__)
+        self._settled[id(target)] = target
+        self._unbuilt.pop(id(target), None)
+        parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)  # (dict, slots) or dict
+        for part in parts:
+            for key in part if isinstance(part, dict) else ():
+                if isinstance(key, str) and (key.startswith("__") or callable(getattr(type(target), key, None))):
+                    raise pickle.UnpicklingError("untrusted pickle sets %s of a %s, a dunder or a method: refused"
+                                                 % (key, type(target).__name__))
+        module = type(target).__module__
+        if module == "pandas.core.internals.managers":
+            _check_manager_state(state)
         pickle._Unpickler.load_build(self)
-        numpy = sys.modules.get("numpy")
-        if numpy is not None and isinstance(target, numpy.dtype):
+        if module.startswith("numpy") and isinstance(target, sys.modules["numpy"].dtype):
             _check_dtype(target)
+        _check_made(target)
+
+    def _load_stop(self) -> None:
+        if self._unbuilt:
+            raise pickle.UnpicklingError("untrusted pickle leaves a %s without the state it needs: refused"
+                                         % type(next(iter(self._unbuilt.values()))).__name__)
+        pickle._Unpickler.load_stop(self)
+
+    def _filled(self, target: Any) -> None:
+        # APPENDS, SETITEMS...: pickles of data fill containers they made, not a class or function they named
+        if id(target) in self._named:
+            raise pickle.UnpicklingError("untrusted pickle adds items to %r: refused" % (target,))
+
+    def _load_append(self) -> None:
+        self._filled(self.stack[-2])
+        pickle._Unpickler.load_append(self)
+
+    def _load_setitem(self) -> None:
+        self._filled(self.stack[-3])
+        pickle._Unpickler.load_setitem(self)
+
+    def _load_appends(self) -> None:
+        self._filled(self.metastack[-1][-1])  # the object below the MARK
+        pickle._Unpickler.load_appends(self)
+
+    def _load_setitems(self) -> None:
+        self._filled(self.metastack[-1][-1])
+        pickle._Unpickler.load_setitems(self)
+
+    def _load_additems(self) -> None:
+        self._filled(self.metastack[-1][-1])
+        pickle._Unpickler.load_additems(self)
+
+    def _load_get(self) -> None:
+        pickle._Unpickler.load_get(self)
+        self._settled[id(self.stack[-1])] = self.stack[-1]
+
+    def _load_binget(self) -> None:
+        pickle._Unpickler.load_binget(self)
+        self._settled[id(self.stack[-1])] = self.stack[-1]
+
+    def _load_long_binget(self) -> None:
+        pickle._Unpickler.load_long_binget(self)
+        self._settled[id(self.stack[-1])] = self.stack[-1]
 
     def _load_refused(self) -> None:
-        raise pickle.UnpicklingError("untrusted pickle uses INST or OBJ (protocol 0/1 class calls): refused")
+        raise pickle.UnpicklingError("untrusted pickle uses INST, OBJ or DUP, which pickles of data do not: refused")
 
     dispatch = dict(pickle._Unpickler.dispatch)
     dispatch[pickle.REDUCE[0]] = _load_reduce
     dispatch[pickle.NEWOBJ[0]] = _load_newobj
     dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
     dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.APPEND[0]] = _load_append
+    dispatch[pickle.APPENDS[0]] = _load_appends
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
+    dispatch[pickle.STOP[0]] = _load_stop
+    dispatch[pickle.GET[0]] = _load_get
+    dispatch[pickle.BINGET[0]] = _load_binget
+    dispatch[pickle.LONG_BINGET[0]] = _load_long_binget
     dispatch[pickle.INST[0]] = _load_refused
     dispatch[pickle.OBJ[0]] = _load_refused
+    dispatch[pickle.DUP[0]] = _load_refused  # pickle never writes it: a second reference without the memo
 
 
 class _NamesAGlobal(Exception):
