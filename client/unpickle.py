@@ -16,17 +16,21 @@ a data type (`numpy.memmap` is an ndarray that maps a file). Refused outright: w
 files (memmap, `numpy.load`, pandas readers, `io`/`codecs` file access; `pathlib` paths load as pure paths), runs
 or compiles code (`eval`, `os.system`, `operator`/`functools` call chains, `copyreg`), or loads another pickle.
 
-Allowed globals are not enough: a data pickle also chooses what each one is called with. So, per load:
-- only globals the pickle named (and placeholders) may be called (REDUCE, NEWOBJ); classes that data pickles
-  only *refer* to (`list`, `numpy.ndarray`...) may not be called, and some calls are checked by a guard in the
-  table: the arguments data pickles pass (`bytearray(b'..')`, not `bytearray(10**10)`; an ndarray rebuilt from
-  an empty shape, not from uninitialised memory), or a validation of the result (Arrow arrays);
-- BUILD may not set attributes of a class, function or constant the pickle named, nor dunder attributes, and a
-  numpy dtype's state must describe the dtype numpy itself would build (forged flags or overlapping object
-  fields let an array read arbitrary pointers);
-- the pre-protocol-2 INST and OBJ opcodes, which call classes directly, are refused.
-Memory and CPU bombs built from allowed constructors (a huge list by memo repeats, a huge PIL image or pandas
-RangeIndex) are not stopped here: rendering runs in a limited worker process for that.
+Allowed globals are not enough: a pickle also chooses how they are called and what state their objects get, and
+numpy's and pandas' compiled code trusts pickled state (a forged dtype or Categorical reads arbitrary memory). So
+`_RestrictedUnpickler` keeps, per load, to what pickles of data do:
+- it calls only globals it named (and placeholders); classes data pickles only *refer* to (`list`,
+  `numpy.ndarray`) not at all; some calls through a guard in the table: the arguments data pickles pass
+  (`bytearray(b'..')`, not `bytearray(10**10)`; an array rebuilt from an empty shape, not from uninitialised
+  memory) or a check of the result (Arrow arrays, pandas block placements);
+- BUILD sets the state of an object once, before anything refers to it again, only if nothing outside the load
+  holds it (not `np.ma.masked`, an enum member, a class or function it named), and never a dunder or a method;
+  an object made without its constructor must get its state; the state must be what numpy or pandas would
+  build (a dtype's flags and fields, Categorical and MultiIndex codes, block placements);
+- APPENDS/SETITEMS fill only containers it made; INST, OBJ and DUP, which pickles of data never use, are refused.
+`ZoneInfo(key)` reads the system's time zone files (a key cannot leave them). Memory and CPU bombs built from
+allowed constructors (a list multiplied by memo references, a huge PIL image) are not stopped here: rendering
+runs in a limited worker process for that.
 """
 from __future__ import annotations
 
@@ -160,7 +164,8 @@ def _fraction_parts(call: Callable, args: tuple) -> Any:
 
 
 def _type_of_singleton(call: Callable, args: tuple) -> Any:
-    """type(None), type(...), type(NotImplemented): how pickle saves those types. type(name, bases, ns) makes classes."""
+    """type(None), type(...), type(NotImplemented): how pickle saves those types; type(name, bases, ns) makes a
+    class."""
     if len(args) != 1 or not any(args[0] is singleton for singleton in (None, Ellipsis, NotImplemented)):
         raise _refuse(call, "to make a type")
     return call(*args)
@@ -532,8 +537,10 @@ def _check_dtype(dtype: Any) -> None:
     try:
         if dtype.names is not None:
             fields = [dtype.fields[name] for name in dtype.names]
-            canonical = numpy.dtype({"names": list(dtype.names), "formats": [field[0] for field in fields],
-                                     "offsets": [field[1] for field in fields], "itemsize": dtype.itemsize})
+            spec = {"names": list(dtype.names), "formats": [field[0] for field in fields],
+                    "offsets": [field[1] for field in fields], "itemsize": dtype.itemsize,
+                    "titles": [field[2] if len(field) > 2 else None for field in fields]}
+            canonical = numpy.dtype(spec, align=dtype.isalignedstruct)
         elif dtype.subdtype is not None:
             canonical = numpy.dtype(dtype.subdtype)
         else:
@@ -645,8 +652,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
         if id(target) in self._settled:
             raise pickle.UnpicklingError("untrusted pickle changes a %s it built or used already: refused"
                                          % type(target).__name__)
-        self._settled[id(target)] = target
         self._unbuilt.pop(id(target), None)
+        # Held by the stack, the memo, `target` and getrefcount's argument: any other reference is from outside this
+        # load, and BUILD would change a shared object (np.ma.masked, an enum member, a dtype pandas caches).
+        if sys.getrefcount(target) > 4:
+            raise pickle.UnpicklingError("untrusted pickle changes a %s that exists outside it: refused"
+                                         % type(target).__name__)
+        self._settled[id(target)] = target
         parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)  # (dict, slots) or dict
         for part in parts:
             for key in part if isinstance(part, dict) else ():

@@ -265,6 +265,43 @@ def test_untrusted_pickle_cannot_change_a_class_for_the_whole_process(module: st
                 setattr(cls, attribute, value)
 
 
+def _masked_state() -> bytes:
+    state = (1, (3,), numpy.dtype("f8"), False, bytes(24), bytes(3), 0.0)
+    return pickle.dumps(state, protocol=4)[2:-1]  # the tuple's opcodes, without PROTO and STOP
+
+
+# Objects a constructor hands out to every caller: a BUILD on one would change it for the whole process.
+SHARED_OBJECTS = {
+    "numpy.ma.masked": ("numpy.ma.masked.shape", Op(global_("numpy.ma.core", "MaskedConstant")().code + b"MASKED")),
+    "uuid.SafeUUID.safe": ("uuid.SafeUUID.safe.name", Op(global_("uuid", "SafeUUID")(0).code + b"}"
+                                                          + _text("_name_") + _text("hacked") + b"s")),
+}
+
+
+@pytest.mark.parametrize("name", list(SHARED_OBJECTS))
+def test_untrusted_pickle_cannot_change_an_object_shared_by_the_process(name: str) -> None:
+    shown, make = SHARED_OBJECTS[name]
+    data = program(Op(make.code.replace(b"MASKED", _masked_state()) + b"b"))  # BUILD
+    code = (
+        "import sys, numpy, uuid\n"
+        "from client.unpickle import loads\n"
+        "before = repr(%s)\n"
+        "try:\n"
+        "    loads(sys.stdin.buffer.read(), trusted=%s)\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc, file=sys.stderr)\n"
+        "print(before == repr(%s))\n"
+    )
+    results = {}
+    for trusted in (False, True):
+        done = subprocess.run([sys.executable, "-c", code % (shown, trusted, shown)], input=data, capture_output=True,
+                              timeout=60, cwd=Path(__file__).resolve().parents[1])
+        results[trusted] = done.stdout.decode().strip()
+        if not trusted:
+            assert b"exists outside it: refused" in done.stderr
+    assert results == {False: "True", True: "False"}  # unchanged untrusted; the payload is real
+
+
 # --- data loads identically --------------------------------------------------------------------------------------
 
 
@@ -466,7 +503,16 @@ def _library_values() -> dict:
         "recarray": numpy.rec.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
         "RandomState": numpy.random.RandomState(0),
         "SeedSequence": numpy.random.SeedSequence(0),
-        "dtypes": [numpy.dtype("f8"), numpy.dtype([("a", "i4")]), numpy.dtype(("i2", (2, 3)))],
+        "dtypes": [numpy.dtype("f8"), numpy.dtype([("a", "i4")]), numpy.dtype(("i2", (2, 3))), numpy.dtype(">f8"),
+                   numpy.dtype(">U3"), numpy.dtype("M8[D]"), numpy.dtype(("O", (2,))), numpy.dtype("V5")],
+        "structured arrays": [numpy.zeros(2, dtype=dtype) for dtype in (
+            numpy.dtype([("a", "u1"), ("b", "f8")], align=True),
+            numpy.dtype({"names": ["a", "b"], "formats": ["i4", "f8"], "titles": ["A title", "B"]}),
+            numpy.dtype([("a", [("x", "i2"), ("y", "O")]), ("b", "f8", (2, 2))]),
+            numpy.dtype({"names": ["a", "b"], "formats": ["i4", "i4"], "offsets": [0, 8], "itemsize": 16}),
+            numpy.dtype([("a", "u1"), ("b", [("c", "u1"), ("d", "f8")])], align=True),
+            numpy.dtype((numpy.record, [("a", "i4")])),
+        )],
     })
     for name in ["PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"]:
         values["Generator " + name] = numpy.random.Generator(getattr(numpy.random, name)(0))
