@@ -137,18 +137,18 @@ def _materialised(call: Callable, args: tuple) -> Any:
     return call(*args)
 
 
-def _byte_source(call: Callable, args: tuple) -> Any:
-    """bytes()/bytearray(b'..')/bytearray('..', 'latin-1'), not bytearray(10**10)."""
-    if args and not isinstance(args[0], (bytes, bytearray, str)):
-        raise _refuse(call, "with a %s" % type(args[0]).__name__)
-    return call(*args)
-
-
 def _latin1(call: Callable, args: tuple) -> Any:
     """_codecs.encode(text, 'latin1'): protocol 2's bytes. Other codecs import modules and (de)compress."""
     if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
         raise _refuse(call, "with another codec than latin1")
     return call(*args)
+
+
+def _byte_source(call: Callable, args: tuple) -> Any:
+    """bytes(), bytearray(b'..'), bytearray('..', 'latin-1') as pickles write them; not bytearray(10**10)."""
+    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)) or not args:
+        return call(*args)
+    return _latin1(call, args)
 
 
 _FRACTION_TEXT = re.compile(r"-?\d+(?:/\d+)?")
@@ -307,6 +307,23 @@ def _check_pandas_object(obj: Any) -> None:
             raise _invalid("a SparseArray whose values do not match its index")
 
 
+def _zone_key(call: Callable, args: tuple) -> Any:
+    """ZoneInfo(key) and ZoneInfo._unpickle(key, ...) read the key's file in the system's time zone directories;
+    for a key found nowhere there, zoneinfo imports importlib.resources and searches the tzdata package. With
+    system time zone data present, such a key is refused (the check mirrors zoneinfo's: no path leaves TZPATH)."""
+    import os
+    import zoneinfo
+
+    key = args[0] if args else None
+    directories = [path for path in zoneinfo.TZPATH if os.path.isdir(path)]
+    if isinstance(key, str) and directories:
+        if os.path.isabs(key) or os.path.normpath(key) != key or key.startswith(".."):
+            raise _refuse(call, "with a key outside the time zone directories")
+        if not any(os.path.isfile(os.path.join(path, key)) for path in directories):
+            raise _refuse(call, "with a key the system has no time zone for")
+    return call(*args)
+
+
 def _entries(guard: Optional[Callable], module: str, names: str) -> Dict[Tuple[str, str], Optional[Callable]]:
     return {(module, name): guard for name in names.split()}
 
@@ -382,8 +399,8 @@ _ALLOWED: Dict[Tuple[str, str], Optional[Callable]] = {
     ("fractions", "Fraction"): _fraction_parts,
     **_entries(None, "uuid", "UUID SafeUUID"),
     **_entries(None, "pathlib", "PurePath PurePosixPath PureWindowsPath"),
-    ("zoneinfo", "ZoneInfo"): None,
-    ("zoneinfo._zoneinfo", "ZoneInfo"): None,
+    ("zoneinfo", "ZoneInfo"): _zone_key,
+    ("zoneinfo._zoneinfo", "ZoneInfo"): _zone_key,
     # numpy 2.x names, then 1.x names (numpy 2 still loads those, and 1.26 loads numpy 2's)
     **_entries(_NOT_CALLED, "numpy", "ndarray matrix record recarray " + " ".join(sorted(NUMPY_SCALAR_NAMES))),
     ("numpy", "dtype"): None,
@@ -563,9 +580,28 @@ def _complete_without_state(obj: Any) -> bool:
     return dtypes is not None and isinstance(obj, getattr(dtypes, "BaseMaskedDtype", ()))
 
 
+_STATE_POSITIONS = {"MT19937": ("state", "pos", 624), "Philox": (None, "buffer_pos", 4)}
+
+
+def _check_bit_generator(obj: Any) -> None:
+    """numpy's MT19937 and Philox take the position in their state buffer from the pickle, and read the buffer
+    there when drawing."""
+    bit_generator = getattr(obj, "bit_generator", None) or getattr(obj, "_bit_generator", obj)
+    state = getattr(bit_generator, "state", None)
+    if not isinstance(state, dict) or state.get("bit_generator") not in _STATE_POSITIONS:
+        return
+    part, key, size = _STATE_POSITIONS[state["bit_generator"]]
+    position = (state[part] if part else state)[key]
+    if not 0 <= position <= size:
+        raise _invalid("a %s state positioned outside its buffer" % state["bit_generator"])
+
+
 def _check_made(obj: Any) -> None:
-    if type(obj).__module__.startswith("pandas"):
+    module = type(obj).__module__
+    if module.startswith("pandas"):
         _check_pandas_object(obj)
+    elif module.startswith("numpy.random"):
+        _check_bit_generator(obj)
 
 
 class _RestrictedUnpickler(pickle._Unpickler):
@@ -602,7 +638,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         guard = self._guard_for(func)
         value = func(*args) if guard is None else guard(func, args)
         if func is _restricted_getattr and callable(value) and not isinstance(value, UntrustedObject):
-            self._named[id(value)] = (value, None)  # ZoneInfo._unpickle
+            self._named[id(value)] = (value, _zone_key)  # ZoneInfo._unpickle
         elif getattr(func, "__name__", "").startswith("__pyx_unpickle_") and args and args[-1] is None:
             self._unbuilt[id(value)] = value  # Cython's reconstructor: the state follows in a BUILD
         else:

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Run in the child: preload what data pickles may import, then load each case while recording audit events.
 _CHILD = r"""
-import io, json, pickle, sys, copyreg
+import io, json, pickle, sys, copyreg, warnings
+warnings.simplefilter("ignore")  # showing a warning reads source lines (linecache): Python's, not the pickle's
 sys.path.insert(0, sys.argv[1])
 from client import unpickle
 import numpy, pandas, pyarrow, PIL.Image, zoneinfo, datetime, decimal, fractions, uuid, pathlib
@@ -142,6 +143,10 @@ def _corpus(marker: Path, tmp: Path) -> List[tuple]:
                                                                        "__init_subclass__")())),
         ("getattr ZoneInfo.from_file", program(global_("builtins", "getattr")(global_("zoneinfo", "ZoneInfo"),
                                                                               "from_file")(str(secret)))),
+        ("ZoneInfo of a key with no zone (tzdata import)", call("zoneinfo", "ZoneInfo", "No/Such_Zone")),
+        ("ZoneInfo key leaving the zone files", call("zoneinfo", "ZoneInfo", "../../../etc/passwd")),
+        ("ZoneInfo._unpickle of a key with no zone", program(global_("builtins", "getattr")(
+            global_("zoneinfo", "ZoneInfo"), "_unpickle")("No/Such_Zone", 1))),
         ("importlib.import_module", call("importlib", "import_module", "antigravity")),
         ("runpy.run_path", call("runpy", "run_path", str(evil_py))),
         ("runpy.run_module", call("runpy", "run_module", "antigravity")),
@@ -202,6 +207,7 @@ def _corpus(marker: Path, tmp: Path) -> List[tuple]:
         ("list(range(10**9))", program(global_("builtins", "list")(global_("builtins", "range")(10**9)))),
         ("Fraction('1e10000000')", call("fractions", "Fraction", "1e10000000")),
         ("codecs other than latin1", call("_codecs", "encode", "x", "bz2_codec")),
+        ("bytearray of another codec", call("builtins", "bytearray", "x", "utf_16")),
         ("type() makes a class", program(global_("builtins", "type")("X", Op(b"(t"), Op(b"}")))),
         ("ndarray of uninitialised memory", program(reconstruct(ndarray, [4096], "b"))),
         ("ndarray called", program(ndarray([4096]))),
@@ -216,7 +222,7 @@ def _corpus(marker: Path, tmp: Path) -> List[tuple]:
         ("arrow array longer than its buffers", _long_arrow_array()),
         ("re-BUILD an array a pandas block checked", _rebuilt_after_use()),
         ("APPENDS to a named class", program(Op(global_("collections", "deque").code + b"(K\x01e"))),
-    ] + [(name, pickle.dumps(payload, protocol=4)) for name, payload in _pandas_payloads().items()]
+    ] + [(name, pickle.dumps(payload, protocol=4)) for name, payload in _state_payloads().items()]
     return cases
 
 
@@ -285,8 +291,8 @@ class _MadeWithoutConstructor(_ReducesWithState):
         return self.reduced[1][0]
 
 
-# Pandas objects whose pickled state pandas' compiled code trusts: each of these crashes the process that loads
-# and shows it (checked by test_pandas_payloads_are_real).
+# Objects whose pickled state numpy's or pandas' compiled code trusts: each of these crashes the process that loads
+# and shows it, or draws from it (checked by test_state_payloads_are_real).
 _FAR = slice(0, 4_000_000_000, 2_000_000_000)  # block items 0 and 2e9 of a two-column frame
 
 
@@ -297,7 +303,7 @@ def _frame(manager) -> object:
                                                       "attrs": {}, "_flags": {"allows_duplicate_labels": True}})
 
 
-def _pandas_payloads() -> dict:
+def _state_payloads() -> dict:
     import pandas
     from pandas._libs.internals import _unpickle_block
     from pandas.core.internals.managers import BlockManager
@@ -325,7 +331,16 @@ def _pandas_payloads() -> dict:
         "DatetimeArray made by NEWOBJ, no state": _MadeWithoutConstructor(type(dates), None),
         "DatetimeArray state without an array": _ReducesWithState(dates_func, dates_args, (None, dates.dtype)),
         "MultiIndex codes outside its levels": _Reduces(multi_func, multi_cls, forged_codes),
+        "MT19937 state positioned outside its key": _forged_generator_state(),
     }
+
+
+def _forged_generator_state() -> object:
+    generator = numpy.random.Generator(numpy.random.MT19937(0))
+    bit_generator = generator.bit_generator
+    func, args, state = bit_generator.__reduce__()
+    state = (dict(state[0], state=dict(state[0]["state"], pos=10**9)),) + tuple(state[1:])
+    return _Reduces(generator.__reduce__()[0], _ReducesWithState(func, args, state))
 
 
 def test_hostile_pickles_run_nothing_import_nothing_and_touch_no_file(tmp_path: Path) -> None:
@@ -341,13 +356,16 @@ def test_hostile_pickles_run_nothing_import_nothing_and_touch_no_file(tmp_path: 
     assert (tmp_path / "victim").read_bytes() == b"keep me"
     # made only of allowed globals, so refused by the checks on how they are called and built
     must_refuse = [
-        "numpy dtype with forged flags", "numpy dtype with overlapping object field", "ndarray of uninitialised memory",
-        "ndarray called", "ndarray via NEWOBJ", "bytearray(10**10)", "list(range(10**9))", "Fraction('1e10000000')",
-        "codecs other than latin1", "type() makes a class", "_new_Index with ndarray", "BUILD __class__ of an allowed "
-        "object", "BUILD __reduce_ex__", "BUILD shadows a method", "BUILD a named class", "INST of an allowed class",
+        "numpy dtype with forged flags", "numpy dtype with overlapping object field",
+        "ndarray of uninitialised memory", "ndarray called", "ndarray via NEWOBJ", "bytearray(10**10)",
+        "list(range(10**9))", "Fraction('1e10000000')", "codecs other than latin1", "bytearray of another codec",
+        "type() makes a class", "_new_Index with ndarray", "BUILD __class__ of an allowed object",
+        "BUILD __reduce_ex__", "BUILD shadows a method", "BUILD a named class", "INST of an allowed class",
         "arrow array longer than its buffers", "re-BUILD an array a pandas block checked", "APPENDS to a named class",
         "bit generator ctor of a memmap", "generator ctor calling bytearray",
-    ] + list(_pandas_payloads())
+        "ZoneInfo of a key with no zone (tzdata import)", "ZoneInfo key leaving the zone files",
+        "ZoneInfo._unpickle of a key with no zone",
+    ] + list(_state_payloads())
     assert {name: results[name]["outcome"] for name in must_refuse
             if not results[name]["outcome"].startswith("refused")} == {}
 
@@ -398,57 +416,74 @@ _FUZZ_GLOBALS = [
     ("numpy._core.multiarray", "scalar"), ("numpy._core.numeric", "_frombuffer"), ("pandas", "DataFrame"),
     ("pandas", "Index"), ("pandas.core.indexes.base", "_new_Index"), ("pyarrow.lib", "_restore_array"),
     ("pyarrow.lib", "py_buffer"), ("PIL.Image", "Image"), ("zoneinfo", "ZoneInfo"), ("uuid", "SafeUUID"),
-    ("numpy.random._pickle", "__generator_ctor"), ("pathlib", "Path"),
+    ("numpy.random._pickle", "__generator_ctor"), ("pathlib", "Path"), ("numpy.ma.core", "MaskedConstant"),
+    ("pandas._libs.internals", "_unpickle_block"), ("pandas.core.internals.managers", "BlockManager"),
 ]
 
 
 def _fuzz_streams():
+    """Pickle programs: trees of calls (REDUCE, NEWOBJ), BUILDs, containers and memo reuse over dangerous and
+    allowed globals and a few operands (a file name `x` in the loader's working directory among them), with raw
+    opcodes mixed in."""
     from hypothesis import strategies as st
 
-    operand = st.one_of(
+    leaf = st.one_of(
         st.integers(0, 3).map(lambda n: b"K" + bytes([n])),  # BININT1
-        st.sampled_from(["os", "system", "w", "/tmp/x", "O8", "b", "__class__", "_unpickle"]).map(_text),
-        st.just(b"N"), st.just(b"C\x08AAAAAAAA"),
+        st.sampled_from(["x", "w+", "r", "uint8", "O8", "b", "system", "__class__", "_unpickle"]).map(_text),
+        st.sampled_from([b"N", b"C\x08AAAAAAAA", b")", b"]", b"}", b"\x88"]),
         st.sampled_from(_FUZZ_GLOBALS).map(lambda name: _text(name[0]) + _text(name[1]) + b"\x93"),
+        st.integers(0, 3).map(lambda n: b"h" + bytes([n])),  # BINGET: an object kept earlier (or an error)
     )
-    structure = st.sampled_from([
-        b"(", b"t", b")", b"]", b"e", b"}", b"u", b"R", b"\x81", b"b", b"\x94", b"h\x00", b"h\x01", b"0", b"\x85",
-        b"\x86", b"l", b"s", b"a", b"\x8f", b"\x90", b"\x91",
-    ])
-    return st.lists(st.one_of(operand, structure), min_size=1, max_size=25).map(
-        lambda ops: b"\x80\x04" + b"".join(ops) + b".")
+
+    def compound(child):
+        children = st.lists(child, max_size=4).map(b"".join)
+        return st.one_of(
+            st.tuples(child, children).map(lambda c: c[0] + b"(" + c[1] + b"tR"),  # call
+            st.tuples(child, children).map(lambda c: c[0] + b"(" + c[1] + b"t\x81"),  # NEWOBJ
+            st.tuples(child, child).map(lambda c: c[0] + c[1] + b"b"),  # BUILD
+            children.map(lambda items: b"](" + items + b"e"),  # list
+            st.lists(st.tuples(child, child), max_size=3).map(
+                lambda pairs: b"}(" + b"".join(k + v for k, v in pairs) + b"u"),  # dict
+            st.tuples(child, st.integers(0, 3)).map(lambda c: c[0] + b"q" + bytes([c[1]])),  # BINPUT: keep it
+            st.tuples(child, st.sampled_from([b"0", b"\x94", b"\x85", b"a", b"s", b"\x90", b"2"])).map(b"".join),
+        )
+
+    return st.recursive(leaf, compound, max_leaves=12).map(lambda program: b"\x80\x04" + program + b".")
 
 
 def test_generated_pickle_streams_run_nothing_import_nothing_and_touch_no_file(tmp_path: Path) -> None:
+    # hypothesis generates the programs; one process loads them all (a process per example would take minutes),
+    # so a failure names its programs rather than a shrunk one.
     hypothesis = pytest.importorskip("hypothesis")
-    from hypothesis import strategies as st
+    streams: List[bytes] = []
 
-    @hypothesis.settings(max_examples=3, deadline=None, database=None,
+    @hypothesis.settings(max_examples=600, deadline=None, database=None,
                          suppress_health_check=list(hypothesis.HealthCheck))
-    @hypothesis.given(st.lists(_fuzz_streams(), min_size=300, max_size=300))
-    def check(streams: List[bytes]) -> None:
-        marker = tmp_path / "MARKER"
-        results = run_cases([("stream %d: %r" % (index, data), data) for index, data in enumerate(streams)],
-                            tmp_path)
-        assert_harmless(results, marker)
-        assert not (tmp_path / "x").exists()
+    @hypothesis.given(_fuzz_streams())
+    def generate(stream: bytes) -> None:
+        streams.append(stream)
 
-    check()
+    generate()
+    marker = tmp_path / "MARKER"
+    results = run_cases([("program %d: %r" % (index, data), data) for index, data in enumerate(streams)], tmp_path)
+    assert_harmless(results, marker)
+    assert not (tmp_path / "x").exists()
 
 
 _TRUSTED_CHILD = r"""
 import pickle, sys
 value = pickle.loads(open(sys.argv[1], "rb").read())
 print(repr(value), flush=True)
+print(value.bit_generator.random_raw(2) if hasattr(value, "bit_generator") else "", flush=True)  # a draw
 """
 
 
-@pytest.mark.parametrize("name", list(_pandas_payloads()))
-def test_pandas_payloads_are_real(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("name", list(_state_payloads()))
+def test_state_payloads_are_real(tmp_path: Path, name: str) -> None:
     # Loaded by pickle itself, then shown: the process crashes or shows memory from outside the data. So the
     # untrusted loader refusing them above is what keeps them out.
     path = tmp_path / "payload.pickle"
-    path.write_bytes(pickle.dumps(_pandas_payloads()[name], protocol=4))
+    path.write_bytes(pickle.dumps(_state_payloads()[name], protocol=4))
     done = subprocess.run([sys.executable, "-c", _TRUSTED_CHILD, str(path)], capture_output=True, text=True,
                           timeout=120)
     # dies, or shows numbers the payload does not hold: memory from outside its arrays
