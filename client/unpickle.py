@@ -42,6 +42,7 @@ import re
 import sys
 import types
 from collections import namedtuple
+from functools import lru_cache
 from typing import Any, Callable, Dict, Optional, Tuple
 
 
@@ -263,32 +264,43 @@ def _check_manager_state(state: Any) -> None:
     _check_block_locations(locations, axes)
 
 
+@lru_cache(maxsize=None)
+def _pandas_checked_classes() -> tuple:
+    from pandas import Categorical, MultiIndex
+    from pandas._libs.arrays import NDArrayBacked
+    from pandas.arrays import DatetimeArray, PeriodArray, SparseArray, TimedeltaArray
+    from pandas.core.internals.managers import BaseBlockManager, SingleBlockManager
+
+    kinds = {DatetimeArray: "M", TimedeltaArray: "m", PeriodArray: "i"}
+    return (NDArrayBacked, BaseBlockManager, MultiIndex, SparseArray), Categorical, kinds, SingleBlockManager
+
+
 def _check_pandas_object(obj: Any) -> None:
     """The invariants pandas' compiled code relies on without checking, for objects pickles rebuild from state:
     a Categorical's codes index its categories, an NDArrayBacked array holds an ndarray of its kind, a manager's
     blocks match its axes, a MultiIndex's codes its levels."""
-    import numpy
-    import pandas
-    from pandas._libs.arrays import NDArrayBacked
-    from pandas.core.internals import managers
+    checked, categorical, kinds, single_block_manager = _pandas_checked_classes()
+    if not isinstance(obj, checked):
+        return
+    ndarray_backed, block_manager, multi_index, sparse_array = checked
+    if isinstance(obj, ndarray_backed):
+        import numpy
 
-    if isinstance(obj, NDArrayBacked):
         values = obj._ndarray
         if not isinstance(values, numpy.ndarray):
             raise _invalid("a %s without its array" % type(obj).__name__)
-        if isinstance(obj, pandas.Categorical):
+        if isinstance(obj, categorical):
             categories = len(obj.dtype.categories)
             if values.dtype.kind not in "iu" or values.ndim != 1 or (
                 values.size and (values.min() < -1 or values.max() >= categories)
             ):
                 raise _invalid("a Categorical whose codes are not those of its categories")
-        elif isinstance(obj, (pandas.arrays.DatetimeArray, pandas.arrays.TimedeltaArray, pandas.arrays.PeriodArray)):
-            kind = {"DatetimeArray": "M", "TimedeltaArray": "m"}.get(type(obj).__name__, "i")
-            if values.dtype.kind != kind or values.dtype.itemsize != 8:
-                raise _invalid("a %s of %s values" % (type(obj).__name__, values.dtype))
-    elif isinstance(obj, managers.BaseBlockManager):
+        kind = next((kind for cls, kind in kinds.items() if isinstance(obj, cls)), None)
+        if kind is not None and (values.dtype.kind != kind or values.dtype.itemsize != 8):
+            raise _invalid("a %s of %s values" % (type(obj).__name__, values.dtype))
+    elif isinstance(obj, block_manager):
         try:
-            if isinstance(obj, managers.SingleBlockManager):
+            if isinstance(obj, single_block_manager):
                 ok = len(obj.blocks) == 1 and len(obj.blocks[0].values) == len(obj.axes[0])
             else:
                 obj._verify_integrity()
@@ -297,14 +309,13 @@ def _check_pandas_object(obj: Any) -> None:
             ok = False
         if not ok:
             raise _invalid("a pandas %s whose blocks do not match its axes" % type(obj).__name__)
-    elif isinstance(obj, pandas.MultiIndex):
+    elif isinstance(obj, multi_index):
         try:
             obj._verify_integrity()
         except ValueError as exc:
             raise _invalid("a MultiIndex whose codes are not those of its levels (%s)" % exc) from None
-    elif isinstance(obj, pandas.arrays.SparseArray):
-        if len(obj.sp_values) != obj.sp_index.npoints:
-            raise _invalid("a SparseArray whose values do not match its index")
+    elif len(obj.sp_values) != obj.sp_index.npoints:  # a SparseArray
+        raise _invalid("a SparseArray whose values do not match its index")
 
 
 def _zone_key(call: Callable, args: tuple) -> Any:
@@ -479,6 +490,7 @@ _KNOWN_DATA_CLASSES = frozenset(
 )
 
 
+@lru_cache(maxsize=1024)
 def _python3_name(module: str, name: str) -> Tuple[str, str]:
     # Protocol 0-2 pickles name Python 2 modules (__builtin__.set, copy_reg._reconstructor): check and resolve the
     # Python 3 names, as pickle's own find_class does.
@@ -613,8 +625,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
         super().__init__(file)
         # what find_class returned during this load, by id (kept alive): (object, guard)
         self._named: Dict[int, Tuple[Any, Optional[Callable]]] = {}
-        # objects that BUILD may no longer change (kept alive): built already, or referred to again (memo GET)
-        self._settled: Dict[int, Any] = {}
+        # objects BUILD gave their state (kept alive): a second BUILD is refused
+        self._built: Dict[int, Any] = {}
         # objects made without their constructor whose C state only a BUILD sets: the load fails if one is left
         self._unbuilt: Dict[int, Any] = {}
 
@@ -683,18 +695,15 @@ class _RestrictedUnpickler(pickle._Unpickler):
         if isinstance(target, UntrustedObject):
             pickle._Unpickler.load_build(self)  # its __setstate__ ignores the state
             return
-        # A data pickle builds each object once, before anything refers to it again: changing an object that was
-        # already passed to a constructor (an array a pandas block checked, a dtype an array uses) is refused.
-        if id(target) in self._settled:
-            raise pickle.UnpicklingError("untrusted pickle changes a %s it built or used already: refused"
-                                         % type(target).__name__)
+        # A data pickle builds each object once, before anything else holds it. Held by more than the stack, the
+        # memo, `target` and getrefcount's argument, the object is shared (np.ma.masked, an enum member: BUILD would
+        # change it for the whole process) or already in use (an array a pandas block checked, a dtype an array
+        # has): refused, as is a second BUILD.
         self._unbuilt.pop(id(target), None)
-        # Held by the stack, the memo, `target` and getrefcount's argument: any other reference is from outside this
-        # load, and BUILD would change a shared object (np.ma.masked, an enum member, a dtype pandas caches).
-        if sys.getrefcount(target) > 4:
-            raise pickle.UnpicklingError("untrusted pickle changes a %s that exists outside it: refused"
+        if sys.getrefcount(target) > 4 or id(target) in self._built:
+            raise pickle.UnpicklingError("untrusted pickle changes a %s that is built, shared or in use: refused"
                                          % type(target).__name__)
-        self._settled[id(target)] = target
+        self._built[id(target)] = target
         parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)  # (dict, slots) or dict
         for part in parts:
             for key in part if isinstance(part, dict) else ():
@@ -740,18 +749,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self._filled(self.metastack[-1][-1])
         pickle._Unpickler.load_additems(self)
 
-    def _load_get(self) -> None:
-        pickle._Unpickler.load_get(self)
-        self._settled[id(self.stack[-1])] = self.stack[-1]
-
-    def _load_binget(self) -> None:
-        pickle._Unpickler.load_binget(self)
-        self._settled[id(self.stack[-1])] = self.stack[-1]
-
-    def _load_long_binget(self) -> None:
-        pickle._Unpickler.load_long_binget(self)
-        self._settled[id(self.stack[-1])] = self.stack[-1]
-
     def _load_refused(self) -> None:
         raise pickle.UnpicklingError("untrusted pickle uses INST, OBJ or DUP, which pickles of data do not: refused")
 
@@ -766,9 +763,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.SETITEMS[0]] = _load_setitems
     dispatch[pickle.ADDITEMS[0]] = _load_additems
     dispatch[pickle.STOP[0]] = _load_stop
-    dispatch[pickle.GET[0]] = _load_get
-    dispatch[pickle.BINGET[0]] = _load_binget
-    dispatch[pickle.LONG_BINGET[0]] = _load_long_binget
     dispatch[pickle.INST[0]] = _load_refused
     dispatch[pickle.OBJ[0]] = _load_refused
     dispatch[pickle.DUP[0]] = _load_refused  # pickle never writes it: a second reference without the memo
