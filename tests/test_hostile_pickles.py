@@ -6,6 +6,7 @@ opcode streams."""
 from __future__ import annotations
 
 import copyreg
+import errno
 import json
 import os
 import re
@@ -488,3 +489,53 @@ def test_state_payloads_are_real(tmp_path: Path, name: str) -> None:
                           timeout=120)
     # dies, or shows numbers the payload does not hold: memory from outside its arrays
     assert done.returncode != 0 or re.search(r"-?\d{12,}", done.stdout), done.stdout
+
+
+# --- through the mount -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.fuse
+def test_mount_serves_hostile_artifacts_as_refusals_and_keeps_serving(client_env, manifest, tmp_path: Path) -> None:
+    # A real TypesFlow run whose artifacts a hostile writer replaced: code, a memory map of a root-only file,
+    # pickles that crash whoever loads them, a BUILD of a shared object. A crawl of the mount (ls -lR, grep -r,
+    # cat of every file) runs none of it, shows no byte of the secret, and the daemon keeps serving the rest.
+    from tests.support.hostile import copy_flows, crawl, replace_artifact, task_dir
+    from tests.support.mount import mounted
+
+    marker = tmp_path / "MARKER"
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"ROOT-ONLY-SECRET-4242")
+    os.chmod(secret, 0o600)
+    flow, run_id = manifest["runs"]["types"]["pathspec"].split("/")
+    root = copy_flows(client_env, tmp_path / "hostile", [flow])
+    task = task_dir(root, flow, run_id, "start")
+    hostile = [
+        pickle.dumps(_Reduces(os.system, "touch %s" % marker), protocol=4),
+        call("numpy", "memmap", str(secret), "uint8", "r"),
+        _forged_dtype_flags(),
+        program(Op(global_("numpy.ma.core", "MaskedConstant")().code + pickle.dumps(
+            (1, (3,), numpy.dtype("f8"), False, bytes(24), bytes(3), 0.0), protocol=4)[2:-1] + b"b")),
+    ] + [pickle.dumps(payload, protocol=4) for payload in _state_payloads().values()]
+    # the run's own artifacts, now holding those pickles (frame, array, series and image stay as they were)
+    names = ["nested", "nonstr_keys", "tup", "a_set", "a_frozenset", "when", "when_utc", "day", "duration", "price",
+             "text", "raw", "int_value", "float_value", "bool_value", "none_value", "special_floats", "point"]
+    payloads = dict(zip(names, hostile))
+    assert len(payloads) == len(hostile)
+    for name, payload in payloads.items():
+        replace_artifact(root, task, name, payload)
+    with mounted(tmp_path / "mnt", "--datastore-root", str(root), "--all-namespaces") as mount:
+        report = crawl(mount.path)
+        assert mount.process.poll() is None  # still serving
+        artifacts = mount.path / flow / run_id / "start" / task.name
+        for name in payloads:
+            try:
+                shown = (artifacts / name / "repr.txt").read_text()
+            except OSError as exc:
+                assert exc.errno == errno.EIO, name
+            else:
+                assert "untrusted" in shown, (name, shown)
+        assert (artifacts / "frame" / "value.csv").read_text().startswith(",n,s,f")
+        assert (artifacts / "array" / "repr.txt").read_text().startswith("array(")
+        assert mount.process.poll() is None
+    assert b"ROOT-ONLY-SECRET" not in report.all_bytes()
+    assert not marker.exists()
