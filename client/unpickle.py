@@ -752,20 +752,14 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def _load_refused(self) -> None:
         raise pickle.UnpicklingError("untrusted pickle uses INST, OBJ or DUP, which pickles of data do not: refused")
 
-    dispatch = dict(pickle._Unpickler.dispatch)
-    dispatch[pickle.REDUCE[0]] = _load_reduce
-    dispatch[pickle.NEWOBJ[0]] = _load_newobj
-    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
-    dispatch[pickle.BUILD[0]] = _load_build
-    dispatch[pickle.APPEND[0]] = _load_append
-    dispatch[pickle.APPENDS[0]] = _load_appends
-    dispatch[pickle.SETITEM[0]] = _load_setitem
-    dispatch[pickle.SETITEMS[0]] = _load_setitems
-    dispatch[pickle.ADDITEMS[0]] = _load_additems
-    dispatch[pickle.STOP[0]] = _load_stop
-    dispatch[pickle.INST[0]] = _load_refused
-    dispatch[pickle.OBJ[0]] = _load_refused
-    dispatch[pickle.DUP[0]] = _load_refused  # pickle never writes it: a second reference without the memo
+    dispatch = {**pickle._Unpickler.dispatch, **{opcode[0]: load for opcode, load in (
+        (pickle.REDUCE, _load_reduce), (pickle.NEWOBJ, _load_newobj), (pickle.NEWOBJ_EX, _load_newobj_ex),
+        (pickle.BUILD, _load_build), (pickle.APPEND, _load_append), (pickle.APPENDS, _load_appends),
+        (pickle.SETITEM, _load_setitem), (pickle.SETITEMS, _load_setitems), (pickle.ADDITEMS, _load_additems),
+        (pickle.STOP, _load_stop),
+        # never written for data: calls of a class (protocol 0/1), a second reference without the memo
+        (pickle.INST, _load_refused), (pickle.OBJ, _load_refused), (pickle.DUP, _load_refused),
+    )}}
 
 
 class _NamesAGlobal(Exception):
