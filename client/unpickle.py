@@ -248,8 +248,18 @@ def _check_block_locations(locations: list, axes: Any) -> None:
 
     items = len(axes[0])
     for location in locations:
-        numbers = (location if isinstance(location, BlockPlacement) else BlockPlacement(location)).as_array
-        if len(numbers) and (numbers.min() < 0 or numbers.max() >= items):
+        placement = location if isinstance(location, BlockPlacement) else BlockPlacement(location)
+        count = len(placement)
+        if not count:
+            continue
+        numbers = placement.indexer  # a slice is not expanded: slice(0, 10**12) would be 8 TB
+        if isinstance(numbers, slice):
+            first = numbers.start or 0
+            last = first + (count - 1) * (numbers.step or 1)
+            low, high = min(first, last), max(first, last)
+        else:
+            low, high = numbers.min(), numbers.max()
+        if count > items or low < 0 or high >= items:
             raise _invalid("a pandas block placed outside its frame")
 
 

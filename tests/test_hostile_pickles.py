@@ -221,6 +221,7 @@ def _corpus(marker: Path, tmp: Path) -> List[tuple]:
         ("arrow array longer than its buffers", _long_arrow_array()),
         ("re-BUILD an array a pandas block checked", _rebuilt_after_use()),
         ("APPENDS to a named class", program(Op(global_("collections", "deque").code + b"(K\x01e"))),
+        ("pandas block over 10**12 items (checked without expanding)", _huge_block_state()),
     ] + [(name, pickle.dumps(payload, protocol=4)) for name, payload in _state_payloads().items()]
     return cases
 
@@ -334,6 +335,17 @@ def _state_payloads() -> dict:
     }
 
 
+def _huge_block_state() -> bytes:
+    import pandas
+    from pandas.core.internals.managers import BlockManager
+
+    values = numpy.arange(4).reshape(2, 2)
+    axes = [pandas.Index(["a", "b"]), pandas.RangeIndex(2)]
+    blocks = [{"values": values, "mgr_locs": slice(0, 10**12)}]
+    state = (axes, [values], [axes[0]], {"0.14.1": {"axes": axes, "blocks": blocks}})
+    return pickle.dumps(_frame(_MadeWithoutConstructor(BlockManager, state)), protocol=4)
+
+
 def _forged_generator_state() -> object:
     generator = numpy.random.Generator(numpy.random.MT19937(0))
     bit_generator = generator.bit_generator
@@ -363,7 +375,7 @@ def test_hostile_pickles_run_nothing_import_nothing_and_touch_no_file(tmp_path: 
         "arrow array longer than its buffers", "re-BUILD an array a pandas block checked", "APPENDS to a named class",
         "bit generator ctor of a memmap", "generator ctor calling bytearray",
         "ZoneInfo of a key with no zone (tzdata import)", "ZoneInfo key leaving the zone files",
-        "ZoneInfo._unpickle of a key with no zone",
+        "ZoneInfo._unpickle of a key with no zone", "pandas block over 10**12 items (checked without expanding)",
     ] + list(_state_payloads())
     assert {name: results[name]["outcome"] for name in must_refuse
             if not results[name]["outcome"].startswith("refused")} == {}
