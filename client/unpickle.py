@@ -274,6 +274,18 @@ def _check_manager_state(state: Any) -> None:
     _check_block_locations(locations, axes)
 
 
+def _check_image_state(state: Any) -> None:
+    """A PIL image's state is [info, mode, size, palette, pixels]: PIL allocates `size` before it reads the pixels,
+    so a tiny pickle claiming 65535x65535 would take 16 GB. At least one bit of pixels per pixel, as mode "1" packs."""
+    try:
+        width, height = state[2]
+        pixels = len(state[4])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return  # PIL refuses it itself
+    if not (isinstance(width, int) and isinstance(height, int)) or width * height > 8 * pixels:
+        raise _invalid("a %r image with %d bytes of pixels" % (state[2], pixels))
+
+
 @lru_cache(maxsize=None)
 def _pandas_checked_classes() -> tuple:
     from pandas import Categorical, MultiIndex
@@ -723,6 +735,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
         module = type(target).__module__
         if module == "pandas.core.internals.managers":
             _check_manager_state(state)
+        elif module.startswith("PIL."):
+            _check_image_state(state)
         pickle._Unpickler.load_build(self)
         if module.startswith("numpy") and isinstance(target, sys.modules["numpy"].dtype):
             _check_dtype(target)

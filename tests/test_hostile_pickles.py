@@ -222,6 +222,7 @@ def _corpus(marker: Path, tmp: Path) -> List[tuple]:
         ("re-BUILD an array a pandas block checked", _rebuilt_after_use()),
         ("APPENDS to a named class", program(Op(global_("collections", "deque").code + b"(K\x01e"))),
         ("pandas block over 10**12 items (checked without expanding)", _huge_block_state()),
+        ("PIL image of 65535x65535 pixels from 3 bytes", _huge_image_state()),
     ] + [(name, pickle.dumps(payload, protocol=4)) for name, payload in _state_payloads().items()]
     return cases
 
@@ -335,6 +336,12 @@ def _state_payloads() -> dict:
     }
 
 
+def _huge_image_state() -> bytes:
+    from PIL import Image
+
+    return pickle.dumps(_MadeWithoutConstructor(Image.Image, [{}, "RGBA", (65535, 65535), None, b"abc"]), protocol=4)
+
+
 def _huge_block_state() -> bytes:
     import pandas
     from pandas.core.internals.managers import BlockManager
@@ -376,6 +383,7 @@ def test_hostile_pickles_run_nothing_import_nothing_and_touch_no_file(tmp_path: 
         "bit generator ctor of a memmap", "generator ctor calling bytearray",
         "ZoneInfo of a key with no zone (tzdata import)", "ZoneInfo key leaving the zone files",
         "ZoneInfo._unpickle of a key with no zone", "pandas block over 10**12 items (checked without expanding)",
+        "PIL image of 65535x65535 pixels from 3 bytes",
     ] + list(_state_payloads())
     assert {name: results[name]["outcome"] for name in must_refuse
             if not results[name]["outcome"].startswith("refused")} == {}
