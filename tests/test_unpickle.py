@@ -207,9 +207,40 @@ def test_untrusted_pickle_cannot_run_library_modules_by_importing_them(capfd: py
 
 
 @pytest.mark.parametrize("module, name", sorted(unpickle._KNOWN_DATA_CLASSES))
-def test_data_classes_known_by_name_are_those_the_library_check_accepts(module: str, name: str) -> None:
-    # `allowed` answers for these without importing their package; the import-and-inspect check must agree.
-    assert unpickle._is_safe_library_global(module, name)
+def test_data_classes_known_by_name_are_allow_listed_classes(module: str, name: str) -> None:
+    # `allowed` answers for these without importing their package: each is an exact entry of the allow-list, and a
+    # class there.
+    assert (module, name) in unpickle._ALLOWED and unpickle.allowed(module, name)
+    assert isinstance(getattr(importlib.import_module(module), name), type)
+
+
+def test_allow_list_names_one_guard_per_object() -> None:
+    # The unpickler keys a call's guard by the object a name resolves to: two names of one object (numpy 1.x and
+    # 2.x paths, pandas 2 and 3 paths) must not give it different guards, or the laxer name would lift the other.
+    guards: dict = {}
+    for (module, name), guard in unpickle._ALLOWED.items():
+        try:
+            obj = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue  # a name of another numpy/pandas version
+        guards.setdefault(id(obj), (obj, set()))[1].add(guard)
+    mixed = {repr(obj): found for obj, found in guards.values() if len(found) > 1}
+    assert mixed == {}
+
+
+def test_allowed_does_not_import_the_module_it_is_asked_about() -> None:
+    code = (
+        "import sys\n"
+        "from client import unpickle\n"
+        "before = set(sys.modules)\n"
+        "assert unpickle.allowed('pandas', 'DataFrame') and unpickle.allowed('numpy', 'ndarray')\n"
+        "assert not unpickle.allowed('numpy', 'memmap') and not unpickle.allowed('numpy.f2py.__main__', 'main')\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("module, name", [("pandas", "Index"), ("pathlib", "PurePath")])
@@ -232,6 +263,43 @@ def test_untrusted_pickle_cannot_change_a_class_for_the_whole_process(module: st
         for attribute, value in before.items():
             if vars(cls).get(attribute) is not value:
                 setattr(cls, attribute, value)
+
+
+def _masked_state() -> bytes:
+    state = (1, (3,), numpy.dtype("f8"), False, bytes(24), bytes(3), 0.0)
+    return pickle.dumps(state, protocol=4)[2:-1]  # the tuple's opcodes, without PROTO and STOP
+
+
+# Objects a constructor hands out to every caller: a BUILD on one would change it for the whole process.
+SHARED_OBJECTS = {
+    "numpy.ma.masked": ("numpy.ma.masked.shape", Op(global_("numpy.ma.core", "MaskedConstant")().code + b"MASKED")),
+    "uuid.SafeUUID.safe": ("uuid.SafeUUID.safe.name", Op(global_("uuid", "SafeUUID")(0).code + b"}"
+                                                          + _text("_name_") + _text("hacked") + b"s")),
+}
+
+
+@pytest.mark.parametrize("name", list(SHARED_OBJECTS))
+def test_untrusted_pickle_cannot_change_an_object_shared_by_the_process(name: str) -> None:
+    shown, make = SHARED_OBJECTS[name]
+    data = program(Op(make.code.replace(b"MASKED", _masked_state()) + b"b"))  # BUILD
+    code = (
+        "import sys, numpy, uuid\n"
+        "from client.unpickle import loads\n"
+        "before = repr(%s)\n"
+        "try:\n"
+        "    loads(sys.stdin.buffer.read(), trusted=%s)\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc, file=sys.stderr)\n"
+        "print(before == repr(%s))\n"
+    )
+    results = {}
+    for trusted in (False, True):
+        done = subprocess.run([sys.executable, "-c", code % (shown, trusted, shown)], input=data, capture_output=True,
+                              timeout=60, cwd=Path(__file__).resolve().parents[1])
+        results[trusted] = done.stdout.decode().strip()
+        if not trusted:
+            assert b"that is built, shared or in use: refused" in done.stderr
+    assert results == {False: "True", True: "False"}  # unchanged untrusted; the payload is real
 
 
 # --- data loads identically --------------------------------------------------------------------------------------
@@ -412,3 +480,135 @@ def test_metaflow_classes_load_as_stand_ins_without_trust() -> None:
     assert loaded_frames[0].index == 1 and loaded_frames[0].step == "body"
 
     assert loads(pickle.dumps(included, protocol=4), trusted=False).descriptor == descriptor
+
+
+# --- the allow-list is what real values pickle as ----------------------------------------------------------------
+
+
+def _library_values() -> dict:
+    import pyarrow
+    from PIL import Image
+
+    values: dict = {}
+    for code in ["?", "b", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "g", "c8", "c16", "G",
+                 "U3", "S3", "V4", "M8[ns]", "m8[s]", "O"]:
+        values["array " + code] = numpy.zeros(3, dtype=code)
+        values["scalar " + code] = numpy.zeros(1, dtype=code)[0]
+    values.update({
+        "structured": numpy.zeros(2, dtype=[("a", "i4"), ("b", "f8", (2,)), ("c", "O")]),
+        "StringDType": numpy.array(["a", "bb"], dtype=numpy.dtypes.StringDType()),
+        "masked": numpy.ma.masked_array([1, 2, 3], mask=[0, 1, 0]),
+        "masked constant": numpy.ma.masked,
+        "matrix": numpy.matrix([[1, 2]]),
+        "recarray": numpy.rec.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+        "RandomState": numpy.random.RandomState(0),
+        "SeedSequence": numpy.random.SeedSequence(0),
+        "dtypes": [numpy.dtype("f8"), numpy.dtype([("a", "i4")]), numpy.dtype(("i2", (2, 3))), numpy.dtype(">f8"),
+                   numpy.dtype(">U3"), numpy.dtype("M8[D]"), numpy.dtype(("O", (2,))), numpy.dtype("V5")],
+        "structured arrays": [numpy.zeros(2, dtype=dtype) for dtype in (
+            numpy.dtype([("a", "u1"), ("b", "f8")], align=True),
+            numpy.dtype({"names": ["a", "b"], "formats": ["i4", "f8"], "titles": ["A title", "B"]}),
+            numpy.dtype([("a", [("x", "i2"), ("y", "O")]), ("b", "f8", (2, 2))]),
+            numpy.dtype({"names": ["a", "b"], "formats": ["i4", "i4"], "offsets": [0, 8], "itemsize": 16}),
+            numpy.dtype([("a", "u1"), ("b", [("c", "u1"), ("d", "f8")])], align=True),
+            numpy.dtype((numpy.record, [("a", "i4")])),
+        )],
+    })
+    for name in ["PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"]:
+        values["Generator " + name] = numpy.random.Generator(getattr(numpy.random, name)(0))
+        values[name] = getattr(numpy.random, name)(0)
+    values["DataFrame of every column kind"] = pandas.DataFrame({
+        "int": [1, 2], "str": ["x", "y"], "categorical": pandas.Categorical(["p", "q"]),
+        "tz": pandas.to_datetime(["2024-01-01", None]).tz_localize("Europe/Paris"),
+        "Int64": pandas.array([1, None], dtype="Int64"), "boolean": pandas.array([True, None], dtype="boolean"),
+        "Float64": pandas.array([1.5, None], dtype="Float64"), "string": pandas.array(["a", None], dtype="string"),
+        "period": pandas.period_range("2024-01", periods=2, freq="M"), "interval": pandas.interval_range(0, 2),
+        "sparse": pandas.arrays.SparseArray([0, 1]), "timedelta": pandas.to_timedelta([1, 2], unit="s"),
+        "string[pyarrow]": pandas.array(["a", None], dtype="string[pyarrow]"),
+        "int64[pyarrow]": pandas.array([1, None], dtype="int64[pyarrow]"),
+    })
+    values["DataFrame with MultiIndex columns"] = pandas.DataFrame(
+        [[1, 2]], columns=pandas.MultiIndex.from_tuples([("a", "b"), ("a", "c")]))
+    values["indexes"] = [
+        pandas.Index([1, 2]), pandas.RangeIndex(3), pandas.MultiIndex.from_tuples([(1, "a")]),
+        pandas.date_range("2024", periods=2, tz="UTC", freq="h"), pandas.timedelta_range("1d", periods=2),
+        pandas.period_range("2024", periods=2, freq="D"), pandas.interval_range(0, 3),
+        pandas.CategoricalIndex(["a", "b"]), pandas.Index(["a", 1], dtype=object), pandas.Index([True]),
+        pandas.Index([1], dtype="uint8"), pandas.Index([1, None], dtype="Int64"), pandas.Index([1j]),
+    ]
+    values["pandas scalars"] = [pandas.Timestamp("2024-01-01T00:00+05:00"), pandas.Timestamp("2024"),
+                                pandas.Period("2024-01", freq="M"), pandas.Interval(0, 1)]
+    values["offsets"] = [pandas.offsets.Day(2), pandas.offsets.MonthEnd(), pandas.offsets.BusinessDay(),
+                         pandas.offsets.Hour(), pandas.offsets.Week(weekday=1), pandas.offsets.QuarterEnd(),
+                         pandas.offsets.YearBegin(), pandas.DateOffset(months=1)]
+    values["pandas dtypes"] = [pandas.CategoricalDtype(["a"]), pandas.DatetimeTZDtype(tz="UTC"),
+                               pandas.PeriodDtype("D"), pandas.IntervalDtype("int64"), pandas.Int64Dtype(),
+                               pandas.StringDtype(), pandas.BooleanDtype(), pandas.Float64Dtype(),
+                               pandas.ArrowDtype(pyarrow.int64()), pandas.SparseDtype("int64", 0)]
+    values["pandas arrays"] = [pandas.arrays.IntervalArray.from_breaks([0, 1, 2]),
+                               pandas.array(pandas.period_range("2024", periods=2, freq="D")),
+                               pandas.array(pandas.date_range("2024", periods=2)),
+                               pandas.array(pandas.timedelta_range("1d", periods=2)),
+                               pandas.arrays.NumpyExtensionArray(numpy.array([1, 2])),
+                               pandas.arrays.SparseArray([0, 0, 1])]
+    values["arrow table"] = pyarrow.table({"a": [1, 2], "b": ["x", None], "c": [[1], [2, 3]],
+                                           "d": [{"x": 1}, {"x": 2}]})
+    values["arrow arrays"] = [pyarrow.array([1, 2, None]), pyarrow.chunked_array([[1], [2]]),
+                              pyarrow.array(["a", "b", "a"]).dictionary_encode(),
+                              pyarrow.array([decimal.Decimal("1.2")]),
+                              pyarrow.array([dt.datetime(2024, 1, 1)], type=pyarrow.timestamp("us", tz="UTC"))]
+    values["arrow others"] = [pyarrow.scalar(1), pyarrow.scalar({"a": 1}), pyarrow.record_batch({"a": [1]}),
+                              pyarrow.schema([("a", pyarrow.int64())]), pyarrow.field("a", pyarrow.string()),
+                              pyarrow.py_buffer(b"abc")]
+    values["arrow types"] = [pyarrow.int8(), pyarrow.timestamp("ns", tz="UTC"), pyarrow.list_(pyarrow.int64()),
+                             pyarrow.struct([("a", pyarrow.int64())]), pyarrow.dictionary(pyarrow.int32(),
+                                                                                        pyarrow.string()),
+                             pyarrow.decimal128(10, 2), pyarrow.large_string(), pyarrow.binary(3),
+                             pyarrow.map_(pyarrow.string(), pyarrow.int64()), pyarrow.date32(),
+                             pyarrow.time64("us"), pyarrow.duration("s"), pyarrow.float16()]
+    for mode in ("RGB", "P", "L", "RGBA"):
+        values["image " + mode] = Image.new(mode, (4, 3))
+    for kind in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (2, 2)).save(buffer, kind)
+        buffer.seek(0)
+        values["opened " + kind] = Image.open(buffer)
+    values["stdlib"] = [collections.ChainMap, type(None), type(...), Ellipsis, NotImplemented, slice(1, 2),
+                        uuid.UUID(int=3), Path("/a"), fractions.Fraction(-7, 3), dt.timezone.utc]
+    return values
+
+
+class _RecordingUnpickler(pickle._Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        self.named.add((module, name))
+        return super().find_class(module, name)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_real_values_name_only_allowed_globals_and_round_trip_untrusted(protocol: int) -> None:
+    # The discovery that made the allow-list: pickle real values of every supported kind, record the globals their
+    # pickles name, and load them untrusted. What pickle.loads rebuilds pickles to the same bytes as what the
+    # untrusted load rebuilds.
+    refused = {}
+    for kind, value in _library_values().items():
+        if kind == "stdlib":
+            value = value[1:]  # ChainMap: a class pickles by reference, and ChainMap is not on the list
+        data = pickle.dumps(value, protocol=protocol)
+        recorder = _RecordingUnpickler(io.BytesIO(data))
+        recorder.named = set()
+        expected = recorder.load()
+        outside = {name for name in recorder.named if not unpickle.allowed(*name)}
+        loaded = loads(data, trusted=False)
+        if kind.startswith("opened "):  # an opened image pickles its pixels, not its file: compare those
+            expected, loaded = expected.tobytes(), loaded.tobytes()
+        elif kind == "stdlib":  # a concrete path loads as its pure path
+            assert type(loaded[6]).__name__ == "PurePosixPath" and str(loaded[6]) == "/a"
+            expected, loaded = expected[:6] + expected[7:], loaded[:6] + loaded[7:]
+        if outside or pickle.dumps(loaded, protocol=4) != pickle.dumps(expected, protocol=4):
+            refused[kind] = outside or "loads differently"
+    assert refused == {}
+
+
+def test_chainmap_class_is_not_on_the_list() -> None:
+    assert issubclass(loads(pickle.dumps(collections.ChainMap, protocol=4), trusted=False), UntrustedObject)
+    assert not unpickle.allowed("collections", "ChainMap")
