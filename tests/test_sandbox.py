@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import pickletools
+import random
 import struct
 import subprocess
 import sys
@@ -64,6 +65,15 @@ def big_list_pickle() -> bytes:
     return b"\x80\x02cbuiltins\nlist\n" + range_call + b"\x85R."
 
 
+def huge_fraction_pickle(digits_bytes: int = 400_000) -> bytes:
+    """Fraction(a, b) of two random 400 KB integers: what the allow-list admits (integers), but its gcd takes
+    seconds of CPU (quadratic in their length); under the render threshold, so rendered at stat."""
+    rng = random.Random(13)
+    numerator, denominator = (rng.getrandbits(digits_bytes * 8) | 1 for _ in range(2))
+    arguments = pickle.dumps((numerator, denominator), protocol=2)[2:-1]  # the tuple's opcodes alone
+    return reduce_pickle("fractions", "Fraction", arguments)
+
+
 def repr_bomb_pickle(depth: int = 60) -> bytes:
     """a = []; then `depth` times a = [a, a]: a few hundred bytes, naming no global; its repr has 2**depth parts."""
     value: list = []
@@ -77,8 +87,9 @@ BOMBS: Dict[str, dict] = {
     "gzip_10gb": {"stored": lambda: gzip_bomb(10 * 1024), "type": "bytes", "size": None},
     "gzip_3gb_trailer_0": {"stored": lambda: gzip_bomb(3 * 1024, trailer=0), "type": "bytes", "size": 64},
     "big_list": {"payload": big_list_pickle, "type": "list"},
-    "huge_fraction": {"payload": lambda: reduce_pickle("fractions", "Fraction", b"X\n\x00\x00\x001e10000000\x85"),
+    "fraction_text": {"payload": lambda: reduce_pickle("fractions", "Fraction", b"X\n\x00\x00\x001e10000000\x85"),
                       "type": "fractions.Fraction"},
+    "huge_fraction": {"payload": huge_fraction_pickle, "type": "fractions.Fraction"},
     "huge_bytearray": {"payload": lambda: reduce_pickle("builtins", "bytearray", b"\x8a\x05" + (10**10).to_bytes(5, "little") + b"\x85"),
                        "type": "bytearray"},
     "repr_bomb": {"payload": repr_bomb_pickle, "type": "list"},
@@ -182,7 +193,8 @@ def test_bombs_fail_alone_and_the_daemon_stays_small(mount, hostile):
     assert daemon_rss_mb(mount) < DAEMON_RSS_BOUND_MB
     log = mount.log()
     assert "huge_fraction/repr.txt: SandboxError: repr.txt: reached the" in log  # CPU or (a busy machine) wall time
-    assert "big_list/repr.txt" in log and "memory limit" in log
+    assert "repr_bomb/repr.txt" in log and "memory limit" in log
+    assert "big_list/repr.txt: SandboxError: UnpicklingError" in log  # the allow-list refuses it before any work
     print("bombs: %.1f s, daemon peak RSS %.0f MB" % (time.monotonic() - started, daemon_rss_mb(mount)))
 
 
@@ -367,12 +379,13 @@ def test_the_readahead_worker_runs_under_the_memory_limit(hostile, tmp_path):
 def test_a_bomb_parameter_fails_parameters_json_alone(local_root, manifest, tmp_path):
     root = copy_flows(local_root, tmp_path / "params", ["HelloFlow"])
     run_id = manifest["runs"]["hello_bob"]["run_id"]
-    replace_artifact(root, task_dir(root, "HelloFlow", run_id, "_parameters"), "lr", big_list_pickle())
+    replace_artifact(root, task_dir(root, "HelloFlow", run_id, "_parameters"), "lr", repr_bomb_pickle())
     with mounted(tmp_path / "mnt", "--datastore-root", str(root), "--all-namespaces", *LIMIT_OPTIONS) as mount:
         run = mount.path / "HelloFlow" / run_id
         assert read_errno(run / "parameters.json") == errno.EIO
         assert json.loads((run / "run.json").read_text())["id"] == run_id
-        assert "parameters.json" in mount.log() and "memory limit" in mount.log()
+        assert "parameters.json: SandboxError" in mount.log()
+        assert "memory limit" in mount.log() or "reached the" in mount.log()  # its JSON is exponential too
         assert mount.process.poll() is None
         assert daemon_rss_mb(mount) < DAEMON_RSS_BOUND_MB
 
