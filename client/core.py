@@ -1034,7 +1034,7 @@ def _internal_value(artifact: DataArtifact) -> Any:
         raise MetaflowInternalError("Artifact %s was not loaded: larger than %d bytes, or corrupt"
                                     % (artifact.pathspec, INTERNAL_MAX_BYTES))
     try:
-        return _loads_naming_only(data, unpickle._METAFLOW_STANDINS)
+        return _loads_naming_only(data, unpickle.METAFLOW_STANDINS)
     except Exception as exc:  # noqa: BLE001 - whatever a hostile pickle raises, it is this artifact's error
         raise MetaflowInternalError("Artifact %s was not loaded: %s" % (artifact.pathspec, exc)) from exc
 

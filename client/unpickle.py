@@ -109,7 +109,8 @@ class UntrustedObject:
         return "<untrusted %s.%s: not loaded; mount with --trust-pickles to load it>" % (self.module, self.name)
 
 
-_METAFLOW_STANDINS = {
+#: Metaflow's own classes as their pickles name them -> the stand-ins that load in their place
+METAFLOW_STANDINS = {
     ("metaflow.exception", "MetaflowExceptionWrapper"): MetaflowExceptionWrapper,
     ("__main__", "ForeachFrame"): ForeachFrame,
     ("metaflow.datastore.task_datastore", "ForeachFrame"): ForeachFrame,
@@ -526,7 +527,7 @@ def allowed(module: str, name: str) -> bool:
     return (
         (module, name) in _ALLOWED
         or (module, name) in _RESOLVED_AS
-        or (module, name) in _METAFLOW_STANDINS
+        or (module, name) in METAFLOW_STANDINS
         or (module == "metaflow.client.core" and name in _CLIENT_CLASSES)
     )
 
@@ -545,7 +546,7 @@ def _restricted_getattr(obj: Any, name: str) -> Any:
 
 def _find_class(unpickler: Any, find_real: Any, module: str, name: str) -> Any:
     module, name = _python3_name(module, name)
-    standin = _METAFLOW_STANDINS.get((module, name))
+    standin = METAFLOW_STANDINS.get((module, name))
     if standin is not None:
         return standin
     if module == "metaflow.client.core" and name in _CLIENT_CLASSES:

@@ -58,10 +58,10 @@ class _AsMetaflowPickler(pickle._Pickler):
 def _standin_names(mf) -> Dict[type, Tuple[str, str]]:
     if mf.__name__ != "client":
         return {}
-    from client.unpickle import _METAFLOW_STANDINS
+    from client.unpickle import METAFLOW_STANDINS
 
     names: Dict[type, Tuple[str, str]] = {}
-    for module_and_name, cls in _METAFLOW_STANDINS.items():
+    for module_and_name, cls in METAFLOW_STANDINS.items():
         names.setdefault(cls, module_and_name)
     return names
 
