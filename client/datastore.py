@@ -18,6 +18,7 @@ from .config import mffs_setting
 from .recent import Recent
 from .storage import get_storage
 from .storage.base import Storage
+from .storage.local import OPEN_FLAGS
 
 MAX_ATTEMPTS = 6
 LOG_SOURCES = ("runtime", "task")
@@ -105,8 +106,8 @@ class FlowDatastore:
         if path is None:
             return None
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+            fd = os.open(path, OPEN_FLAGS)
+        except OSError:  # missing, or a link (ELOOP): the blob's read tells, and confines it
             return None
         try:
             size = os.fstat(fd).st_size

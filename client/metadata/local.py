@@ -5,6 +5,7 @@ answers `task['x']`. Tags of steps, tasks and artifacts are never read here: the
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import List, Optional
@@ -12,32 +13,37 @@ from typing import List, Optional
 from .. import records
 from ..config import mffs_setting
 from ..recent import Recent
-from ..storage.local import read_file
+from ..storage import get_storage
+from ..storage.base import OutsideDatastore
+from ..storage.local import storage_of
 from .base import MetadataProvider, artifact_record, run_record
 
 MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
+log = logging.getLogger(__name__)
 
 
 def _read_json(path: str):
-    return records.loads(read_file(path))
+    storage, key = storage_of(path)  # confined like the datastore's own reads: no link out of the root
+    return records.loads(storage.read(key))
 
 
 def _list_dir(path: str) -> List[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    storage, key = storage_of(path)
+    return storage.list(key)
 
 
 def _exists(path: str) -> bool:
-    # os.access, not os.path.exists: a missing file costs no exception and no stat_result (half the time)
-    return os.access(path, os.F_OK)
+    storage, key = storage_of(path)
+    return storage.exists(key)
 
 
 def _self_record(path: str) -> Optional[dict]:
     try:
         return _read_json(path + "/_meta/_self.json")
     except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OutsideDatastore as exc:  # a link out of the root: this entry alone is left out
+        log.warning("%s", exc)
         return None
 
 
@@ -48,6 +54,8 @@ class LocalMetadataProvider(MetadataProvider):
     def __init__(self, root: Optional[str], ttl: Optional[float] = None):
         #: the `.metaflow` directory, or None when none was found (then nothing exists)
         self.root = root
+        if root is not None:
+            get_storage(root)  # its records are read through the storage's confinement (`storage_of`)
         ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
         # meta dir -> attempt: reading two artifacts of a task probes its attempt once
         self._attempts = Recent(ttl)
