@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import zlib
 from typing import BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
@@ -23,6 +24,8 @@ from .storage.local import OPEN_FLAGS
 MAX_ATTEMPTS = 6
 LOG_SOURCES = ("runtime", "task")
 _GZIP_MAGIC = b"\x1f\x8b"
+#: whether a record's sha is one: 40 lowercase hex digits (blob keys and disk cache files are named by it)
+is_sha = re.compile("[0-9a-f]{40}").fullmatch
 
 
 class BlobCache:
@@ -94,6 +97,9 @@ class FlowDatastore:
         return datastore
 
     def blob_key(self, sha: str) -> str:
+        """The storage key of a blob; `sha` comes from a record, so anything but a sha (`../x`) is refused."""
+        if not is_sha(sha):
+            raise ValueError("artifact sha %r of flow %s is not 40 lowercase hex digits" % (sha, self.flow))
         return "%s/data/%s/%s" % (self.flow, sha[:2], sha)
 
     # -- content-addressed blobs -------------------------------------------------------------------------------
@@ -174,7 +180,11 @@ class FlowDatastore:
         only means the blobs are fetched again, one by one, when read (and fail then, for that artifact only)."""
         if not self.remote:
             return
-        missing = {self.blob_key(sha): sha for sha in shas if blob_cache.get(sha) is None and not disk_cache().path(sha)}
+        missing = {
+            self.blob_key(sha): sha
+            for sha in shas
+            if is_sha(sha) and blob_cache.get(sha) is None and not disk_cache().path(sha)
+        }
         if not missing:
             return
         try:
