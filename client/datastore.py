@@ -15,10 +15,10 @@ from typing import BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
 from cachetools import LRUCache
 
 from . import records
-from .config import mffs_setting
+from .config import find_local_root, mffs_setting, setting
 from .recent import Recent
 from .storage import get_storage
-from .storage.base import Storage
+from .storage.base import OutsideDatastore, Storage
 from .storage.local import OPEN_FLAGS
 
 MAX_ATTEMPTS = 6
@@ -352,12 +352,100 @@ def root_from_blob_url(url: str) -> str:
     return "/".join(parts[:-4])
 
 
-def read_url(url: str) -> bytes:
-    """Bytes at a `local://`, `s3://` or plain path URL (IncludeFile payloads, code packages)."""
-    if url.startswith("local://"):
-        url = url[len("local://"):]
-    if url.startswith("s3://"):
-        bucket_root, _, key = url[len("s3://"):].partition("/")
-        return get_storage("s3://" + bucket_root).read(key)
-    with open(url, "rb") as f:
-        return f.read()
+class AllowedRoots:
+    """The datastore roots the records read with metadata root `home` may name, and where IncludeFile contents may
+    be read from. Records are written by whoever writes the datastore, so a `location`, `ds-root` or code package
+    naming another root, or an IncludeFile url naming any file, is refused unless the user configured it:
+
+      * the configured datastore: `home` (the local metadata's `.metaflow`; compared after resolving links),
+        else (a metadata service) the local root Metaflow would use; and METAFLOW_DATASTORE_SYSROOT_S3;
+      * MFFS_ALLOWED_ROOTS: comma-separated roots, each allowing itself and everything below it, for teams whose
+        runs span several buckets or directories (`s3://other-bucket,/shared/.metaflow`);
+      * IncludeFile contents: below those roots, or below Metaflow's datatools roots (DATATOOLS_S3ROOT,
+        DATATOOLS_LOCALROOT, default `<the parent of .metaflow>/data`) where IncludeFile uploads them.
+
+    Settings are read once per process for each `home` and value of the two environment variables above.
+    """
+
+    _memo: Dict[tuple, "AllowedRoots"] = {}
+
+    def __init__(self, home: Optional[str]):
+        local = home or find_local_root()
+        s3 = setting("DATASTORE_SYSROOT_S3")
+        self.exact = frozenset(r for r in (_normal_root(local or ""), _normal_root(s3 or "")) if r)
+        extra = [_normal_root(r.strip()) for r in os.environ.get("MFFS_ALLOWED_ROOTS", "").split(",") if r.strip()]
+        self.below = tuple(r for r in extra if r)
+        datatools = [setting("DATATOOLS_S3ROOT"), setting("DATATOOLS_LOCALROOT")]
+        if local and os.path.basename(local.rstrip("/")) == ".metaflow":
+            datatools.append(os.path.join(os.path.dirname(local.rstrip("/")), "data"))
+        #: (root as written, root as compared) of every place IncludeFile contents may be read from
+        self.content = [(r, _normal_root(r)) for r in [*self.exact, *self.below, *(d for d in datatools if d)]]
+        self._answers: Dict[str, Union[str, OutsideDatastore]] = {}
+
+    @classmethod
+    def of(cls, home: Optional[str]) -> "AllowedRoots":
+        """The allowed roots for `home` under the current settings (one lookup: asked for every artifact)."""
+        key = (home, os.environ.get("MFFS_ALLOWED_ROOTS"), os.environ.get("METAFLOW_DATASTORE_SYSROOT_S3"))
+        roots = cls._memo.get(key)
+        if roots is None:
+            roots = cls._memo[key] = cls(home)
+        return roots
+
+    def _allows(self, normal: Optional[str]) -> bool:
+        return normal is not None and (
+            normal in self.exact or any(normal == r or normal.startswith(r + "/") for r in self.below)
+        )
+
+    def check(self, root: str) -> str:
+        """`root` (a datastore root a record names) when it is allowed, else OutsideDatastore."""
+        answer = self._answers.get(root)
+        if answer is None:
+            if self._allows(_normal_root(root)):
+                answer = root.rstrip("/") or root
+            else:
+                answer = OutsideDatastore(
+                    "datastore root %r named by a record is not the configured datastore (%s); list it in "
+                    "MFFS_ALLOWED_ROOTS to read it" % (root, ", ".join(sorted(self.exact)) or "none")
+                )
+            if len(self._answers) >= 10_000:  # roots are few; a datastore naming many must not grow this
+                self._answers.clear()
+            self._answers[root] = answer
+        if isinstance(answer, OutsideDatastore):
+            raise OutsideDatastore(str(answer))
+        return answer
+
+    def read_url(self, url: str) -> bytes:
+        """The bytes at an IncludeFile url (`local://`, `s3://` or a plain path) below an allowed root, read
+        through that root's storage (so links are confined too); anything else is OutsideDatastore."""
+        path = url[len("local://"):] if url.startswith("local://") else url
+        if not path.startswith("s3://"):
+            path = os.path.normpath(path) if os.path.isabs(path) else ""
+        for written, normal in self.content:
+            for base in (written, normal):
+                if base and path.startswith(base.rstrip("/") + "/"):
+                    return get_storage(base).read(path[len(base.rstrip("/")) + 1:])
+        raise OutsideDatastore("IncludeFile url %r is not in the datastore; list its root in MFFS_ALLOWED_ROOTS to "
+                               "read it" % url)
+
+
+def _normal_root(root: str) -> Optional[str]:
+    """A root as roots are compared: `s3://bucket/prefix` without a trailing '/', a local path resolved (links
+    followed); None for anything else (a relative path, empty, `..` or empty components in an S3 root)."""
+    if root.startswith("s3://"):
+        body = root[len("s3://"):].rstrip("/")
+        parts = body.split("/")
+        return None if not parts[0] or {"", ".", ".."} & set(parts) else "s3://" + body
+    if root.startswith("local://"):
+        root = root[len("local://"):]
+    return os.path.realpath(root) if os.path.isabs(root) else None
+
+
+def confine_root(root: str, home: Optional[str]) -> str:
+    """`root`, a datastore root named by a record read with metadata root `home`, when the user allows reading it
+    (see AllowedRoots); else OutsideDatastore. Every datastore root the client reads comes through here."""
+    return AllowedRoots.of(home).check(root)
+
+
+def read_url(url: str, home: Optional[str]) -> bytes:
+    """Bytes of an IncludeFile's content, only from where the datastore keeps them (see AllowedRoots)."""
+    return AllowedRoots.of(home).read_url(url)
