@@ -21,23 +21,13 @@ from .base import OutsideDatastore, Storage, check_key
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: directories remembered as checked, per root (a bound on memory only: forgetting costs one lstat each)
 _MAX_CHECKED_DIRS = 200_000
-#: every local root in use, longest first, so the local metadata provider's reads go through the same checks
-#: (`storage_of`); replaced, never changed in place, so readers iterate it without a lock
+_DOTS = (".", "..")
+#: the levels of a datastore that are wide (flows, runs, steps, tasks; `<F>/data/<xx>`): a directory there is
+#: checked with its siblings, from one listing of its parent
+_WIDE_LEVELS = 4
+#: every local root in use (as a prefix: the root and '/'), longest first, so the local metadata provider's reads
+#: go through the same checks (`storage_of`); replaced, never changed in place, so readers iterate it without a lock
 _roots: Tuple[Tuple[str, "LocalStorage"], ...] = ()
-
-
-def read_fd(fd: int) -> bytes:
-    """A whole file from an open descriptor. Plain os.read: twice as fast as a buffered file object for the small
-    JSON files that make up most reads of a local datastore."""
-    data = os.read(fd, 65536)
-    if len(data) < 65536:
-        return data
-    chunks = [data]
-    while True:
-        chunk = os.read(fd, max(os.fstat(fd).st_size - 65536, 65536))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 class LocalStorage(Storage):
@@ -47,8 +37,9 @@ class LocalStorage(Storage):
         super().__init__(root)
         self._real = os.path.realpath(self.root)
         self._checked: Set[str] = set()  # keys of directories known to resolve below the root
+        self._listed: Set[str] = set()  # keys of directories whose sub-directories were checked from a listing
         global _roots
-        _roots = tuple(sorted(_roots + ((self.root, self),), key=lambda pair: -len(pair[0])))
+        _roots = tuple(sorted(_roots + ((self.root.rstrip("/") + "/", self),), key=lambda pair: -len(pair[0])))
 
     # -- confinement ------------------------------------------------------------------------------------------
     def _inside(self, real: str, key: str) -> str:
@@ -61,18 +52,37 @@ class LocalStorage(Storage):
         or one that stays below the root. FileNotFoundError when it does not exist."""
         if not key or key in self._checked:
             return
-        self._check_dir(key.rpartition("/")[0])
+        parent = key.rpartition("/")[0]
+        self._check_dir(parent)
+        if len(self._checked) >= _MAX_CHECKED_DIRS:
+            self._checked.clear()
+            self._listed.clear()
+        if key.count("/") < _WIDE_LEVELS and parent not in self._listed:
+            self._check_children(parent)
+            if key in self._checked:
+                return
         path = self.root + "/" + key
         if stat.S_ISLNK(os.lstat(path).st_mode):
             self._inside(os.path.realpath(path, strict=True), key)
-        if len(self._checked) >= _MAX_CHECKED_DIRS:
-            self._checked.clear()
         self._checked.add(key)
+
+    def _check_children(self, parent: str) -> None:
+        """Check every sub-directory of `parent` (checked) that is no link, from one listing of it: the file type
+        comes with the listing, where checking them one by one costs a system call each."""
+        self._listed.add(parent)
+        try:
+            with os.scandir(self.url(parent)) as entries:
+                prefix = parent + "/" if parent else ""
+                self._checked.update(prefix + e.name for e in entries if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
 
     def _path(self, key: str) -> str:
         """The path of `key`, whose directories are checked; the last component is the opener's to check."""
-        if not key:
-            return self.root
+        directory, _, name = key.rpartition("/")
+        # fast path: a checked directory passed check_key, so only the name is left to check
+        if (directory in self._checked or not directory) and name not in _DOTS and key[:1] != "/":
+            return self.root + "/" + key if key else self.root
         self._check_dir(check_key(key).rpartition("/")[0])
         return self.root + "/" + key
 
@@ -86,15 +96,34 @@ class LocalStorage(Storage):
         try:
             return os.open(path, OPEN_FLAGS)
         except OSError as exc:
-            if exc.errno != errno.ELOOP:  # ELOOP: the file is a link
-                raise
+            return self._open_link(key, path, exc)
+
+    def _open_link(self, key: str, path: str, exc: OSError) -> int:
+        """Open `path`, which failed with `exc`: when that says it is a link (ELOOP), the file it names, if that is
+        below the root."""
+        if exc.errno != errno.ELOOP:
+            raise exc
         return os.open(self._resolved(key, path), OPEN_FLAGS)
 
     # -- Storage interface -----------------------------------------------------------------------------------
     def read(self, key: str) -> bytes:
-        fd = self.open_fd(key)
+        """The whole file. Plain os.read: twice as fast as a buffered file object for the small JSON files that
+        make up most reads of a local datastore."""
+        path = self._path(key)  # open_fd, inlined: this is the hot path
         try:
-            return read_fd(fd)
+            fd = os.open(path, OPEN_FLAGS)
+        except OSError as exc:
+            fd = self._open_link(key, path, exc)
+        try:
+            data = os.read(fd, 65536)
+            if len(data) < 65536:
+                return data
+            chunks = [data]
+            while True:
+                chunk = os.read(fd, max(os.fstat(fd).st_size - 65536, 65536))
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
         finally:
             os.close(fd)
 
@@ -140,7 +169,7 @@ def storage_of(path: str) -> Tuple[LocalStorage, str]:
     """The local storage whose root holds `path` (the innermost such root), and the key of `path` in it: for
     readers that build paths themselves (the local metadata provider), so their reads are confined like the
     datastore's."""
-    for root, storage in _roots:
-        if path.startswith(root) and path[len(root):len(root) + 1] == "/":
-            return storage, path[len(root) + 1:]
+    for prefix, storage in _roots:
+        if path.startswith(prefix):
+            return storage, path[len(prefix):]
     raise OutsideDatastore("%s is not in a local datastore in use" % path)
