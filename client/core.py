@@ -344,7 +344,7 @@ class DataArtifact(MetaflowObject):
     def _datastore(self) -> FlowDatastore:
         datastore = self.__dict__.get("_datastore_memo")
         if datastore is None:  # a listing asks each artifact twice (its stored type, then its attempt's index)
-            location = confine_root(root_of_location(self._object["location"] or ""), self._provider.datastore_root())
+            location = confine_root(root_of_location(self._object["location"] or ""), self._provider)
             datastore = self._datastore_memo = FlowDatastore.at(location, self._components[0])
         return datastore
 
@@ -471,7 +471,7 @@ def _included_file_value(descriptor: dict, name: str) -> Any:
             "Artifact '%s' could not be loaded (IncludedFile) because no handler found: %s"
             % (name, json.dumps(descriptor))
         )
-    data = read_url(descriptor["url"], _current_provider().datastore_root())
+    data = read_url(descriptor["url"], _current_provider())
     uploaded = descriptor.get("sub-type") == "uploaded" if kind == "uploader-v2" else kind == "uploader-v1"
     if uploaded:
         import gzip
@@ -485,7 +485,7 @@ def _included_file_value(descriptor: dict, name: str) -> Any:
 def _included_file_size(descriptor: dict) -> int:
     if descriptor.get("type") == "uploader-v2" and descriptor.get("sub-type") == "uploaded":
         return descriptor["size"]
-    return len(read_url(descriptor["url"], _current_provider().datastore_root()))
+    return len(read_url(descriptor["url"], _current_provider()))
 
 
 class MetaflowData:
@@ -535,7 +535,7 @@ class MetaflowCode:
             raise MetaflowInternalError("Unsupported code package format %s" % self._package_metadata)
         import tarfile
 
-        root = confine_root(root_from_blob_url(self._path), _current_provider().datastore_root())
+        root = confine_root(root_from_blob_url(self._path), _current_provider())
         self._blob = FlowDatastore.at(root, flow_name).load_raw_blob(self._sha)
         self._tarball: Optional["tarfile.TarFile"] = None
         with tarfile.open(fileobj=io.BytesIO(self._blob), mode="r:gz") as tar:
@@ -751,7 +751,7 @@ class Task(MetaflowObject):
         if ds_type is None or ds_root is None:
             return None
         attempt = self._attempt if self._attempt is not None else int(field("attempt", 0))
-        return FlowDatastore.at(confine_root(ds_root, self._provider.datastore_root()), self._components[0]), attempt
+        return FlowDatastore.at(confine_root(ds_root, self._provider), self._components[0]), attempt
 
     def loglines(self, stream: str, as_unicode: bool = True, meta_dict: Optional[Dict[str, Any]] = None) -> Iterator[
         Tuple[Optional[datetime], Any]
@@ -823,7 +823,7 @@ class Task(MetaflowObject):
         from .storage.base import OutsideDatastore
 
         try:
-            return CardStore(confine_root(ds_root, self._provider.datastore_root()), flow, run, step, task)
+            return CardStore(confine_root(ds_root, self._provider), flow, run, step, task)
         except OutsideDatastore as exc:  # no cards from elsewhere; the task's other files stay readable
             import logging
 

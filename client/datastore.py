@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import zlib
-from typing import BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
 
 from cachetools import LRUCache
 
@@ -364,10 +364,11 @@ class AllowedRoots:
       * IncludeFile contents: below those roots, or below Metaflow's datatools roots (DATATOOLS_S3ROOT,
         DATATOOLS_LOCALROOT, default `<the parent of .metaflow>/data`) where IncludeFile uploads them.
 
-    Settings are read once per process for each `home` and value of the two environment variables above.
+    Settings are read once per metadata provider (`of`), as Metaflow reads its configuration once.
     """
 
-    _memo: Dict[tuple, "AllowedRoots"] = {}
+    #: id(provider) -> (provider, its roots); the provider is kept so that its id is not reused meanwhile
+    _memo: Dict[int, Tuple[Any, "AllowedRoots"]] = {}
 
     def __init__(self, home: Optional[str]):
         local = home or find_local_root()
@@ -383,13 +384,14 @@ class AllowedRoots:
         self._answers: Dict[str, Union[str, OutsideDatastore]] = {}
 
     @classmethod
-    def of(cls, home: Optional[str]) -> "AllowedRoots":
-        """The allowed roots for `home` under the current settings (one lookup: asked for every artifact)."""
-        key = (home, os.environ.get("MFFS_ALLOWED_ROOTS"), os.environ.get("METAFLOW_DATASTORE_SYSROOT_S3"))
-        roots = cls._memo.get(key)
-        if roots is None:
-            roots = cls._memo[key] = cls(home)
-        return roots
+    def of(cls, provider: Any) -> "AllowedRoots":
+        """The allowed roots for the records of a metadata provider (one lookup: asked for every artifact)."""
+        entry = cls._memo.get(id(provider))
+        if entry is None:
+            if len(cls._memo) >= 8:  # providers are few: one, or one per metadata() switch
+                cls._memo.clear()
+            entry = cls._memo[id(provider)] = (provider, cls(provider.datastore_root()))
+        return entry[1]
 
     def _allows(self, normal: Optional[str]) -> bool:
         return normal is not None and (
@@ -440,12 +442,12 @@ def _normal_root(root: str) -> Optional[str]:
     return os.path.realpath(root) if os.path.isabs(root) else None
 
 
-def confine_root(root: str, home: Optional[str]) -> str:
-    """`root`, a datastore root named by a record read with metadata root `home`, when the user allows reading it
-    (see AllowedRoots); else OutsideDatastore. Every datastore root the client reads comes through here."""
-    return AllowedRoots.of(home).check(root)
+def confine_root(root: str, provider: Any) -> str:
+    """`root`, a datastore root named by a record of the metadata `provider`, when the user allows reading it (see
+    AllowedRoots); else OutsideDatastore. Every datastore root the client reads comes through here."""
+    return AllowedRoots.of(provider).check(root)
 
 
-def read_url(url: str, home: Optional[str]) -> bytes:
+def read_url(url: str, provider: Any) -> bytes:
     """Bytes of an IncludeFile's content, only from where the datastore keeps them (see AllowedRoots)."""
-    return AllowedRoots.of(home).read_url(url)
+    return AllowedRoots.of(provider).read_url(url)

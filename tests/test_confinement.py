@@ -21,7 +21,7 @@ from typing import Callable, Dict, List
 
 import pytest
 
-from client.datastore import AllowedRoots, FlowDatastore, confine_root
+from client.datastore import AllowedRoots, FlowDatastore
 from client.storage.base import OutsideDatastore, check_key
 from client.storage.local import LocalStorage
 from tests.support.hostile import copy_flows, crawl, replace_artifact, store_blob, task_dir
@@ -200,6 +200,7 @@ def location_elsewhere(local_root: Path, tmp_path: Path, manifest: dict) -> Case
         assert client.Task(task)["name"].data == "HelloFlow"
         os.environ["MFFS_ALLOWED_ROOTS"] = str(other / ".metaflow")  # the user's explicit allowance
         try:
+            client.metadata("local@%s" % parent)  # settings are read once per metadata provider
             assert client.Task(task)["lr"].data == MARKER.decode()
         finally:
             del os.environ["MFFS_ALLOWED_ROOTS"]
@@ -421,18 +422,20 @@ def test_roots_other_than_the_configured_one_are_refused(tmp_path, monkeypatch):
     home = tmp_path / "home" / ".metaflow"
     home.mkdir(parents=True)
     (tmp_path / "alias").symlink_to(tmp_path / "home")
+    roots = AllowedRoots(str(home))
     for root in (str(home), str(home) + "/", str(tmp_path / "alias" / ".metaflow"), "s3://team-bucket/metaflow/"):
-        assert confine_root(root, str(home)) == root.rstrip("/")
+        assert roots.check(root) == root.rstrip("/")
     refused = ["/etc", str(tmp_path), str(home / "F"), "", "relative/.metaflow", "s3://other-bucket/metaflow",
                "s3://team-bucket/other", "s3://team-bucket/metaflow/../other", "s3://team-bucket/metaflow/sub"]
     for root in refused:
         with pytest.raises(OutsideDatastore, match="MFFS_ALLOWED_ROOTS"):
-            confine_root(root, str(home))
+            roots.check(root)
     monkeypatch.setenv("MFFS_ALLOWED_ROOTS", "s3://other-bucket, %s" % tmp_path)
+    roots = AllowedRoots(str(home))
     for root in ("s3://other-bucket/metaflow", str(tmp_path / "x" / ".metaflow")):
-        assert confine_root(root, str(home)) == root
+        assert roots.check(root) == root
     with pytest.raises(OutsideDatastore):
-        confine_root("/etc", str(home))
+        roots.check("/etc")
 
 
 def test_includefile_contents_are_read_only_from_the_datastore(tmp_path, monkeypatch):
@@ -445,11 +448,13 @@ def test_includefile_contents_are_read_only_from_the_datastore(tmp_path, monkeyp
     payload.write_bytes(b"included")
     (tmp_path / "secret").write_bytes(MARKER)
     (payload.parent / "link").symlink_to(tmp_path / "secret")
-    roots = AllowedRoots.of(str(home))
+    roots = AllowedRoots(str(home))
     assert roots.read_url("local://%s" % payload) == b"included"
     assert roots.read_url(str(payload)) == b"included"
-    for url in ("local://%s" % (tmp_path / "secret"), str(tmp_path / "secret"), "local://%s/../../../../secret" % payload,
-                str(payload.parent / "link"), "s3://other-bucket/data/F/x", "secret", "file:///etc/hostname"):
+    climbing = "local://%s/../../../../secret" % payload
+    refused = ["local://%s" % (tmp_path / "secret"), str(tmp_path / "secret"), climbing,
+               str(payload.parent / "link"), "s3://other-bucket/data/F/x", "secret", "file:///etc/hostname"]
+    for url in refused:
         with pytest.raises(OutsideDatastore):
             roots.read_url(url)
 
