@@ -22,8 +22,8 @@ OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: directories remembered as checked, per root (a bound on memory only: forgetting costs one lstat each)
 _MAX_CHECKED_DIRS = 200_000
 _DOTS = (".", "..")
-#: the levels of a datastore that are wide (flows, runs, steps, tasks; `<F>/data/<xx>`): a directory there is
-#: checked with its siblings, from one listing of its parent
+#: the levels of a datastore that are wide (flows, runs, steps, tasks; `<F>/data/<xx>`): from the second directory
+#: asked for at one of them on, the directory is checked with its siblings, from one listing of their parent
 _WIDE_LEVELS = 4
 #: every local root in use (as a prefix: the root and '/'), longest first, so the local metadata provider's reads
 #: go through the same checks (`storage_of`); replaced, never changed in place, so readers iterate it without a lock
@@ -37,6 +37,7 @@ class LocalStorage(Storage):
         super().__init__(root)
         self._real = os.path.realpath(self.root)
         self._checked: Set[str] = set()  # keys of directories known to resolve below the root
+        self._seen: Set[str] = set()  # keys of directories with one sub-directory checked
         self._listed: Set[str] = set()  # keys of directories whose sub-directories were checked from a listing
         global _roots
         _roots = tuple(sorted(_roots + ((self.root.rstrip("/") + "/", self),), key=lambda pair: -len(pair[0])))
@@ -57,10 +58,14 @@ class LocalStorage(Storage):
         if len(self._checked) >= _MAX_CHECKED_DIRS:
             self._checked.clear()
             self._listed.clear()
+            self._seen.clear()
         if key.count("/") < _WIDE_LEVELS and parent not in self._listed:
-            self._check_children(parent)
-            if key in self._checked:
-                return
+            if parent in self._seen:  # a second sub-directory asked for: check all of them from one listing
+                self._check_children(parent)
+                if key in self._checked:
+                    return
+            else:
+                self._seen.add(parent)
         path = self.root + "/" + key
         if stat.S_ISLNK(os.lstat(path).st_mode):
             self._inside(os.path.realpath(path, strict=True), key)
