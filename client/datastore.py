@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import threading
 import zlib
 from typing import Any, BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
@@ -24,8 +23,12 @@ from .storage.local import OPEN_FLAGS
 MAX_ATTEMPTS = 6
 LOG_SOURCES = ("runtime", "task")
 _GZIP_MAGIC = b"\x1f\x8b"
-#: whether a record's sha is one: 40 lowercase hex digits (blob keys and disk cache files are named by it)
-is_sha = re.compile("[0-9a-f]{40}").fullmatch
+_HEX_DIGITS = "0123456789abcdef"
+
+
+def is_sha(sha: object) -> bool:
+    """Whether a record's sha is one: 40 lowercase hex digits (blob keys and disk cache files are named by it)."""
+    return isinstance(sha, str) and len(sha) == 40 and not sha.strip(_HEX_DIGITS)
 
 
 class BlobCache:

@@ -5,7 +5,6 @@ answers `task['x']`. Tags of steps, tasks and artifacts are never read here: the
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 from typing import List, Optional
@@ -19,7 +18,6 @@ from ..storage.local import storage_of
 from .base import MetadataProvider, artifact_record, run_record
 
 MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
-log = logging.getLogger(__name__)
 
 
 def _read_json(path: str):
@@ -44,7 +42,9 @@ def _self_record(path: str) -> Optional[dict]:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OutsideDatastore as exc:  # a link out of the root: this entry alone is left out
-        log.warning("%s", exc)
+        import logging  # not at start: it costs several milliseconds of regex compiling
+
+        logging.getLogger(__name__).warning("%s", exc)
         return None
 
 
