@@ -22,6 +22,7 @@ from .datastore import (
     CardStore,
     FlowDatastore,
     blob_cache,
+    confine_root,
     disk_cache,
     read_url,
     root_from_blob_url,
@@ -384,7 +385,7 @@ class DataArtifact(MetaflowObject):
     def _datastore(self) -> FlowDatastore:
         datastore = self.__dict__.get("_datastore_memo")
         if datastore is None:  # a listing asks each artifact twice (its stored type, then its attempt's index)
-            location = root_of_location(self._object["location"] or "")
+            location = confine_root(root_of_location(self._object["location"] or ""), self._provider)
             datastore = self._datastore_memo = FlowDatastore.at(location, self._components[0])
         return datastore
 
@@ -606,7 +607,7 @@ def _included_file_value(descriptor: dict, name: str) -> Any:
             "Artifact '%s' could not be loaded (IncludedFile) because no handler found: %s"
             % (name, json.dumps(descriptor))
         )
-    data = read_url(descriptor["url"])
+    data = read_url(descriptor["url"], _current_provider())
     uploaded = descriptor.get("sub-type") == "uploaded" if kind == "uploader-v2" else kind == "uploader-v1"
     if uploaded:
         import gzip
@@ -620,7 +621,7 @@ def _included_file_value(descriptor: dict, name: str) -> Any:
 def _included_file_size(descriptor: dict) -> int:
     if descriptor.get("type") == "uploader-v2" and descriptor.get("sub-type") == "uploaded":
         return descriptor["size"]
-    return len(read_url(descriptor["url"]))
+    return len(read_url(descriptor["url"], _current_provider()))
 
 
 class MetaflowData:
@@ -670,7 +671,7 @@ class MetaflowCode:
             raise MetaflowInternalError("Unsupported code package format %s" % self._package_metadata)
         import tarfile
 
-        root = root_from_blob_url(self._path)
+        root = confine_root(root_from_blob_url(self._path), _current_provider())
         self._blob = FlowDatastore.at(root, flow_name).load_raw_blob(self._sha)
         self._tarball: Optional["tarfile.TarFile"] = None
         with tarfile.open(fileobj=io.BytesIO(self._blob), mode="r:gz") as tar:
@@ -886,7 +887,7 @@ class Task(MetaflowObject):
         if ds_type is None or ds_root is None:
             return None
         attempt = self._attempt if self._attempt is not None else int(field("attempt", 0))
-        return FlowDatastore.at(ds_root, self._components[0]), attempt
+        return FlowDatastore.at(confine_root(ds_root, self._provider), self._components[0]), attempt
 
     def loglines(self, stream: str, as_unicode: bool = True, meta_dict: Optional[Dict[str, Any]] = None) -> Iterator[
         Tuple[Optional[datetime], Any]
@@ -953,7 +954,17 @@ class Task(MetaflowObject):
         if origin_run:
             run, task = origin_run, origin_task
         ds_root = self._latest_field("ds-root")
-        return CardStore(ds_root, flow, run, step, task) if ds_root else None
+        if not ds_root:
+            return None
+        from .storage.base import OutsideDatastore
+
+        try:
+            return CardStore(confine_root(ds_root, self._provider), flow, run, step, task)
+        except OutsideDatastore as exc:  # no cards from elsewhere; the task's other files stay readable
+            import logging
+
+            logging.getLogger(__name__).warning("cards of %s not read: %s", self.pathspec, exc)
+            return None
 
     # -- graph neighbours ------------------------------------------------------------------------------------
     def _matching(self, steps: List[str], pattern: str) -> Iterator[str]:

@@ -9,15 +9,16 @@ import io
 import os
 import threading
 import zlib
-from typing import BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
 
 from cachetools import LRUCache
 
 from . import records
-from .config import mffs_setting
+from .config import find_local_root, mffs_setting, setting
 from .recent import Recent
 from .storage import get_storage
-from .storage.base import Storage
+from .storage.base import OutsideDatastore, Storage
+from .storage.local import OPEN_FLAGS
 
 MAX_ATTEMPTS = 6
 LOG_SOURCES = ("runtime", "task")
@@ -32,6 +33,14 @@ def _gzip_size_bound(length: int) -> int:
     """The most a gzip file of `length` content bytes takes, as Python's gzip writes it: header and trailer, and 5
     bytes per stored deflate block (at least 16 KB each) for incompressible content; with room to spare."""
     return length + 5 * (length // 16384 + 1) + 1024
+
+
+_HEX_DIGITS = "0123456789abcdef"
+
+
+def is_sha(sha: object) -> bool:
+    """Whether a record's sha is one: 40 lowercase hex digits (blob keys and disk cache files are named by it)."""
+    return isinstance(sha, str) and len(sha) == 40 and not sha.strip(_HEX_DIGITS)
 
 
 class BlobCache:
@@ -103,6 +112,9 @@ class FlowDatastore:
         return datastore
 
     def blob_key(self, sha: str) -> str:
+        """The storage key of a blob; `sha` comes from a record, so anything but a sha (`../x`) is refused."""
+        if not is_sha(sha):
+            raise ValueError("artifact sha %r of flow %s is not 40 lowercase hex digits" % (sha, self.flow))
         return "%s/data/%s/%s" % (self.flow, sha[:2], sha)
 
     # -- content-addressed blobs -------------------------------------------------------------------------------
@@ -119,12 +131,13 @@ class FlowDatastore:
         if data is not None:
             return len(data)
         try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                small = size <= _gzip_size_bound(SIZE_INFLATE_LIMIT)
-                stored = f.read(size if small else 2)  # a small file in one read: the render that follows needs it
-        except FileNotFoundError:
+            fd = os.open(path, OPEN_FLAGS)
+        except OSError:  # missing, or a link (ELOOP): the blob's read tells, and confines it
             return None
+        with open(fd, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            small = size <= _gzip_size_bound(SIZE_INFLATE_LIMIT)
+            stored = f.read(size if small else 2)  # a small file in one read: the render that follows needs it
         if stored[:2] != _GZIP_MAGIC:
             return size
         if not small:
@@ -229,7 +242,11 @@ class FlowDatastore:
         only means the blobs are fetched again, one by one, when read (and fail then, for that artifact only)."""
         if not self.remote:
             return
-        missing = {self.blob_key(sha): sha for sha in shas if blob_cache.get(sha) is None and not disk_cache().path(sha)}
+        missing = {
+            self.blob_key(sha): sha
+            for sha in shas
+            if is_sha(sha) and blob_cache.get(sha) is None and not disk_cache().path(sha)
+        }
         if not missing:
             return
         try:
@@ -409,12 +426,102 @@ def root_from_blob_url(url: str) -> str:
     return "/".join(parts[:-4])
 
 
-def read_url(url: str) -> bytes:
-    """Bytes at a `local://`, `s3://` or plain path URL (IncludeFile payloads, code packages)."""
-    if url.startswith("local://"):
-        url = url[len("local://"):]
-    if url.startswith("s3://"):
-        bucket_root, _, key = url[len("s3://"):].partition("/")
-        return get_storage("s3://" + bucket_root).read(key)
-    with open(url, "rb") as f:
-        return f.read()
+class AllowedRoots:
+    """The datastore roots the records read with metadata root `home` may name, and where IncludeFile contents may
+    be read from. Records are written by whoever writes the datastore, so a `location`, `ds-root` or code package
+    naming another root, or an IncludeFile url naming any file, is refused unless the user configured it:
+
+      * the configured datastore: `home` (the local metadata's `.metaflow`; compared after resolving links),
+        else (a metadata service) the local root Metaflow would use; and METAFLOW_DATASTORE_SYSROOT_S3;
+      * MFFS_ALLOWED_ROOTS: comma-separated roots, each allowing itself and everything below it, for teams whose
+        runs span several buckets or directories (`s3://other-bucket,/shared/.metaflow`);
+      * IncludeFile contents: below those roots, or below Metaflow's datatools roots (DATATOOLS_S3ROOT,
+        DATATOOLS_LOCALROOT, default `<the parent of .metaflow>/data`) where IncludeFile uploads them.
+
+    Settings are read once per metadata provider (`of`), as Metaflow reads its configuration once.
+    """
+
+    #: id(provider) -> (provider, its roots); the provider is kept so that its id is not reused meanwhile
+    _memo: Dict[int, Tuple[Any, "AllowedRoots"]] = {}
+
+    def __init__(self, home: Optional[str]):
+        local = home or find_local_root()
+        s3 = setting("DATASTORE_SYSROOT_S3")
+        self.exact = frozenset(r for r in (_normal_root(local or ""), _normal_root(s3 or "")) if r)
+        extra = [_normal_root(r.strip()) for r in os.environ.get("MFFS_ALLOWED_ROOTS", "").split(",") if r.strip()]
+        self.below = tuple(r for r in extra if r)
+        datatools = [setting("DATATOOLS_S3ROOT"), setting("DATATOOLS_LOCALROOT")]
+        if local and os.path.basename(local.rstrip("/")) == ".metaflow":
+            datatools.append(os.path.join(os.path.dirname(local.rstrip("/")), "data"))
+        #: (root as written, root as compared) of every place IncludeFile contents may be read from
+        self.content = [(r, _normal_root(r)) for r in [*self.exact, *self.below, *(d for d in datatools if d)]]
+        self._answers: Dict[str, Union[str, OutsideDatastore]] = {}
+
+    @classmethod
+    def of(cls, provider: Any) -> "AllowedRoots":
+        """The allowed roots for the records of a metadata provider (one lookup: asked for every artifact)."""
+        entry = cls._memo.get(id(provider))
+        if entry is None:
+            if len(cls._memo) >= 8:  # providers are few: one, or one per metadata() switch
+                cls._memo.clear()
+            entry = cls._memo[id(provider)] = (provider, cls(provider.datastore_root()))
+        return entry[1]
+
+    def _allows(self, normal: Optional[str]) -> bool:
+        return normal is not None and (
+            normal in self.exact or any(normal == r or normal.startswith(r + "/") for r in self.below)
+        )
+
+    def check(self, root: str) -> str:
+        """`root` (a datastore root a record names) when it is allowed, else OutsideDatastore."""
+        answer = self._answers.get(root)
+        if answer is None:
+            if self._allows(_normal_root(root)):
+                answer = root.rstrip("/") or root
+            else:
+                answer = OutsideDatastore(
+                    "datastore root %r named by a record is not the configured datastore (%s); list it in "
+                    "MFFS_ALLOWED_ROOTS to read it" % (root, ", ".join(sorted(self.exact)) or "none")
+                )
+            if len(self._answers) >= 10_000:  # roots are few; a datastore naming many must not grow this
+                self._answers.clear()
+            self._answers[root] = answer
+        if isinstance(answer, OutsideDatastore):
+            raise OutsideDatastore(str(answer))
+        return answer
+
+    def read_url(self, url: str) -> bytes:
+        """The bytes at an IncludeFile url (`local://`, `s3://` or a plain path) below an allowed root, read
+        through that root's storage (so links are confined too); anything else is OutsideDatastore."""
+        path = url[len("local://"):] if url.startswith("local://") else url
+        if not path.startswith("s3://"):
+            path = os.path.normpath(path) if os.path.isabs(path) else ""
+        for written, normal in self.content:
+            for base in (written, normal):
+                if base and path.startswith(base.rstrip("/") + "/"):
+                    return get_storage(base).read(path[len(base.rstrip("/")) + 1:])
+        raise OutsideDatastore("IncludeFile url %r is not in the datastore; list its root in MFFS_ALLOWED_ROOTS to "
+                               "read it" % url)
+
+
+def _normal_root(root: str) -> Optional[str]:
+    """A root as roots are compared: `s3://bucket/prefix` without a trailing '/', a local path resolved (links
+    followed); None for anything else (a relative path, empty, `..` or empty components in an S3 root)."""
+    if root.startswith("s3://"):
+        body = root[len("s3://"):].rstrip("/")
+        parts = body.split("/")
+        return None if not parts[0] or {"", ".", ".."} & set(parts) else "s3://" + body
+    if root.startswith("local://"):
+        root = root[len("local://"):]
+    return os.path.realpath(root) if os.path.isabs(root) else None
+
+
+def confine_root(root: str, provider: Any) -> str:
+    """`root`, a datastore root named by a record of the metadata `provider`, when the user allows reading it (see
+    AllowedRoots); else OutsideDatastore. Every datastore root the client reads comes through here."""
+    return AllowedRoots.of(provider).check(root)
+
+
+def read_url(url: str, provider: Any) -> bytes:
+    """Bytes of an IncludeFile's content, only from where the datastore keeps them (see AllowedRoots)."""
+    return AllowedRoots.of(provider).read_url(url)

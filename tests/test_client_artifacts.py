@@ -132,8 +132,8 @@ def test_stored_blob_size_answers_only_what_the_file_tells(tmp_path: Path) -> No
         return sha
 
     value = pickle.dumps(list(range(10_000)), protocol=4)
-    assert datastore.stored_blob_size(store("aa01", gzip.compress(value))) == len(value)
-    assert datastore.stored_blob_size(store("aa02", value)) == len(value)  # stored raw
+    assert datastore.stored_blob_size(store("aa01" * 10, gzip.compress(value))) == len(value)
+    assert datastore.stored_blob_size(store("aa02" * 10, value)) == len(value)  # stored raw
     # From 4 MB of gzip on, the trailer (the length mod 2**32) may be ambiguous: the caller reads data.json.
-    assert datastore.stored_blob_size(store("aa03", gzip.compress(os.urandom(4_100_000), 1))) is None
-    assert datastore.stored_blob_size("aa04") is None
+    assert datastore.stored_blob_size(store("aa03" * 10, gzip.compress(os.urandom(4_100_000), 1))) is None
+    assert datastore.stored_blob_size("aa04" * 10) is None

@@ -38,6 +38,7 @@ def test_mount_over_the_service_matches_the_recorded_client_walk(replay_service,
         "METAFLOW_HOME": str(home),
         "METAFLOW_DEFAULT_METADATA": "service",
         "METAFLOW_SERVICE_URL": replay_service.url,
+        "MFFS_ALLOWED_ROOTS": os.path.join(FIXTURE_DIR, "datastore"),  # the recorded runs' root, configured nowhere
     }
     with mounted(tmp_path / "mnt", "--all-namespaces", env=env) as mount:
         assert sorted(os.listdir(mount.path)) == sorted(flow["id"] for flow in EXPECTED["flows"])

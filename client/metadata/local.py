@@ -17,7 +17,8 @@ from typing import Callable, List, Optional
 from .. import records
 from ..config import mffs_setting
 from ..recent import Recent
-from ..storage.local import read_file
+from ..storage import get_storage
+from ..storage.local import storage_of
 from .base import (
     RECORD_ERRORS,
     MetadataProvider,
@@ -35,18 +36,18 @@ MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
 
 
 def _read_json(path: str):
-    return records.loads(read_file(path))
+    storage, key = storage_of(path)  # confined like the datastore's own reads: no link out of the root
+    return records.loads(storage.read(key))
 
 
 def _list_dir(path: str) -> List[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    storage, key = storage_of(path)
+    return storage.list(key)
 
 
 def _exists(path: str) -> bool:
-    # os.access, not os.path.exists: a missing file costs no exception and no stat_result (half the time)
+    # os.access, not os.path.exists: a missing file costs no exception and no stat_result (half the time). Not
+    # confined: it tells only whether a file exists (which attempt to read); the read that follows is confined.
     return os.access(path, os.F_OK)
 
 
@@ -64,6 +65,8 @@ class LocalMetadataProvider(MetadataProvider):
     def __init__(self, root: Optional[str], ttl: Optional[float] = None):
         #: the `.metaflow` directory, or None when none was found (then nothing exists)
         self.root = root
+        if root is not None:
+            get_storage(root)  # its records are read through the storage's confinement (`storage_of`)
         ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
         # meta dir -> attempt: reading two artifacts of a task probes its attempt once
         self._attempts = Recent(ttl)

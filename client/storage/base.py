@@ -8,11 +8,25 @@ Errors are built-in exceptions, so every layer above maps them mechanically:
   FileNotFoundError  the key does not exist
   PermissionError    access denied
   OSError(EIO)       the backend failed after bounded retries / timeouts (never a hang)
+  OutsideDatastore   the key (or a link it passes through) leads outside the root: refused
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional
+
+
+class OutsideDatastore(PermissionError):
+    """A read that would leave the datastore: a key with `..`, an absolute key, a link out of the root, or a root
+    the user did not configure. It carries no errno, so the mount answers EIO for that file and logs why."""
+
+
+def check_key(key: str) -> str:
+    """`key` when it is a relative path that stays below the root (no empty, `.` or `..` component); else
+    OutsideDatastore. Lexical only: links are the backend's business."""
+    if key.startswith("/") or "//" in key or ("/." in "/" + key and {".", ".."} & set(key.split("/"))):
+        raise OutsideDatastore("key %r leaves the datastore" % key)
+    return key
 
 
 class Storage(ABC):

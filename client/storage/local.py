@@ -1,52 +1,158 @@
-"""The local filesystem backend: keys are paths below the datastore root directory."""
+"""The local filesystem backend: keys are paths below the datastore root directory, and every read stays there.
+
+A datastore is written by many hands, so a key is confined without trusting what is on disk: it is checked
+lexically (`check_key`: no `..`, no absolute key), the directories it passes through are checked once each (a link
+among them must resolve below the root; directories of a datastore do not move, so the answer is remembered), and
+the file is opened with O_NOFOLLOW, so only a file that is itself a link costs a resolution (allowed when it stays
+below the root). O_NONBLOCK keeps a FIFO planted in the datastore from blocking the reader. A refused key raises
+`OutsideDatastore`.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
-from typing import BinaryIO, List, Optional
+import stat
+from typing import BinaryIO, List, Optional, Set, Tuple
 
-from .base import Storage
+from .base import OutsideDatastore, Storage, check_key
 
-
-def read_file(path: str) -> bytes:
-    """A whole file. Plain os.read on a descriptor: twice as fast as a buffered file object for the small JSON
-    files that make up most reads of a local datastore."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, 65536)
-        if len(data) < 65536:
-            return data
-        chunks = [data]
-        while True:
-            chunk = os.read(fd, max(os.fstat(fd).st_size - 65536, 65536))
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
+#: flags for opening a file of a datastore: never through a final link, never blocking on a FIFO
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: directories remembered as checked, per root (a bound on memory only: forgetting costs one lstat each)
+_MAX_CHECKED_DIRS = 200_000
+_DOTS = (".", "..")
+#: the levels of a datastore that are wide (flows, runs, steps, tasks; `<F>/data/<xx>`): from the second directory
+#: asked for at one of them on, the directory is checked with its siblings, from one listing of their parent
+_WIDE_LEVELS = 4
+#: every local root in use (as a prefix: the root and '/'), longest first, so the local metadata provider's reads
+#: go through the same checks (`storage_of`); replaced, never changed in place, so readers iterate it without a lock
+_roots: Tuple[Tuple[str, "LocalStorage"], ...] = ()
 
 
 class LocalStorage(Storage):
     TYPE = "local"
 
-    def _path(self, key: str) -> str:
-        return self.root + "/" + key if key else self.root
+    def __init__(self, root: str):
+        super().__init__(root)
+        self._real = os.path.realpath(self.root)
+        self._checked: Set[str] = set()  # keys of directories known to resolve below the root
+        self._seen: Set[str] = set()  # keys of directories with one sub-directory checked
+        self._listed: Set[str] = set()  # keys of directories whose sub-directories were checked from a listing
+        global _roots
+        _roots = tuple(sorted(_roots + ((self.root.rstrip("/") + "/", self),), key=lambda pair: -len(pair[0])))
 
+    # -- confinement ------------------------------------------------------------------------------------------
+    def _inside(self, real: str, key: str) -> str:
+        if real != self._real and not real.startswith(self._real + "/") and self._real != "/":
+            raise OutsideDatastore("%s/%s leads outside the datastore (to %s)" % (self.root, key, real))
+        return real
+
+    def _check_dir(self, key: str) -> None:
+        """Make sure directory `key` ('' is the root) resolves below the root: its parent does, and it is no link
+        or one that stays below the root. FileNotFoundError when it does not exist."""
+        if not key or key in self._checked:
+            return
+        parent = key.rpartition("/")[0]
+        self._check_dir(parent)
+        if len(self._checked) >= _MAX_CHECKED_DIRS:
+            self._checked.clear()
+            self._listed.clear()
+            self._seen.clear()
+        if key.count("/") < _WIDE_LEVELS and parent not in self._listed:
+            if parent in self._seen:  # a second sub-directory asked for: check all of them from one listing
+                self._check_children(parent)
+                if key in self._checked:
+                    return
+            else:
+                self._seen.add(parent)
+        path = self.root + "/" + key
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            self._inside(os.path.realpath(path, strict=True), key)
+        self._checked.add(key)
+
+    def _check_children(self, parent: str) -> None:
+        """Check every sub-directory of `parent` (checked) that is no link, from one listing of it: the file type
+        comes with the listing, where checking them one by one costs a system call each."""
+        self._listed.add(parent)
+        try:
+            with os.scandir(self.url(parent)) as entries:
+                prefix = parent + "/" if parent else ""
+                self._checked.update(prefix + e.name for e in entries if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+
+    def _path(self, key: str) -> str:
+        """The path of `key`, whose directories are checked; the last component is the opener's to check."""
+        directory, _, name = key.rpartition("/")
+        # fast path: a checked directory passed check_key, so only the name is left to check
+        if (directory in self._checked or not directory) and name not in _DOTS and key[:1] != "/":
+            return self.root + "/" + key if key else self.root
+        self._check_dir(check_key(key).rpartition("/")[0])
+        return self.root + "/" + key
+
+    def _resolved(self, key: str, path: str) -> str:
+        """The real path of `path`, a link: allowed only when it stays below the root."""
+        return self._inside(os.path.realpath(path, strict=True), key)
+
+    def open_fd(self, key: str) -> int:
+        """A descriptor of the file `key`, opened without following a link out of the root."""
+        path = self._path(key)
+        try:
+            return os.open(path, OPEN_FLAGS)
+        except OSError as exc:
+            return self._open_link(key, path, exc)
+
+    def _open_link(self, key: str, path: str, exc: OSError) -> int:
+        """Open `path`, which failed with `exc`: when that says it is a link (ELOOP), the file it names, if that is
+        below the root."""
+        if exc.errno != errno.ELOOP:
+            raise exc
+        return os.open(self._resolved(key, path), OPEN_FLAGS)
+
+    # -- Storage interface -----------------------------------------------------------------------------------
     def read(self, key: str) -> bytes:
-        return read_file(self._path(key))
+        """The whole file. Plain os.read: twice as fast as a buffered file object for the small JSON files that
+        make up most reads of a local datastore."""
+        path = self._path(key)  # open_fd, inlined: this is the hot path
+        try:
+            fd = os.open(path, OPEN_FLAGS)
+        except OSError as exc:
+            fd = self._open_link(key, path, exc)
+        try:
+            data = os.read(fd, 65536)
+            if len(data) < 65536:
+                return data
+            chunks = [data]
+            while True:
+                chunk = os.read(fd, max(os.fstat(fd).st_size - 65536, 65536))
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
 
     def open(self, key: str) -> BinaryIO:
-        return open(self._path(key), "rb")
+        return os.fdopen(self.open_fd(key), "rb")
 
     def size(self, key: str) -> int:
-        return os.stat(self._path(key)).st_size
+        path = self._path(key)
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            st = os.stat(self._resolved(key, path))
+        return st.st_size
 
     def exists(self, key: str) -> bool:
-        return os.path.exists(self._path(key))
+        try:
+            # os.access, not os.path.exists: a missing file costs no exception and no stat_result
+            return os.access(self._path(key), os.F_OK)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def list(self, key: str) -> List[str]:
         try:
-            return os.listdir(self._path(key))
+            self._check_dir(check_key(key))
+            return os.listdir(self.url(key))
         except (FileNotFoundError, NotADirectoryError):
             return []
 
@@ -57,7 +163,18 @@ class LocalStorage(Storage):
             return None
 
     def local_path(self, key: str) -> Optional[str]:
+        """The path of `key` with its directories checked: open it with `OPEN_FLAGS` (a link fails with ELOOP)."""
         return self._path(key)
 
     def url(self, key: str) -> str:
-        return self._path(key)
+        return self.root + "/" + key if key else self.root
+
+
+def storage_of(path: str) -> Tuple[LocalStorage, str]:
+    """The local storage whose root holds `path` (the innermost such root), and the key of `path` in it: for
+    readers that build paths themselves (the local metadata provider), so their reads are confined like the
+    datastore's."""
+    for prefix, storage in _roots:
+        if path.startswith(prefix):
+            return storage, path[len(prefix):]
+    raise OutsideDatastore("%s is not in a local datastore in use" % path)

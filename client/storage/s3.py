@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Tupl
 from cachetools import LRUCache
 
 from ..config import mffs_setting, setting
-from .base import Storage
+from .base import Storage, check_key
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class S3Storage(Storage):
         return self._connection()[0]
 
     def _s3_key(self, key: str) -> str:
-        key = key.strip("/")
+        key = check_key(key.strip("/"))  # S3 keys are literal, but some servers and proxies fold `..`
         if not self.prefix:
             return key
         return self.prefix + "/" + key if key else self.prefix

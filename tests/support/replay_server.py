@@ -219,7 +219,7 @@ def replay_service(replay_server_session):
 @pytest.fixture
 def service_env(monkeypatch, tmp_path):
     """No Metaflow or mffs settings from this machine (empty METAFLOW_HOME, a cwd without `.metaflow`),
-    user alice, and quick retries (backoff 0.05 s) so fault tests stay short."""
+    user alice, the recorded datastore allowed, and quick retries (backoff 0.05 s) so fault tests stay short."""
     for name in list(os.environ):
         if name.startswith(("METAFLOW_", "MFFS_")):
             monkeypatch.delenv(name)
@@ -228,5 +228,6 @@ def service_env(monkeypatch, tmp_path):
     monkeypatch.setenv("USER", "alice")
     monkeypatch.setenv("METAFLOW_HOME", str(tmp_path / "metaflowconfig"))
     monkeypatch.setenv("MFFS_SERVICE_RETRY_BACKOFF", "0.05")
+    monkeypatch.setenv("MFFS_ALLOWED_ROOTS", DATASTORE_DIR)  # the recorded runs' datastore, configured nowhere
     monkeypatch.chdir(tmp_path)
     return tmp_path

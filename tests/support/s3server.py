@@ -260,11 +260,13 @@ def _read_http_request(conn: socket.socket) -> Optional[bytes]:
 
 
 def s3_environment(endpoint_url: str) -> Dict[str, str]:
-    """Environment variables that point boto3, Metaflow and our client at a test S3 endpoint."""
+    """Environment variables that point boto3, Metaflow and our client at a test S3 endpoint, with the test
+    datastore's root as the configured one (the client reads no other root unless allowed)."""
     return {
         **CREDENTIALS,
         "AWS_DEFAULT_REGION": REGION,
         "METAFLOW_S3_ENDPOINT_URL": endpoint_url,
+        "METAFLOW_DATASTORE_SYSROOT_S3": S3_ROOT,
         # Keep the user's real AWS config files out of the tests.
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,

@@ -225,12 +225,14 @@ def client_env(service_url: str, home: str) -> dict:
 
 def run_walk(which: str, service_url: str, datastore_root: str, timeout: float = 240) -> dict:
     """Run the walk with client `which` ('metaflow' or 'client') in a clean subprocess as user alice against
-    the service at `service_url`; the document with `datastore_root` written as `{DATASTORE_ROOT}`."""
+    the service at `service_url`; the document with `datastore_root` written as `{DATASTORE_ROOT}`. The recorded
+    datastore is no configured root of this machine, so the walk allows it (MFFS_ALLOWED_ROOTS)."""
     with tempfile.TemporaryDirectory() as home:
         # cwd = an empty directory, so no project `.metaflow/config.json` is picked up.
+        env = dict(client_env(service_url, home), MFFS_ALLOWED_ROOTS=datastore_root)
         done = subprocess.run(
             [sys.executable, "-m", "tests.support.service_walk", which],
-            cwd=home, env=client_env(service_url, home), capture_output=True, text=True, timeout=timeout,
+            cwd=home, env=env, capture_output=True, text=True, timeout=timeout,
         )
     if done.returncode != 0:
         raise RuntimeError("the %s walk failed:\n%s" % (which, done.stderr[-4000:]))
