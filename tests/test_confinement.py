@@ -247,8 +247,7 @@ def include_outside(local_root: Path, tmp_path: Path, manifest: dict) -> Case:
     """The start task's IncludeFile `table` names an outside file; the copy's own IncludeFile data (the copy of
     `<parent>/data`) still serves when a url names it."""
     pathspec, run_id = _kitchen(manifest)
-    parent = _copy(local_root, tmp_path, "KitchenFlow")
-    shutil.copytree(local_root / "data", parent / "data")
+    parent = _copy(local_root, tmp_path, "KitchenFlow")  # with its IncludeFile data (copy_flows)
     secret = _secret_file(tmp_path, "table.csv", MARKER + b"\n")
     stored = task_dir(parent, "KitchenFlow", run_id, "start", "1")
     index = json.loads((stored / "0.data.json").read_text())

@@ -18,6 +18,7 @@ from .. import records
 from ..config import mffs_setting
 from ..recent import Recent
 from ..storage import get_storage
+from ..storage.base import OutsideDatastore
 from ..storage.local import storage_of
 from .base import (
     RECORD_ERRORS,
@@ -55,6 +56,9 @@ def _self_record(path: str) -> Optional[dict]:
     try:
         return _read_json(path + "/_meta/_self.json")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except OutsideDatastore as exc:  # a link out of the root: no record here, as for a missing one (logged)
+        skip_record(path, exc)
         return None
 
 

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import time
@@ -42,7 +43,29 @@ def copy_flows(source_parent: Path, target_parent: Path, flows: Iterable[str]) -
             text = record.read_text()
             if str(source) in text:
                 record.write_text(text.replace(str(source), str(target)))
+        _move_included_files(Path(source_parent), Path(target_parent), flow)
     return Path(target_parent)
+
+
+def _move_included_files(source_parent: Path, target_parent: Path, flow: str) -> None:
+    """IncludeFile contents live beside the datastore (`<parent>/data/<flow>/`) and their artifacts name them by
+    absolute URL: copy the contents, and store each IncludedFile artifact again with its URL in the copy (with
+    Metaflow's own class, as Metaflow pickles it)."""
+    contents = source_parent / "data" / flow
+    if not contents.is_dir():
+        return
+    shutil.copytree(contents, target_parent / "data" / flow, symlinks=True)
+    for data_json in (target_parent / ".metaflow" / flow).glob("*/*/*/[0-9]*.data.json"):
+        record = json.loads(data_json.read_text())
+        for name, info in record.get("info", {}).items():
+            if "IncludedFile" not in info.get("type", ""):
+                continue
+            blob = flow_dir(target_parent, flow) / "data" / record["objects"][name][:2] / record["objects"][name]
+            included = pickle.loads(gzip.decompress(blob.read_bytes()))  # our own test data: Metaflow's class
+            included._descriptor["url"] = included._descriptor["url"].replace(str(source_parent),
+                                                                              str(target_parent))
+            replace_artifact(target_parent, data_json.parent, name, pickle.dumps(included, protocol=4),
+                             attempt=int(data_json.name.split(".")[0]), info=info)
 
 
 def flow_dir(root_parent: Path, flow: str) -> Path:
