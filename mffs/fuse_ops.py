@@ -34,7 +34,6 @@ import itertools
 import json
 import logging
 import os
-import resource
 import stat as stat_module
 import threading
 from ctypes.util import find_library
@@ -42,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from cachetools import LRUCache
 
+from .sandbox import process_usage
 from .tree import CONTROL_DIR, DIR, FILE, LINK, Reader, Stat, Tree, collect_garbage_for_caches
 
 if "FUSE_LIBRARY_NAME" not in os.environ and "FUSE_LIBRARY_PATH" not in os.environ and find_library("fuse3"):
@@ -176,8 +176,10 @@ class MffsOperations(mfusepy.Operations):
     def stats(self) -> dict:
         with self._counts_lock:
             counts = dict(self._counts)
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        daemon = {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3), "max_rss_kb": usage.ru_maxrss}
+        # from /proc, not getrusage: ru_maxrss keeps the peak of the process that forked the daemon (Linux carries
+        # it across exec), so a daemon started by a large process would report that process's memory
+        daemon = process_usage(os.getpid())
+        del daemon["pid"]
         worker = self.tree.readahead_usage()
         return {
             "calls": counts,
