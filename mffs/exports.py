@@ -14,6 +14,11 @@ API (used by the path tree):
     library refuses it. The tree turns that into EIO for that one file.
   * `EXPORT_NAMES`: every name `export_names` can return.
 
+All three derive from one ordered table, `RULES`: an `ExportRule` per export file and family of stored types
+(its name, which stored types it fits, which libraries it needs installed, how it renders). Whether an untrusted
+mount offers an export is decided in one place for every rule, `loaded_by_untrusted_mount`, by asking the
+restricted unpickler (`client.unpickle.allowed`) whether it builds the stored type.
+
 Which exports a type gets
   | stored type                                                      | exports                    |
   | str                                                              | value.txt, value.json      |
@@ -87,8 +92,9 @@ import re
 import uuid
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from client import unpickle
 from client.unpickle import UntrustedObject
@@ -100,7 +106,115 @@ class ExportError(ValueError):
     """A value cannot be rendered as the requested export file."""
 
 
-# --- which exports a stored type gets ----------------------------------------------------------------------------
+class WrongKind(ExportError):
+    """Raised by a rule's renderer for a value that is not of the kind it renders; `expected` names that kind
+    ("a str"). The registry then tries the next rule of the same name, or reports every kind the name takes."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+@dataclass(frozen=True)
+class ExportRule:
+    """One export file for the stored types it fits.
+
+    `name` is the file name in the artifact directory; several rules may share one (value.png for PIL images and
+    for matplotlib figures): the file is listed when any of them fits and is rendered by the first whose
+    renderer takes the value. `fits` tells from the stored type's qualified name ("pandas.core.frame.DataFrame")
+    whether the rule applies, without importing anything. `needs` names the top-level modules that must be
+    importable for the file to be listed. `render` turns the loaded value into the file's bytes, raising
+    `WrongKind` for a value of another kind."""
+
+    name: str
+    fits: Callable[[str], bool]
+    render: Callable[[Any], bytes]
+    needs: Tuple[str, ...] = ()
+
+
+# --- the registry: listing and rendering by the rules ------------------------------------------------------------
+
+
+_TYPE_STRING = re.compile(r"<(?:class|type) '([^']+)'>")
+_QUALNAME = re.compile(r"[A-Za-z_][\w.]*")
+
+
+@lru_cache(maxsize=None)
+def _importable(module: str) -> bool:
+    # find_spec locates a top-level package without importing it.
+    return importlib.util.find_spec(module) is not None
+
+
+def _qualname(type_name: str) -> Optional[str]:
+    match = _TYPE_STRING.fullmatch(type_name.strip())
+    return match.group(1) if match else None
+
+
+def loaded_by_untrusted_mount(qualname: str) -> bool:
+    """Whether a mount without --trust-pickles loads a value of this stored type, so that its exports can render:
+    `client.unpickle.loads(..., trusted=False)` builds this class rather than an `UntrustedObject` placeholder.
+    This is the one place that decides what an untrusted mount offers; rules do not say it themselves."""
+    if not _QUALNAME.fullmatch(qualname):
+        return False
+    module, _, name = qualname.rpartition(".")
+    if not module:  # a builtin data type (str, dict, NoneType...): pickled as opcodes or allow-listed builtins
+        return True
+    return unpickle.allowed(module, name)
+
+
+class ExportRegistry:
+    """An ordered table of export rules, answering the tree's two questions: which export files an artifact of a
+    stored type has, and the bytes of one of them for a loaded value."""
+
+    def __init__(self, rules: Iterable[ExportRule]) -> None:
+        self.rules: Tuple[ExportRule, ...] = tuple(rules)
+        self.names: Tuple[str, ...] = tuple(dict.fromkeys(rule.name for rule in self.rules))
+        self._rules_by_name = {name: tuple(rule for rule in self.rules if rule.name == name) for name in self.names}
+        self._listing = lru_cache(maxsize=1024)(self._list)
+
+    def export_names(self, type_name: str, trusted: bool = True) -> List[str]:
+        """The export files of an artifact whose stored type string is `type_name`, for a value loaded with
+        `DataArtifact.load(trusted=trusted)`."""
+        return list(self._listing(type_name, trusted))
+
+    def _list(self, type_name: str, trusted: bool) -> Tuple[str, ...]:
+        qualname = _qualname(type_name)
+        if qualname is None or not (trusted or loaded_by_untrusted_mount(qualname)):
+            return ()
+        names = (
+            rule.name
+            for rule in self.rules
+            if rule.fits(qualname) and all(_importable(module) for module in rule.needs)
+        )
+        return tuple(dict.fromkeys(names))
+
+    def render(self, name: str, value: Any) -> bytes:
+        """The bytes of export file `name` for the loaded `value`; ExportError when it cannot be rendered."""
+        rules = self._rules_by_name.get(name)
+        if rules is None:
+            raise ExportError("%r is not an export file (exports: %s)" % (name, ", ".join(self.names)))
+        if isinstance(value, UntrustedObject):
+            raise ExportError("%s: %r" % (name, value))
+        expected = []
+        for rule in rules:
+            try:
+                return rule.render(value)
+            except WrongKind as exc:
+                expected.append(exc.expected)
+            except ExportError:
+                raise
+            except Exception as exc:  # the libraries raise many types; the tree needs one, with the reason kept
+                reason = "%s: %s" % (type(exc).__name__, exc)
+                raise ExportError("cannot render %s of a %s: %s" % (name, _type_label(value), reason)) from exc
+        raise ExportError("%s needs %s, not a %s" % (name, " or ".join(expected), _type_label(value)))
+
+
+def _type_label(value: Any) -> str:
+    cls = type(value)
+    return cls.__name__ if cls.__module__ == "builtins" else "%s.%s" % (cls.__module__, cls.__qualname__)
+
+
+# --- which stored types the rules fit ----------------------------------------------------------------------------
 
 _JSON_TYPES = frozenset(
     {
@@ -131,112 +245,18 @@ def _is_pil_image_type(qualname: str) -> bool:
     return qualname == "PIL.Image.Image" or (qualname.startswith("PIL.") and qualname.endswith("ImageFile"))
 
 
-class _Listing(NamedTuple):
-    name: str
-    matches: Callable[[str], bool]
-    requires: Tuple[str, ...]  # top-level modules that must be importable to render it
-
-
-_LISTINGS = (
-    _Listing("value.json", _is_json_type, ()),
-    _Listing("value.txt", lambda qualname: qualname == "str", ()),
-    _Listing("value.bin", lambda qualname: qualname in ("bytes", "bytearray"), ()),
-    _Listing("value.npy", lambda qualname: qualname == "numpy.ndarray", ("numpy",)),
-    _Listing("value.csv", _PANDAS_TABLE_TYPES.__contains__, ("pandas",)),
-    _Listing("value.parquet", _PANDAS_TABLE_TYPES.__contains__, ("pandas", "pyarrow")),
-    _Listing("value.png", _is_pil_image_type, ("PIL",)),
-    _Listing("value.png", lambda qualname: qualname == "matplotlib.figure.Figure", ("matplotlib",)),
-    _Listing("content", lambda qualname: qualname == "metaflow.includefile.IncludedFile", ()),
-)
-EXPORT_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(listing.name for listing in _LISTINGS))
-
-_TYPE_STRING = re.compile(r"<(?:class|type) '([^']+)'>")
-
-
-@lru_cache(maxsize=None)
-def _importable(module: str) -> bool:
-    # find_spec locates a top-level package without importing it.
-    return importlib.util.find_spec(module) is not None
-
-
-def _qualname(type_name: str) -> Optional[str]:
-    match = _TYPE_STRING.fullmatch(type_name.strip())
-    return match.group(1) if match else None
-
-
-@lru_cache(maxsize=1024)
-def _names_for_type(type_name: str) -> Tuple[str, ...]:
-    qualname = _qualname(type_name)
-    if qualname is None:
-        return ()
-    names = (
-        listing.name
-        for listing in _LISTINGS
-        if listing.matches(qualname) and all(_importable(module) for module in listing.requires)
-    )
-    return tuple(dict.fromkeys(names))
-
-
-def export_names(type_name: str, trusted: bool = True) -> List[str]:
-    """The export files of an artifact whose stored type string (`str(type(value))`) is `type_name`, for a
-    value loaded with `DataArtifact.load(trusted=trusted)`."""
-    names = _names_for_type(type_name)
-    if names and not trusted and not _restricted_unpickler_builds(_qualname(type_name)):
-        return []
-    return list(names)
-
-
-_QUALNAME = re.compile(r"[A-Za-z_][\w.]*")
-
-
-@lru_cache(maxsize=1024)
-def _restricted_unpickler_builds(qualname: str) -> bool:
-    """Whether `client.unpickle.loads(..., trusted=False)` builds this class rather than a placeholder."""
-    if not _QUALNAME.fullmatch(qualname):
-        return False
-    module, _, name = qualname.rpartition(".")
-    if not module:  # a builtin data type (str, dict, NoneType...): pickled as opcodes or allow-listed builtins
-        return True
-    return unpickle.allowed(module, name)
-
-
 # --- rendering ---------------------------------------------------------------------------------------------------
-
-
-def render_export(name: str, value: Any) -> bytes:
-    """The bytes of export file `name` for the loaded artifact `value`; ExportError when it cannot be rendered."""
-    renderer = _RENDERERS.get(name)
-    if renderer is None:
-        raise ExportError("%r is not an export file (exports: %s)" % (name, ", ".join(EXPORT_NAMES)))
-    if isinstance(value, UntrustedObject):
-        raise ExportError("%s: %r" % (name, value))
-    try:
-        return renderer(value)
-    except ExportError:
-        raise
-    except Exception as exc:  # the libraries raise many types; the tree needs one, with the reason kept
-        reason = "%s: %s" % (type(exc).__name__, exc)
-        raise ExportError("cannot render %s of a %s: %s" % (name, _type_label(value), reason)) from exc
-
-
-def _type_label(value: Any) -> str:
-    cls = type(value)
-    return cls.__name__ if cls.__module__ == "builtins" else "%s.%s" % (cls.__module__, cls.__qualname__)
-
-
-def _wrong_kind(name: str, value: Any, expected: str) -> ExportError:
-    return ExportError("%s needs %s, not a %s" % (name, expected, _type_label(value)))
 
 
 def _render_text(value: Any) -> bytes:
     if not isinstance(value, str):
-        raise _wrong_kind("value.txt", value, "a str")
+        raise WrongKind("a str")
     return value.encode("utf-8", "surrogateescape")
 
 
 def _render_binary(value: Any) -> bytes:
     if not isinstance(value, (bytes, bytearray)):
-        raise _wrong_kind("value.bin", value, "bytes or a bytearray")
+        raise WrongKind("bytes or a bytearray")
     return bytes(value)
 
 
@@ -245,31 +265,31 @@ def _render_included_file(value: Any) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
-    raise _wrong_kind("content", value, "the included file's text or bytes")
+    raise WrongKind("the included file's text or bytes")
 
 
 def _render_npy(value: Any) -> bytes:
     import numpy
 
     if not isinstance(value, numpy.ndarray):
-        raise _wrong_kind("value.npy", value, "a numpy array")
+        raise WrongKind("a numpy array")
     buffer = io.BytesIO()
     numpy.save(buffer, value)
     return buffer.getvalue()
 
 
-def _as_frame(name: str, value: Any) -> Any:
+def _as_frame(value: Any) -> Any:
     import pandas
 
     if isinstance(value, pandas.Series):
         return value.to_frame()
     if isinstance(value, pandas.DataFrame):
         return value
-    raise _wrong_kind(name, value, "a pandas DataFrame or Series")
+    raise WrongKind("a pandas DataFrame or Series")
 
 
 def _render_csv(value: Any) -> bytes:
-    frame = _as_frame("value.csv", value)
+    frame = _as_frame(value)
     return frame.to_csv(index=not _is_default_index(frame.index)).encode("utf-8")
 
 
@@ -282,7 +302,7 @@ def _is_default_index(index: Any) -> bool:
 
 
 def _render_parquet(value: Any) -> bytes:
-    frame = _as_frame("value.parquet", value)
+    frame = _as_frame(value)
     if not all(isinstance(column, str) for column in frame.columns):
         frame = frame.rename(columns=str)
     buffer = io.BytesIO()
@@ -294,15 +314,8 @@ _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})  # not "LAB": its A is a colour axis
 
 
-def _render_png(value: Any) -> bytes:
-    buffer = io.BytesIO()
-    if type(value).__module__.split(".")[0] == "matplotlib":
-        from matplotlib.figure import Figure
-
-        if isinstance(value, Figure):
-            value.savefig(buffer, format="png")
-            return buffer.getvalue()
-    elif type(value).__module__.split(".")[0] == "PIL":
+def _render_image_png(value: Any) -> bytes:
+    if type(value).__module__.split(".")[0] == "PIL":
         from PIL import Image
 
         if isinstance(value, Image.Image):
@@ -310,14 +323,26 @@ def _render_png(value: Any) -> bytes:
             if image.mode not in _PNG_MODES:
                 has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
                 image = image.convert("RGBA" if has_alpha else "RGB")
+            buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             return buffer.getvalue()
-    raise _wrong_kind("value.png", value, "a PIL image or a matplotlib figure")
+    raise WrongKind("a PIL image")
+
+
+def _render_figure_png(value: Any) -> bytes:
+    if type(value).__module__.split(".")[0] == "matplotlib":
+        from matplotlib.figure import Figure
+
+        if isinstance(value, Figure):
+            buffer = io.BytesIO()
+            value.savefig(buffer, format="png")
+            return buffer.getvalue()
+    raise WrongKind("a matplotlib figure")
 
 
 def _render_json(value: Any) -> bytes:
     if not _is_json_kind(value):
-        raise _wrong_kind("value.json", value, "data (containers, numbers, text, times, numpy scalars)")
+        raise WrongKind("data (containers, numbers, text, times, numpy scalars)")
     document = _JsonConverter().convert(value)
     data = render.indented_json(document)
     if data is not None:
@@ -328,16 +353,33 @@ def _render_json(value: Any) -> bytes:
         return (json.dumps(document, indent=2, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
 
 
-_RENDERERS: Dict[str, Callable[[Any], bytes]] = {
-    "value.json": _render_json,
-    "value.txt": _render_text,
-    "value.bin": _render_binary,
-    "value.npy": _render_npy,
-    "value.csv": _render_csv,
-    "value.parquet": _render_parquet,
-    "value.png": _render_png,
-    "content": _render_included_file,
-}
+# --- the rules, in listing order ---------------------------------------------------------------------------------
+
+RULES: Tuple[ExportRule, ...] = (
+    ExportRule("value.json", _is_json_type, _render_json),
+    ExportRule("value.txt", lambda qualname: qualname == "str", _render_text),
+    ExportRule("value.bin", frozenset({"bytes", "bytearray"}).__contains__, _render_binary),
+    ExportRule("value.npy", lambda qualname: qualname == "numpy.ndarray", _render_npy, needs=("numpy",)),
+    ExportRule("value.csv", _PANDAS_TABLE_TYPES.__contains__, _render_csv, needs=("pandas",)),
+    ExportRule("value.parquet", _PANDAS_TABLE_TYPES.__contains__, _render_parquet, needs=("pandas", "pyarrow")),
+    ExportRule("value.png", _is_pil_image_type, _render_image_png, needs=("PIL",)),
+    ExportRule("value.png", lambda qualname: qualname == "matplotlib.figure.Figure", _render_figure_png,
+               needs=("matplotlib",)),
+    ExportRule("content", lambda qualname: qualname == "metaflow.includefile.IncludedFile", _render_included_file),
+)
+REGISTRY = ExportRegistry(RULES)
+EXPORT_NAMES: Tuple[str, ...] = REGISTRY.names
+
+
+def export_names(type_name: str, trusted: bool = True) -> List[str]:
+    """The export files of an artifact whose stored type string (`str(type(value))`) is `type_name`, for a
+    value loaded with `DataArtifact.load(trusted=trusted)`."""
+    return REGISTRY.export_names(type_name, trusted)
+
+
+def render_export(name: str, value: Any) -> bytes:
+    """The bytes of export file `name` for the loaded artifact `value`; ExportError when it cannot be rendered."""
+    return REGISTRY.render(name, value)
 
 
 # --- value.json conversion (rules in the module docstring) --------------------------------------------------------
