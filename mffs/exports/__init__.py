@@ -15,9 +15,15 @@ API (used by the path tree):
   * `EXPORT_NAMES`: every name `export_names` can return.
 
 All three derive from one ordered table, `RULES`: an `ExportRule` per export file and family of stored types
-(its name, which stored types it fits, which libraries it needs installed, how it renders). Whether an untrusted
-mount offers an export is decided in one place for every rule, `loaded_by_untrusted_mount`, by asking the
-restricted unpickler (`client.unpickle.allowed`) whether it builds the stored type.
+(its name, which stored types it fits, which libraries it needs installed, how it renders, and its contract: how
+the format is read back and examples). Whether an untrusted mount offers an export is decided in one place for
+every rule, `loaded_by_untrusted_mount`, by asking the restricted unpickler (`client.unpickle.allowed`) whether it
+builds the stored type.
+
+Adding an export: write its `ExportRule` in the module of its family (or a new module for a new family) and add
+it to `RULES`, where its position orders the listing. tests/test_export_rules.py then checks it without being
+edited: its examples read back as they say, it is listed for the types it fits, not when a library it needs is
+missing, and on an untrusted mount only for types the restricted unpickler loads.
 
 Which exports a type gets
   | stored type                                                      | exports                    |

@@ -9,9 +9,9 @@ PIL and matplotlib are imported only inside the renderers, and only for a value 
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, List
 
-from .rule import ExportRule, WrongKind
+from .rule import Example, ExportRule, WrongKind
 
 
 def _is_pil_image_type(qualname: str) -> bool:
@@ -49,7 +49,54 @@ def _render_figure_png(value: Any) -> bytes:
     raise WrongKind("a matplotlib figure")
 
 
-PIL_IMAGE = ExportRule("value.png", _is_pil_image_type, _render_image_png, needs=("PIL",))
+def _read_png(data: bytes) -> Any:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data))
+
+
+def _image_examples() -> List[Example]:
+    from PIL import Image
+
+    gradient = Image.linear_gradient("L").resize((37, 21))
+    buffer = io.BytesIO()
+    gradient.convert("RGBA").save(buffer, format="PNG")
+    opened = Image.open(io.BytesIO(buffer.getvalue()))  # a PngImageFile, as an artifact often is
+    cmyk = gradient.convert("CMYK")
+    return [
+        Example(gradient, gradient),
+        Example(gradient.convert("RGB"), gradient.convert("RGB")),
+        Example(opened, opened),
+        Example(cmyk, cmyk.convert("RGB")),
+    ]
+
+
+def _figure_examples() -> List[Example]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    figure = Figure(figsize=(3, 2), dpi=50)
+    figure.add_subplot().plot([0, 1, 2], [2, 0, 1])
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    pixels = Image.frombuffer("RGBA", canvas.get_width_height(), bytes(canvas.buffer_rgba()), "raw", "RGBA", 0, 1)
+    return [Example(figure, pixels)]
+
+
+PIL_IMAGE = ExportRule(
+    "value.png",
+    fits=_is_pil_image_type,
+    needs=("PIL",),
+    render=_render_image_png,
+    read_back=_read_png,
+    examples=_image_examples,
+)
 FIGURE = ExportRule(
-    "value.png", lambda qualname: qualname == "matplotlib.figure.Figure", _render_figure_png, needs=("matplotlib",)
+    "value.png",
+    fits=lambda qualname: qualname == "matplotlib.figure.Figure",
+    needs=("matplotlib",),
+    render=_render_figure_png,
+    read_back=_read_png,
+    examples=_figure_examples,
 )

@@ -5,9 +5,9 @@ because the stored type (metaflow.includefile.IncludedFile) does not say whether
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List
 
-from .rule import ExportRule, WrongKind
+from .rule import Example, ExportRule, WrongKind
 
 
 def _render_included_file(value: Any) -> bytes:
@@ -18,6 +18,20 @@ def _render_included_file(value: Any) -> bytes:
     raise WrongKind("the included file's text or bytes")
 
 
+_STORED_TYPE = "<class 'metaflow.includefile.IncludedFile'>"
+
+
+def _examples() -> List[Example]:
+    text = "name,city\nJos\u00e9,Z\u00fcrich\n"
+    binary = b"\x89PNG\r\n\x1a\n\x00"
+    return [Example(text, text.encode("utf-8"), _STORED_TYPE), Example(binary, binary, _STORED_TYPE)]
+
+
 CONTENT = ExportRule(
-    "content", lambda qualname: qualname == "metaflow.includefile.IncludedFile", _render_included_file
+    "content",
+    fits=lambda qualname: qualname == "metaflow.includefile.IncludedFile",
+    needs=(),
+    render=_render_included_file,
+    read_back=bytes,
+    examples=_examples,
 )

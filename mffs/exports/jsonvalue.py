@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import datetime as dt
 import decimal
 import fractions
@@ -41,7 +42,7 @@ from typing import Any, Callable, Dict, List
 from client import unpickle
 
 from .. import render
-from .rule import ExportError, ExportRule, WrongKind, type_label
+from .rule import Example, ExportError, ExportRule, WrongKind, type_label
 
 _JSON_TYPES = frozenset(
     {
@@ -77,7 +78,50 @@ def _render_json(value: Any) -> bytes:
         return (json.dumps(document, indent=2, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
 
 
-JSON = ExportRule("value.json", _is_json_type, _render_json)
+def _examples() -> List[Example]:
+    import numpy
+    import pandas
+
+    return [
+        Example({"a": [1, 2.5, None, True], 1: "int key"}, {"a": [1, 2.5, None, True], "1": "int key"}),
+        Example([1, "x", [math.inf]], [1, "x", ["Infinity"]]),
+        Example((1, (2, 3)), [1, [2, 3]]),
+        Example({"b", "c", "a"}, ["a", "b", "c"]),
+        Example(frozenset({1, "x"}), ["x", 1]),
+        Example("na\u00efve \u65e5\u672c", "na\u00efve \u65e5\u672c"),
+        Example(10**30, 10**30),
+        Example(math.nan, None),
+        Example(True, True),
+        Example(None, None),
+        Example(1.5 - 2j, {"real": 1.5, "imag": -2.0}),
+        Example(collections.OrderedDict([("z", 1), ("y", 2)]), {"z": 1, "y": 2}),
+        Example(collections.defaultdict(list, a=[1]), {"a": [1]}),
+        Example(collections.Counter("aab"), {"a": 2, "b": 1}),
+        Example(collections.deque([3, 4]), [3, 4]),
+        Example(dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc), "2024-05-06T07:08:09+00:00"),
+        Example(dt.date(2024, 5, 6), "2024-05-06"),
+        Example(dt.time(7, 8), "07:08:00"),
+        Example(dt.timedelta(minutes=1, milliseconds=500), 60.5),
+        Example(decimal.Decimal("1.10"), "1.10"),
+        Example(fractions.Fraction(1, 3), "1/3"),
+        Example(uuid.UUID(int=7), "00000000-0000-0000-0000-000000000007"),
+        Example(numpy.float64(2.5), 2.5),
+        Example(numpy.int32(7), 7),
+        Example(numpy.bool_(True), True),
+        Example(numpy.datetime64("2024-05-06"), "2024-05-06"),
+        Example(pandas.Timestamp("2024-05-06 07:08", tz="UTC"), "2024-05-06T07:08:00+00:00"),
+        Example(pandas.Timedelta("2s"), 2.0),
+    ]
+
+
+JSON = ExportRule(
+    "value.json",
+    fits=_is_json_type,
+    needs=(),
+    render=_render_json,
+    read_back=json.loads,
+    examples=_examples,
+)
 
 
 # --- conversion (rules in the module docstring) ------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""What an export rule is: the value each export registers (`ExportRule`) and the errors its renderer raises."""
+"""What an export rule is: the value each export registers (`ExportRule`), its examples and the errors its renderer raises."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 
 class ExportError(ValueError):
@@ -18,6 +18,16 @@ class WrongKind(ExportError):
         self.expected = expected
 
 
+class Example(NamedTuple):
+    """A value a rule renders and `expected`, what the rule's `read_back` gives for the rendered bytes.
+    `stored_type` is the type string Metaflow stores for it when that is not `str(type(value))` (an IncludeFile
+    is stored as IncludedFile but loads as its text or bytes)."""
+
+    value: Any
+    expected: Any
+    stored_type: Optional[str] = None
+
+
 @dataclass(frozen=True)
 class ExportRule:
     """One export file for the stored types it fits.
@@ -27,12 +37,19 @@ class ExportRule:
     renderer takes the value. `fits` tells from the stored type's qualified name ("pandas.core.frame.DataFrame")
     whether the rule applies, without importing anything. `needs` names the top-level modules that must be
     importable for the file to be listed. `render` turns the loaded value into the file's bytes, raising
-    `WrongKind` for a value of another kind."""
+    `WrongKind` for a value of another kind.
+
+    `read_back` and `examples` are the rule's contract, which tests/test_export_rules.py checks for every
+    registered rule and the mount never calls: `read_back` reads the bytes with the tool the format promises
+    (json.loads, numpy.load, pandas.read_parquet...), and `examples` gives a value of each type the rule fits
+    with what `read_back` must give for it."""
 
     name: str
     fits: Callable[[str], bool]
+    needs: Tuple[str, ...]
     render: Callable[[Any], bytes]
-    needs: Tuple[str, ...] = ()
+    read_back: Callable[[bytes], Any]
+    examples: Callable[[], Sequence[Example]]
 
 
 def type_label(value: Any) -> str:

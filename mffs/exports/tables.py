@@ -17,9 +17,9 @@ numpy, pandas and pyarrow are imported only inside the renderers.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, List
 
-from .rule import ExportRule, WrongKind
+from .rule import Example, ExportRule, WrongKind
 
 _PANDAS_TABLE_TYPES = frozenset(
     {"pandas.DataFrame", "pandas.core.frame.DataFrame", "pandas.Series", "pandas.core.series.Series"}
@@ -68,6 +68,85 @@ def _render_parquet(value: Any) -> bytes:
     return buffer.getvalue()
 
 
-NPY = ExportRule("value.npy", lambda qualname: qualname == "numpy.ndarray", _render_npy, needs=("numpy",))
-CSV = ExportRule("value.csv", _PANDAS_TABLE_TYPES.__contains__, _render_csv, needs=("pandas",))
-PARQUET = ExportRule("value.parquet", _PANDAS_TABLE_TYPES.__contains__, _render_parquet, needs=("pandas", "pyarrow"))
+def _read_npy(data: bytes) -> Any:
+    import numpy
+
+    return numpy.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _read_csv(data: bytes) -> Any:
+    import pandas
+
+    return pandas.read_csv(io.BytesIO(data))
+
+
+def _read_parquet(data: bytes) -> Any:
+    import pandas
+
+    return pandas.read_parquet(io.BytesIO(data))
+
+
+def _npy_examples() -> List[Example]:
+    import numpy
+
+    arrays = [
+        numpy.arange(12, dtype=numpy.int16).reshape(3, 4),
+        numpy.array(["2024-01-01T12:00", "NaT"], dtype="datetime64[ns]"),
+        numpy.array([(1, 2.5, b"x"), (2, -1.0, b"yz")], dtype=[("id", "<i4"), ("score", "<f8"), ("tag", "S2")]),
+    ]
+    return [Example(array, array) for array in arrays]
+
+
+def _frame() -> Any:
+    import pandas
+
+    return pandas.DataFrame(
+        {"count": [3, 1, 2], "ratio": [0.5, 1.25, -3.0], "label": ["a", "b,c", 'quote " here'],
+         "flag": [True, False, True]}
+    )
+
+
+def _csv_examples() -> List[Example]:
+    import pandas
+
+    series = pandas.Series([1.5, 2.5, 4.0], name="score")
+    return [Example(_frame(), _frame()), Example(series, series.to_frame())]
+
+
+def _parquet_examples() -> List[Example]:
+    import pandas
+
+    frame = _frame().set_index(pandas.Index([10, 20, 30], name="row"))
+    frame["when"] = pandas.to_datetime(["2024-01-01", "2024-01-02", None]).tz_localize("Europe/Paris")
+    numbered = pandas.DataFrame({0: [1, 2], 1: [3.5, 4.5]})
+    return [
+        Example(frame, frame),
+        Example(frame["ratio"], frame["ratio"].to_frame()),
+        Example(numbered, numbered.rename(columns=str)),
+    ]
+
+
+NPY = ExportRule(
+    "value.npy",
+    fits=lambda qualname: qualname == "numpy.ndarray",
+    needs=("numpy",),
+    render=_render_npy,
+    read_back=_read_npy,
+    examples=_npy_examples,
+)
+CSV = ExportRule(
+    "value.csv",
+    fits=_PANDAS_TABLE_TYPES.__contains__,
+    needs=("pandas",),
+    render=_render_csv,
+    read_back=_read_csv,
+    examples=_csv_examples,
+)
+PARQUET = ExportRule(
+    "value.parquet",
+    fits=_PANDAS_TABLE_TYPES.__contains__,
+    needs=("pandas", "pyarrow"),
+    render=_render_parquet,
+    read_back=_read_parquet,
+    examples=_parquet_examples,
+)

@@ -6,9 +6,9 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List
 
-from .rule import ExportRule, WrongKind
+from .rule import Example, ExportRule, WrongKind
 
 
 def _render_text(value: Any) -> bytes:
@@ -23,5 +23,32 @@ def _render_binary(value: Any) -> bytes:
     return bytes(value)
 
 
-TEXT = ExportRule("value.txt", lambda qualname: qualname == "str", _render_text)
-BINARY = ExportRule("value.bin", frozenset({"bytes", "bytearray"}).__contains__, _render_binary)
+def _read_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _text_examples() -> List[Example]:
+    undecodable = b"caf\xe9 latin-1".decode("utf-8", "surrogateescape")
+    return [Example(text, text) for text in ("line one\nna\u00efve \u65e5\u672c \U0001f642\r\n\x00", undecodable)]
+
+
+def _binary_examples() -> List[Example]:
+    return [Example(bytes(range(256)), bytes(range(256))), Example(bytearray(b"ab"), b"ab")]
+
+
+TEXT = ExportRule(
+    "value.txt",
+    fits=lambda qualname: qualname == "str",
+    needs=(),
+    render=_render_text,
+    read_back=_read_text,
+    examples=_text_examples,
+)
+BINARY = ExportRule(
+    "value.bin",
+    fits=frozenset({"bytes", "bytearray"}).__contains__,
+    needs=(),
+    render=_render_binary,
+    read_back=bytes,
+    examples=_binary_examples,
+)
