@@ -84,19 +84,7 @@ def _figure_examples() -> List[Example]:
     return [Example(figure, pixels)]
 
 
-PIL_IMAGE = ExportRule(
-    "value.png",
-    fits=_is_pil_image_type,
-    needs=("PIL",),
-    render=_render_image_png,
-    read_back=_read_png,
-    examples=_image_examples,
-)
-FIGURE = ExportRule(
-    "value.png",
-    fits=lambda qualname: qualname == "matplotlib.figure.Figure",
-    needs=("matplotlib",),
-    render=_render_figure_png,
-    read_back=_read_png,
-    examples=_figure_examples,
-)
+PIL_IMAGE = ExportRule("value.png", fits=_is_pil_image_type, needs=("PIL",),
+                       render=_render_image_png, read_back=_read_png, examples=_image_examples)
+FIGURE = ExportRule("value.png", fits=lambda qualname: qualname == "matplotlib.figure.Figure", needs=("matplotlib",),
+                    render=_render_figure_png, read_back=_read_png, examples=_figure_examples)

@@ -27,11 +27,5 @@ def _examples() -> List[Example]:
     return [Example(text, text.encode("utf-8"), _STORED_TYPE), Example(binary, binary, _STORED_TYPE)]
 
 
-CONTENT = ExportRule(
-    "content",
-    fits=lambda qualname: qualname == "metaflow.includefile.IncludedFile",
-    needs=(),
-    render=_render_included_file,
-    read_back=bytes,
-    examples=_examples,
-)
+CONTENT = ExportRule("content", fits=lambda qualname: qualname == "metaflow.includefile.IncludedFile", needs=(),
+                     render=_render_included_file, read_back=bytes, examples=_examples)

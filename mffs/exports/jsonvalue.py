@@ -114,14 +114,8 @@ def _examples() -> List[Example]:
     ]
 
 
-JSON = ExportRule(
-    "value.json",
-    fits=_is_json_type,
-    needs=(),
-    render=_render_json,
-    read_back=json.loads,
-    examples=_examples,
-)
+JSON = ExportRule("value.json", fits=_is_json_type, needs=(),
+                  render=_render_json, read_back=json.loads, examples=_examples)
 
 
 # --- conversion (rules in the module docstring) ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What an export rule is: the value each export registers (`ExportRule`), its examples and the errors its renderer raises."""
+"""What an export rule is: the value each export registers (`ExportRule`), its examples, and the errors
+its renderer raises."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -126,27 +126,9 @@ def _parquet_examples() -> List[Example]:
     ]
 
 
-NPY = ExportRule(
-    "value.npy",
-    fits=lambda qualname: qualname == "numpy.ndarray",
-    needs=("numpy",),
-    render=_render_npy,
-    read_back=_read_npy,
-    examples=_npy_examples,
-)
-CSV = ExportRule(
-    "value.csv",
-    fits=_PANDAS_TABLE_TYPES.__contains__,
-    needs=("pandas",),
-    render=_render_csv,
-    read_back=_read_csv,
-    examples=_csv_examples,
-)
-PARQUET = ExportRule(
-    "value.parquet",
-    fits=_PANDAS_TABLE_TYPES.__contains__,
-    needs=("pandas", "pyarrow"),
-    render=_render_parquet,
-    read_back=_read_parquet,
-    examples=_parquet_examples,
-)
+NPY = ExportRule("value.npy", fits=lambda qualname: qualname == "numpy.ndarray", needs=("numpy",),
+                 render=_render_npy, read_back=_read_npy, examples=_npy_examples)
+CSV = ExportRule("value.csv", fits=_PANDAS_TABLE_TYPES.__contains__, needs=("pandas",),
+                 render=_render_csv, read_back=_read_csv, examples=_csv_examples)
+PARQUET = ExportRule("value.parquet", fits=_PANDAS_TABLE_TYPES.__contains__, needs=("pandas", "pyarrow"),
+                     render=_render_parquet, read_back=_read_parquet, examples=_parquet_examples)

@@ -36,19 +36,7 @@ def _binary_examples() -> List[Example]:
     return [Example(bytes(range(256)), bytes(range(256))), Example(bytearray(b"ab"), b"ab")]
 
 
-TEXT = ExportRule(
-    "value.txt",
-    fits=lambda qualname: qualname == "str",
-    needs=(),
-    render=_render_text,
-    read_back=_read_text,
-    examples=_text_examples,
-)
-BINARY = ExportRule(
-    "value.bin",
-    fits=frozenset({"bytes", "bytearray"}).__contains__,
-    needs=(),
-    render=_render_binary,
-    read_back=bytes,
-    examples=_binary_examples,
-)
+TEXT = ExportRule("value.txt", fits=lambda qualname: qualname == "str", needs=(),
+                  render=_render_text, read_back=_read_text, examples=_text_examples)
+BINARY = ExportRule("value.bin", fits=frozenset({"bytes", "bytearray"}).__contains__, needs=(),
+                    render=_render_binary, read_back=bytes, examples=_binary_examples)
