@@ -12,7 +12,7 @@ Kernel caching. libfuse's high-level API has one entry/attr/negative timeout for
   * negative_timeout = `refresh`: a cached "no such file" cannot be invalidated by path (there is no inode), so it
     is kept short; new tasks and files in running runs therefore appear within `refresh` even after a miss.
   * Files opened from stable nodes get `keep_cache` (their pages survive close/open); unstable ones do not.
-    Deferred files (size not known yet, see mffs/tree.py) are opened with `direct_io`, so reads are not cut at
+    Deferred files (size not known yet, see mffs/tree/nodes.py) are opened with `direct_io`, so reads are not cut at
     the reported size 0; opening one renders it, and its stale size is invalidated in the kernel before the open
     returns, so an fstat right after open(2) already sees the exact size.
 Readdir is never cached by the kernel in the high-level API; the tree answers it from its own cache. A readdirplus

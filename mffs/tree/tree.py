@@ -1,0 +1,385 @@
+"""The Tree: resolves paths to nodes, caches them, and holds what rendering needs (the sandbox, the code packages).
+
+Stability. Every node says whether it is *stable*: its attributes, bytes and child names can no longer change.
+Everything under a finished run (`Run.finished`) is stable, and so is everything under a finished task
+(`Task.finished`) of a running run, and a code package. Flow-level nodes (flows, runs, tags, `latest*`) and the
+rest of an unfinished run are not. Stable nodes live in an LRU cache of `cache_entries` nodes; unstable ones in a
+TTL cache that expires after `refresh` seconds, so a running run is re-read from the backend at most once per
+`refresh` per node and new tasks and growing logs show up within about one `refresh`. The FUSE adapter uses the
+same flag to decide what the kernel may cache (see mffs/fuse_ops.py).
+
+A Tree also sets the client's unpickling policy for its process (`client.trust_pickles`), so the internal
+artifacts behind `finished`, `successful`, `exception`, `index` and parent/child tasks load as repr.txt does (see
+mffs/tree/tasks.py), in the daemon, in `mffs ls/cat` and in the readahead worker (True, False and None are known
+from their sha and never unpickled).
+
+Untrusted values are rendered in isolation (`Tree.render_artifact`): a small scalar, provably cheap, in this
+process; any other value in a sandbox worker process under memory, CPU and wall-time limits (mffs/sandbox.py,
+`render_memory_mb`, `render_cpu_seconds`, `render_wall_seconds`), so a bomb costs its own files (EIO), never the
+daemon's memory or its other readers. With `trust_pickles` the user opted in: values are rendered here.
+"""
+from __future__ import annotations
+
+import errno
+import gc
+import json
+import posixpath
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from cachetools import LRUCache
+
+from client.core import NOT_A_SCALAR
+from client.recent import Recent
+
+from .. import sandbox as sandbox_module
+from ..sandbox import Limits, Sandbox
+from .nodes import FILE, Dir, Entry, File, Node, Reader, RenderedFile, Stat, Symlink, client_errors, join, normalize
+from .runs import FlowDir, RootDir, RunDir, StepDir, run_finished
+from .tasks import TaskDir
+
+if TYPE_CHECKING:
+    import tarfile
+
+    from ..readahead import Readahead
+
+CONTROL_DIR = ".mffs"
+#: code packages (whole archives, typically a few MB) kept in memory for reading code/ files
+CODE_PACKAGES_KEPT = 4
+#: the largest pickle whose value, when a scalar, is loaded and rendered in the daemon rather than the sandbox
+IN_PROCESS_SCALAR_BYTES = 4096
+
+
+class ControlDir(Dir):
+    """/.mffs: files registered by the front end (never listed in the root, reachable by name)."""
+
+    def children(self) -> List[Node]:
+        return [self.child(name) for name in sorted(self.tree.control_files)]
+
+    def child(self, name: str) -> Node:
+        render_control = self.tree.control_files.get(name)
+        if render_control is None:
+            raise self._missing(name)
+        return RenderedFile(self.tree, join(self.path, name), time.time(), False, render_control, volatile=True)
+
+
+_KEEP_NAMESPACE = object()
+
+
+def collect_garbage_for_caches() -> None:
+    """Garbage collection for a process whose Tree caches fill with tens of thousands of long-lived nodes and
+    records while a walk runs: CPython's default thresholds (a collection every 700 allocations) scan them over and
+    over (`find` over a 1000-task run takes about 10% less time with these). freeze() takes what start-up made out
+    of the collector's view. Called once a process has started up (the daemon, the readahead worker)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+class Tree:
+    """Resolves paths to nodes and caches them (see the module docstring for what is cached and for how long)."""
+
+    def __init__(
+        self,
+        client_module: Any = None,
+        pathspec: Optional[str] = None,
+        namespace: Any = _KEEP_NAMESPACE,
+        refresh: float = 0.5,
+        cache_entries: int = 50_000,
+        content_cache_bytes: int = 64 << 20,
+        render_threshold: int = 1 << 20,
+        step_json_eager_tasks: int = 100,
+        repr_limit: int = 64 << 10,
+        trust_pickles: bool = False,
+        readahead: int = 0,
+        render_memory_mb: int = Limits.memory_mb,
+        render_cpu_seconds: float = Limits.cpu_seconds,
+        render_wall_seconds: float = Limits.wall_seconds,
+    ):
+        if client_module is None:
+            import client as client_module  # the project's Metaflow-compatible client
+        self.client = client_module
+        if namespace is not _KEEP_NAMESPACE:
+            self.client.namespace(namespace)
+        self.pathspec = pathspec
+        self.refresh = refresh
+        self.render_threshold = render_threshold
+        self.step_json_eager_tasks = step_json_eager_tasks
+        self.repr_limit = repr_limit
+        #: load artifact values with the full unpickler (else the restricted one): repr.txt and exports, and, as
+        #: the client's policy for this process, the internal artifacts behind finished, exception, parents, ...
+        self.trust_pickles = trust_pickles
+        self.client.trust_pickles(trust_pickles)
+        #: what rendering one untrusted value may use (mffs/sandbox.py)
+        self.render_limits = Limits(render_memory_mb, render_cpu_seconds, render_wall_seconds)
+        self._sandbox: Optional[Sandbox] = None
+        self.control_files: Dict[str, Callable[[], bytes]] = {}
+        #: called with a path whose reported size changed from 0 to its exact size (deferred repr.txt)
+        self.on_size_learned: Callable[[str], None] = lambda path: None
+        self._lock = threading.Lock()
+        self._stable: LRUCache = LRUCache(maxsize=cache_entries)
+        self._live = Recent(refresh, cache_entries)
+        self._content: LRUCache = LRUCache(maxsize=content_cache_bytes, getsizeof=len)
+        self._code_packages: LRUCache = LRUCache(maxsize=CODE_PACKAGES_KEPT)
+        self._code_lock = threading.Lock()
+        self._started = time.time()
+        self._settings = dict(
+            pathspec=pathspec, refresh=refresh, cache_entries=cache_entries, content_cache_bytes=content_cache_bytes,
+            render_threshold=render_threshold, step_json_eager_tasks=step_json_eager_tasks, repr_limit=repr_limit,
+            trust_pickles=trust_pickles, render_memory_mb=render_memory_mb, render_cpu_seconds=render_cpu_seconds,
+            render_wall_seconds=render_wall_seconds,
+        )
+        self._readahead: Optional[Readahead] = None
+        self.lookup("/")  # fail now on an unknown pathspec
+        if readahead > 0:
+            from .. import readahead as readahead_module  # which imports this module
+
+            self._readahead = readahead_module.Readahead(self, readahead)
+
+    def close(self) -> None:
+        """End the readahead worker and the sandbox's workers, if any."""
+        if self._readahead is not None:
+            self._readahead.close()
+        with self._lock:
+            sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            sandbox.close()
+
+    def sandbox_usage(self) -> Dict[str, Any]:
+        """The sandbox's workers (pids), renders, refusals and restarts (zeros before its first render)."""
+        with self._lock:
+            sandbox = self._sandbox
+        return (sandbox or Sandbox(self.render_limits)).usage()
+
+    def readahead_usage(self) -> Dict[str, Any]:
+        """pid, CPU seconds and peak RSS of the readahead worker (None and zeros without one)."""
+        if self._readahead is None:
+            return {"pid": None, "cpu_seconds": 0.0, "max_rss_kb": 0}
+        return self._readahead.usage()
+
+    def worker_settings(self) -> Dict[str, Any]:
+        """What another process needs to build the same tree (see `from_worker_settings`; mffs/readahead.py)."""
+        return dict(self._settings, namespace=self.client.get_namespace(), metadata=self.client.get_metadata())
+
+    @classmethod
+    def from_worker_settings(cls, settings: Dict[str, Any]) -> "Tree":
+        import client
+
+        settings = dict(settings)
+        client.metadata(settings.pop("metadata"))
+        return cls(client, **settings)
+
+    def _root(self) -> Node:
+        if not self.pathspec:
+            return RootDir(self, "/", self._started, stable=False)
+        parts = self.pathspec.strip("/").split("/")
+        classes = {1: "Flow", 2: "Run", 3: "Step", 4: "Task"}
+        if len(parts) not in classes:
+            raise FileNotFoundError(errno.ENOENT, "Not a flow, run, step or task pathspec", self.pathspec)
+        with client_errors(self.pathspec):
+            obj = getattr(self.client, classes[len(parts)])("/".join(parts))
+            run = self.client.Run("/".join(parts[:2])) if len(parts) > 2 else None
+        run_stable = run_finished(run, self.pathspec) if run is not None else False
+        if len(parts) == 1:
+            return FlowDir(self, "/", obj)
+        if len(parts) == 2:
+            return RunDir(self, "/", obj)
+        if len(parts) == 3:
+            return StepDir(self, "/", obj, run_stable)
+        return TaskDir(self, "/", obj, run_stable)
+
+    def renders_at_stat(self, artifact: Any) -> bool:
+        """Whether the repr.txt and exports of `artifact` are rendered when first stat'ed (exact sizes): when its
+        pickle is known to be at most `render_threshold` bytes."""
+        size = artifact.blob_size
+        return size is not None and size <= self.render_threshold
+
+    def render_artifact(self, artifact: Any, file_name: str) -> bytes:
+        """The bytes of an artifact's repr.txt or export `file_name`. With `trust_pickles`, loaded and rendered
+        here, as the user asked. Otherwise the value is untrusted: a small scalar (provably cheap to load and
+        render: `DataArtifact.load_scalar`) is rendered here, anything else in the sandbox (mffs/sandbox.py)."""
+        if self.trust_pickles:
+            value = artifact.load(trusted=True)
+        else:
+            value = artifact.load_scalar(IN_PROCESS_SCALAR_BYTES)
+            if value is NOT_A_SCALAR:
+                return self.sandbox().render(artifact.stored_at(), artifact.id, file_name, self.repr_limit)
+        return sandbox_module.render_value(value, file_name, self.repr_limit)
+
+    def record_value(self, artifact: Any) -> Any:
+        """An artifact's value for a JSON record (parameters.json), isolated as `render_artifact` isolates it: an
+        untrusted value that is not a small scalar comes back from the sandbox as the JSON data `json_bytes`
+        would write for it (its text parsed), so the record's text is the same."""
+        if self.trust_pickles:
+            return artifact.load(trusted=True)
+        value = artifact.load_scalar(IN_PROCESS_SCALAR_BYTES)
+        if value is NOT_A_SCALAR:
+            text = self.sandbox().render(artifact.stored_at(), artifact.id, sandbox_module.RECORD_JSON, 0)
+            value = json.loads(text)
+        return value
+
+    def sandbox(self) -> Sandbox:
+        """The pool of processes rendering untrusted values (its workers start with its first render)."""
+        with self._lock:
+            if self._sandbox is None:
+                self._sandbox = Sandbox(self.render_limits)
+            return self._sandbox
+
+    def code_package(self, run: Any) -> Any:
+        """`run.code` (a MetaflowCode, or None), kept for the last few runs that have one: a package holds its whole
+        archive in memory, so directory nodes keep only its index (CodeArchive) and file reads come back here."""
+        with self._code_lock:
+            code = self._code_packages.get(run.pathspec)
+        if code is None:
+            code = run.code
+            if code is not None:
+                with self._code_lock:
+                    self._code_packages[run.pathspec] = code
+        return code
+
+    def read_code_member(self, run: Any, member: "tarfile.TarInfo") -> bytes:
+        code = self.code_package(run)
+        if code is None:
+            raise FileNotFoundError(errno.ENOENT, "the run's code package is gone", run.pathspec)
+        with self._code_lock:  # a TarFile reads through one shared file object
+            return code.tarball.extractfile(member).read()
+
+    # -- caches -----------------------------------------------------------------------------------------------
+
+    def _cached(self, path: str) -> Optional[Node]:
+        with self._lock:
+            node = self._stable.get(path)
+            return node if node is not None else self._live.fresh(path)
+
+    def _remember(self, node: Node) -> None:
+        with self._lock:
+            if node.stable:
+                self._stable[node.path] = node
+            else:
+                self._live.put(node.path, node)
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self._stable.pop(path, None)
+            self._live.pop(path)
+
+    def cached_content(self, path: str) -> Optional[bytes]:
+        with self._lock:
+            return self._content.get(path)
+
+    def keep_content(self, path: str, data: bytes) -> None:
+        with self._lock:
+            if len(data) <= self._content.maxsize:
+                self._content[path] = data
+
+    def cache_info(self) -> dict:
+        with self._lock:
+            return {
+                "stable_nodes": len(self._stable),
+                "live_nodes": len(self._live),
+                "content_bytes": int(self._content.currsize),
+            }
+
+    # -- the public API ---------------------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> Node:
+        node = self._cached(path)  # the kernel's paths are normal already: most lookups end here
+        if node is not None:
+            return node
+        normal = normalize(path)
+        if normal != path:  # a path typed to `mffs ls/cat` may name a cached node another way
+            path = normal
+            node = self._cached(path)
+            if node is not None:
+                return node
+        if path == "/":
+            node = self._root()
+        elif path == "/" + CONTROL_DIR:
+            node = ControlDir(self, path, self._started, stable=True)
+        else:
+            parent_path, name = path.rsplit("/", 1)
+            parent = self.lookup(parent_path or "/")
+            if isinstance(parent, Symlink):  # only `mffs ls/cat` paths: the kernel resolves links itself
+                target = posixpath.join(posixpath.dirname(parent_path), parent.target)
+                return self.lookup(join(normalize(target), name))
+            if not isinstance(parent, Dir):
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
+            node = parent.child(name)
+            if self._readahead is not None and isinstance(parent, TaskDir):
+                self._readahead.note_lookup_in_task()
+        self._remember(node)
+        return node
+
+    def stat(self, path: str) -> Stat:
+        return self.lookup(path).stat()
+
+    def list(self, path: str) -> List[Entry]:
+        """The directory's listing, in the client's order (see `listing`)."""
+        return self.listing(path)[1]
+
+    def listing(self, path: str) -> Tuple[bool, List[Entry]]:
+        """(whether the directory is stable, its listing in the client's order). A listing is kept with the
+        directory's node (so for as long as that is cached); the child nodes built for it go to the node caches for
+        the lookups that follow. With readahead, a listing the worker built is taken as it is, without a node."""
+        readahead = self._readahead
+        if readahead is not None:
+            listing = readahead.listing(path)
+            if listing is not None:
+                return True, listing  # the worker reads ahead only stable directories
+        node = self.lookup(path)
+        if isinstance(node, Symlink):  # `mffs ls DemoFlow/latest`, like ls(1) given a link to a directory
+            node = self.lookup(posixpath.join(posixpath.dirname(node.path), node.target))
+        if not isinstance(node, Dir):
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
+        listing = self._listing(node)
+        if readahead is not None and type(node) is TaskDir:  # not an AttemptDir
+            readahead.after(node.path)
+        return node.stable, listing
+
+    def _listing(self, node: Dir) -> List[Entry]:
+        """`node`'s listing, built once (concurrent callers wait for the first)."""
+        listing = node.listing
+        if listing is None:
+            with node.listing_lock:
+                listing = node.listing
+                if listing is None:
+                    listing = []
+                    for item in node.entries():
+                        if isinstance(item, Node):
+                            self._remember(item)
+                            # entries keep a stat, not the node: listings must not hold evicted nodes alive
+                            item = Entry(item.name, item.path, item.kind, item.stat() if item.kind != FILE else None)
+                        listing.append(item)
+                    node.listing = listing
+        return listing
+
+    def readlink(self, path: str) -> str:
+        node = self.lookup(path)
+        if not isinstance(node, Symlink):
+            raise OSError(errno.EINVAL, "Not a symbolic link", path)
+        return node.target
+
+    def open(self, path: str) -> Reader:
+        node = self.lookup(path)
+        if isinstance(node, Dir):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        if not isinstance(node, File):
+            raise OSError(errno.EINVAL, "Not a regular file", path)
+        return node.open()
+
+    def iter_file(self, path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The file's bytes in order, in `chunk_size` reads (for `mffs cat`; never the whole file at once)."""
+        reader = self.open(path)
+        try:
+            offset = 0
+            while True:
+                chunk = reader.read(offset, chunk_size)
+                if not chunk:
+                    return
+                offset += len(chunk)
+                yield chunk
+        finally:
+            reader.close()
+
+    def read_file(self, path: str) -> bytes:
+        return b"".join(self.iter_file(path))
