@@ -12,7 +12,7 @@ Why a process and not a thread: the tree work is Python, so a thread only moves 
 another, and the walk's FUSE callbacks wait for the GIL instead of for reads. In a process it runs on another core
 while the daemon answers the walk (`find` over a 1000-task run: see docs/benchmarks.md).
 
-The worker is the same code with the same settings (`Tree.worker_settings`), started with the mount and ended
+The worker is the same code with the same settings (`worker_settings`), started with the mount and ended
 when its requests pipe closes, so it never outlives the daemon. Only listings of stable directories (a finished
 run) are read ahead, so the worker's answer is the one the daemon would have built. Errors are left to the walk:
 a task the worker could not list comes back empty and the walk builds it, meeting and reporting the error itself.
@@ -37,8 +37,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from cachetools import LRUCache
 
+import client
+
 from .sandbox import limit_memory, process_usage, read_frame, start_worker, write_frame
-from .tree import DIR, Dir, Entry, Stat, StepDir, Tree, collect_garbage_for_caches, join
+from .tree import DIR, Dir, Entry, Stat, StepDir, Tree, TreeSettings, collect_garbage_for_caches, join
 
 log = logging.getLogger("mffs")
 
@@ -59,7 +61,7 @@ class Readahead:
         self._ready = threading.Event()
         self._alive = True
         self._walk_reads_tasks = False
-        self._worker = start_worker("mffs.readahead", tree.worker_settings())
+        self._worker = start_worker("mffs.readahead", dataclasses.asdict(worker_settings(tree)))
         threading.Thread(target=self._receive, name="mffs-readahead", daemon=True).start()
 
     def note_lookup_in_task(self) -> None:
@@ -164,6 +166,14 @@ class Readahead:
             event.set()
 
 
+def worker_settings(tree: Tree) -> TreeSettings:
+    """The settings of `tree` for the worker: the same tree, with the process's namespace and metadata provider
+    named (the worker's client starts from its own defaults), and no readahead of its own."""
+    return dataclasses.replace(
+        tree.settings, namespace=tree.client.get_namespace(), metadata=tree.client.get_metadata(), readahead=0
+    )
+
+
 def _task_listings(tree: Tree, task_path: str) -> List[_Listing]:
     """The listings of a task directory and of the directories in it, as sent to the daemon; only stable ones."""
     listings: List[_Listing] = []
@@ -189,15 +199,15 @@ def _task_listings(tree: Tree, task_path: str) -> List[_Listing]:
 
 
 def main(argv: List[str]) -> None:
-    """The worker: `python -m mffs.readahead SETTINGS_JSON` (started by Readahead)."""
+    """The worker: `python -m mffs.readahead SETTINGS_JSON` (TreeSettings as JSON; started by Readahead)."""
     logging.basicConfig(format="%(asctime)s %(name)s readahead %(levelname)s %(message)s")
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints go to the log, not into the frames
-    settings = json.loads(argv[0])
+    settings = TreeSettings(**json.loads(argv[0]))
     # what it loads is as untrusted as what the sandbox renders: a value that would exhaust memory ends this
     # process (the daemon then lists tasks itself), never the machine
-    limit_memory(settings["render_memory_mb"])
-    tree = Tree.from_worker_settings(settings)
+    limit_memory(settings.render_memory_mb)
+    tree = Tree(client, settings)
     collect_garbage_for_caches()
     write_frame(out, (None, []))
     for line in sys.stdin.buffer:

@@ -233,7 +233,7 @@ class StepDir(Dir):
             self.stable,
             lambda: render.json_bytes(render.step_record(step)),
             # its finished_at reads every task's `_task_ok`: a glob such as `body/*/x` stats step.json too
-            eager=lambda: sum(1 for _ in step) <= tree.step_json_eager_tasks,
+            eager=lambda: sum(1 for _ in step) <= tree.settings.step_json_eager_tasks,
         )
 
     def children(self) -> List[Node]:

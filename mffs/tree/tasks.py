@@ -1,7 +1,7 @@
 """The directories of a task: the task itself, attempts/ and attempts/<n>/, and one directory per artifact.
 
 Unpickling policy. repr.txt, the typed exports and parameters.json load values with
-`DataArtifact.load(trusted=Tree.trust_pickles)`. By default (`trust_pickles=False`, the mount without
+`DataArtifact.load(trusted=TreeSettings.trust_pickles)`. By default (`trust_pickles=False`, the mount without
 `--trust-pickles`) that is the client's restricted unpickler: standard-library data types, numpy, pandas and
 Metaflow's own stand-ins load; any other class becomes a placeholder whose repr names it and the flag, and none of
 its code runs, so indexers, `grep -r` and `ls -lR` can crawl a mount safely. data.pickle is always the raw bytes.
@@ -162,7 +162,7 @@ class ArtifactDir(Dir):
     """repr.txt, data.pickle, meta.json and the artifact's typed exports (value.json, value.csv, ...; which ones
     is decided by mffs/exports.py from the stored type, without loading the value).
 
-    repr.txt and the exports render the value loaded with the mount's unpickling policy (`Tree.trust_pickles`):
+    repr.txt and the exports render the value loaded with the mount's unpickling policy (`TreeSettings.trust_pickles`):
     by default the restricted unpickler, so an object of a class that is not allow-listed appears as a placeholder
     naming the class and `--trust-pickles`, and nothing of it runs; such a value has no exports. data.pickle is the
     stored bytes, never unpickled. Exports are rendered and cached like repr.txt (at first stat when the pickle is
@@ -180,7 +180,7 @@ class ArtifactDir(Dir):
     def _names(self) -> List[str]:
         with client_errors(self.path):
             type_name = self.artifact.type_name or ""
-        return list(self.FILES) + exports.export_names(type_name, trusted=self.tree.trust_pickles)
+        return list(self.FILES) + exports.export_names(type_name, trusted=self.tree.settings.trust_pickles)
 
     def _file(self, name: str) -> Node:
         artifact, tree, path = self.artifact, self.tree, join(self.path, name)

@@ -20,6 +20,7 @@ daemon's memory or its other readers. With `trust_pickles` the user opted in: va
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import json
@@ -34,8 +35,9 @@ from client.core import NOT_A_SCALAR
 from client.recent import Recent
 
 from .. import sandbox as sandbox_module
-from ..sandbox import Limits, Sandbox
+from ..sandbox import Sandbox
 from .nodes import FILE, Dir, Entry, File, Node, Reader, RenderedFile, Stat, Symlink, client_errors, join, normalize
+from .settings import KEEP_NAMESPACE, TreeSettings
 from .runs import FlowDir, RootDir, RunDir, StepDir, run_finished
 from .tasks import TaskDir
 
@@ -64,9 +66,6 @@ class ControlDir(Dir):
         return RenderedFile(self.tree, join(self.path, name), time.time(), False, render_control, volatile=True)
 
 
-_KEEP_NAMESPACE = object()
-
-
 def collect_garbage_for_caches() -> None:
     """Garbage collection for a process whose Tree caches fill with tens of thousands of long-lived nodes and
     records while a walk runs: CPython's default thresholds (a collection every 700 allocations) scan them over and
@@ -79,62 +78,37 @@ def collect_garbage_for_caches() -> None:
 class Tree:
     """Resolves paths to nodes and caches them (see the module docstring for what is cached and for how long)."""
 
-    def __init__(
-        self,
-        client_module: Any = None,
-        pathspec: Optional[str] = None,
-        namespace: Any = _KEEP_NAMESPACE,
-        refresh: float = 0.5,
-        cache_entries: int = 50_000,
-        content_cache_bytes: int = 64 << 20,
-        render_threshold: int = 1 << 20,
-        step_json_eager_tasks: int = 100,
-        repr_limit: int = 64 << 10,
-        trust_pickles: bool = False,
-        readahead: int = 0,
-        render_memory_mb: int = Limits.memory_mb,
-        render_cpu_seconds: float = Limits.cpu_seconds,
-        render_wall_seconds: float = Limits.wall_seconds,
-    ):
+    def __init__(self, client_module: Any = None, settings: Optional[TreeSettings] = None, **changes: Any):
+        """A tree over `client_module` (default: the project's `client`) with `settings`; `changes` replace fields
+        of `settings` (`Tree(client, namespace=None)`, for tests and scripts)."""
         if client_module is None:
             import client as client_module  # the project's Metaflow-compatible client
+        settings = dataclasses.replace(settings or TreeSettings(), **changes)
+        self.settings = settings
         self.client = client_module
-        if namespace is not _KEEP_NAMESPACE:
-            self.client.namespace(namespace)
-        self.pathspec = pathspec
-        self.refresh = refresh
-        self.render_threshold = render_threshold
-        self.step_json_eager_tasks = step_json_eager_tasks
-        self.repr_limit = repr_limit
-        #: load artifact values with the full unpickler (else the restricted one): repr.txt and exports, and, as
-        #: the client's policy for this process, the internal artifacts behind finished, exception, parents, ...
-        self.trust_pickles = trust_pickles
-        self.client.trust_pickles(trust_pickles)
-        #: what rendering one untrusted value may use (mffs/sandbox.py)
-        self.render_limits = Limits(render_memory_mb, render_cpu_seconds, render_wall_seconds)
+        if settings.metadata is not None:
+            self.client.metadata(settings.metadata)
+        if settings.namespace is not KEEP_NAMESPACE:
+            self.client.namespace(settings.namespace)
+        # the client's policy for this process too: the internal artifacts behind finished, exception, parents, ...
+        self.client.trust_pickles(settings.trust_pickles)
         self._sandbox: Optional[Sandbox] = None
         self.control_files: Dict[str, Callable[[], bytes]] = {}
         #: called with a path whose reported size changed from 0 to its exact size (deferred repr.txt)
         self.on_size_learned: Callable[[str], None] = lambda path: None
         self._lock = threading.Lock()
-        self._stable: LRUCache = LRUCache(maxsize=cache_entries)
-        self._live = Recent(refresh, cache_entries)
-        self._content: LRUCache = LRUCache(maxsize=content_cache_bytes, getsizeof=len)
+        self._stable: LRUCache = LRUCache(maxsize=settings.cache_entries)
+        self._live = Recent(settings.refresh, settings.cache_entries)
+        self._content: LRUCache = LRUCache(maxsize=settings.content_cache_bytes, getsizeof=len)
         self._code_packages: LRUCache = LRUCache(maxsize=CODE_PACKAGES_KEPT)
         self._code_lock = threading.Lock()
         self._started = time.time()
-        self._settings = dict(
-            pathspec=pathspec, refresh=refresh, cache_entries=cache_entries, content_cache_bytes=content_cache_bytes,
-            render_threshold=render_threshold, step_json_eager_tasks=step_json_eager_tasks, repr_limit=repr_limit,
-            trust_pickles=trust_pickles, render_memory_mb=render_memory_mb, render_cpu_seconds=render_cpu_seconds,
-            render_wall_seconds=render_wall_seconds,
-        )
         self._readahead: Optional[Readahead] = None
         self.lookup("/")  # fail now on an unknown pathspec
-        if readahead > 0:
+        if settings.readahead > 0:
             from .. import readahead as readahead_module  # which imports this module
 
-            self._readahead = readahead_module.Readahead(self, readahead)
+            self._readahead = readahead_module.Readahead(self, settings.readahead)
 
     def close(self) -> None:
         """End the readahead worker and the sandbox's workers, if any."""
@@ -149,7 +123,7 @@ class Tree:
         """The sandbox's workers (pids), renders, refusals and restarts (zeros before its first render)."""
         with self._lock:
             sandbox = self._sandbox
-        return (sandbox or Sandbox(self.render_limits)).usage()
+        return (sandbox or Sandbox(self.settings.render_limits)).usage()
 
     def readahead_usage(self) -> Dict[str, Any]:
         """pid, CPU seconds and peak RSS of the readahead worker (None and zeros without one)."""
@@ -157,29 +131,18 @@ class Tree:
             return {"pid": None, "cpu_seconds": 0.0, "max_rss_kb": 0}
         return self._readahead.usage()
 
-    def worker_settings(self) -> Dict[str, Any]:
-        """What another process needs to build the same tree (see `from_worker_settings`; mffs/readahead.py)."""
-        return dict(self._settings, namespace=self.client.get_namespace(), metadata=self.client.get_metadata())
-
-    @classmethod
-    def from_worker_settings(cls, settings: Dict[str, Any]) -> "Tree":
-        import client
-
-        settings = dict(settings)
-        client.metadata(settings.pop("metadata"))
-        return cls(client, **settings)
-
     def _root(self) -> Node:
-        if not self.pathspec:
+        pathspec = self.settings.pathspec
+        if not pathspec:
             return RootDir(self, "/", self._started, stable=False)
-        parts = self.pathspec.strip("/").split("/")
+        parts = pathspec.strip("/").split("/")
         classes = {1: "Flow", 2: "Run", 3: "Step", 4: "Task"}
         if len(parts) not in classes:
-            raise FileNotFoundError(errno.ENOENT, "Not a flow, run, step or task pathspec", self.pathspec)
-        with client_errors(self.pathspec):
+            raise FileNotFoundError(errno.ENOENT, "Not a flow, run, step or task pathspec", pathspec)
+        with client_errors(pathspec):
             obj = getattr(self.client, classes[len(parts)])("/".join(parts))
             run = self.client.Run("/".join(parts[:2])) if len(parts) > 2 else None
-        run_stable = run_finished(run, self.pathspec) if run is not None else False
+        run_stable = run_finished(run, pathspec) if run is not None else False
         if len(parts) == 1:
             return FlowDir(self, "/", obj)
         if len(parts) == 2:
@@ -192,25 +155,25 @@ class Tree:
         """Whether the repr.txt and exports of `artifact` are rendered when first stat'ed (exact sizes): when its
         pickle is known to be at most `render_threshold` bytes."""
         size = artifact.blob_size
-        return size is not None and size <= self.render_threshold
+        return size is not None and size <= self.settings.render_threshold
 
     def render_artifact(self, artifact: Any, file_name: str) -> bytes:
         """The bytes of an artifact's repr.txt or export `file_name`. With `trust_pickles`, loaded and rendered
         here, as the user asked. Otherwise the value is untrusted: a small scalar (provably cheap to load and
         render: `DataArtifact.load_scalar`) is rendered here, anything else in the sandbox (mffs/sandbox.py)."""
-        if self.trust_pickles:
+        if self.settings.trust_pickles:
             value = artifact.load(trusted=True)
         else:
             value = artifact.load_scalar(IN_PROCESS_SCALAR_BYTES)
             if value is NOT_A_SCALAR:
-                return self.sandbox().render(artifact.stored_at(), artifact.id, file_name, self.repr_limit)
-        return sandbox_module.render_value(value, file_name, self.repr_limit)
+                return self.sandbox().render(artifact.stored_at(), artifact.id, file_name, self.settings.repr_limit)
+        return sandbox_module.render_value(value, file_name, self.settings.repr_limit)
 
     def record_value(self, artifact: Any) -> Any:
         """An artifact's value for a JSON record (parameters.json), isolated as `render_artifact` isolates it: an
         untrusted value that is not a small scalar comes back from the sandbox as the JSON data `json_bytes`
         would write for it (its text parsed), so the record's text is the same."""
-        if self.trust_pickles:
+        if self.settings.trust_pickles:
             return artifact.load(trusted=True)
         value = artifact.load_scalar(IN_PROCESS_SCALAR_BYTES)
         if value is NOT_A_SCALAR:
@@ -222,7 +185,7 @@ class Tree:
         """The pool of processes rendering untrusted values (its workers start with its first render)."""
         with self._lock:
             if self._sandbox is None:
-                self._sandbox = Sandbox(self.render_limits)
+                self._sandbox = Sandbox(self.settings.render_limits)
             return self._sandbox
 
     def code_package(self, run: Any) -> Any:
