@@ -170,11 +170,16 @@ def _build_tree(args: argparse.Namespace, pathspec: Optional[str] = None) -> Tre
 
     settings = tree_settings(args, pathspec)
     try:
-        return Tree(client_module, settings)
+        tree = Tree(client_module, settings)
     except FileNotFoundError as exc:
         raise CliError("unknown pathspec %r (not found in this datastore and namespace)" % pathspec) from exc
     except OSError as exc:
         raise CliError("cannot read the datastore: %s" % exc.strerror) from exc
+    if settings.readahead > 0:
+        from .readahead import Readahead
+
+        tree.attach(Readahead(tree, settings.readahead))
+    return tree
 
 
 # -- mount / umount --------------------------------------------------------------------------------------------

@@ -178,7 +178,8 @@ class MffsOperations(mfusepy.Operations):
             counts = dict(self._counts)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         daemon = {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3), "max_rss_kb": usage.ru_maxrss}
-        worker = self.tree.readahead_usage()
+        source = self.tree.listing_source  # the readahead worker, if any
+        worker = source.usage() if source is not None else {"pid": None, "cpu_seconds": 0.0, "max_rss_kb": 0}
         return {
             "calls": counts,
             "open_files": len(self._handles),

@@ -7,11 +7,11 @@ files and steps without code/ (code/ answers EIO).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from .. import render
 from .code import CODE_DIR, CodeArchive, CodeDir
-from .nodes import DIR, Dir, Node, RenderedFile, Symlink, built_nodes, client_errors, epoch_mtime, join
+from .nodes import Dir, Node, RenderedFile, Symlink, built_nodes, client_errors, epoch_mtime, join
 from .tasks import TaskDir
 
 if TYPE_CHECKING:
@@ -221,8 +221,6 @@ class StepDir(Dir):
             mtime = epoch_mtime(step.created_at)
         super().__init__(tree, path, mtime, stable)
         self.step = step
-        self._positions: Optional[Dict[str, int]] = None  # task path -> position in the listing
-        self._handed_out = 0  # listing positions before this were returned by `tasks_after`
 
     def _step_json(self) -> Node:
         step, tree = self.step, self.tree
@@ -241,20 +239,6 @@ class StepDir(Dir):
             tasks = list(self.step)
         task_dirs = built_nodes(lambda t: TaskDir(self.tree, join(self.path, t.id), t, self.stable), tasks)
         return [self._step_json()] + task_dirs
-
-    def tasks_after(self, task_path: str, count: int) -> List[str]:
-        """Paths of the (up to) `count` tasks listed after `task_path`, except those an earlier call returned;
-        [] until this directory was listed (for Readahead, which calls it under its lock)."""
-        if self.listing is None:
-            return []
-        if self._positions is None:
-            self._positions = {entry.path: number for number, entry in enumerate(self.listing)}
-        position = self._positions.get(task_path)
-        if position is None:
-            return []
-        start, end = max(position + 1, self._handed_out), min(position + 1 + count, len(self.listing))
-        self._handed_out = max(self._handed_out, end)
-        return [entry.path for entry in self.listing[start:end] if entry.kind == DIR]
 
     def child(self, name: str) -> Node:
         if name == "step.json":

@@ -27,7 +27,7 @@ import json
 import posixpath
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 from cachetools import LRUCache
 
@@ -43,8 +43,6 @@ from .tasks import TaskDir
 
 if TYPE_CHECKING:
     import tarfile
-
-    from ..readahead import Readahead
 
 CONTROL_DIR = ".mffs"
 #: code packages (whole archives, typically a few MB) kept in memory for reading code/ files
@@ -64,6 +62,26 @@ class ControlDir(Dir):
         if render_control is None:
             raise self._missing(name)
         return RenderedFile(self.tree, join(self.path, name), time.time(), False, render_control, volatile=True)
+
+
+class ListingSource(Protocol):
+    """Something attached to a Tree (`Tree.attach`) that may have listings ready before the tree builds them: the
+    readahead worker's client (mffs/readahead.py). The tree tells it what a walk does, so it can read ahead."""
+
+    def listing(self, path: str) -> Optional[List[Entry]]:
+        """The listing of the stable directory `path` if the source has it (handed out once), else None."""
+
+    def after(self, task_path: str) -> None:
+        """The task directory `task_path` was just listed."""
+
+    def note_lookup_in_task(self) -> None:
+        """A name inside a task directory was looked up."""
+
+    def close(self) -> None:
+        """Release what the source holds (processes, threads)."""
+
+    def usage(self) -> Dict[str, Any]:
+        """What the source's process uses: pid, cpu_seconds, max_rss_kb."""
 
 
 def collect_garbage_for_caches() -> None:
@@ -103,17 +121,18 @@ class Tree:
         self._code_packages: LRUCache = LRUCache(maxsize=CODE_PACKAGES_KEPT)
         self._code_lock = threading.Lock()
         self._started = time.time()
-        self._readahead: Optional[Readahead] = None
+        #: answers listings before they are built here, and hears which tasks a walk lists (`attach`)
+        self.listing_source: Optional[ListingSource] = None
         self.lookup("/")  # fail now on an unknown pathspec
-        if settings.readahead > 0:
-            from .. import readahead as readahead_module  # which imports this module
 
-            self._readahead = readahead_module.Readahead(self, settings.readahead)
+    def attach(self, source: ListingSource) -> None:
+        """Take listings from `source` (mffs/readahead.py's Readahead) from now on; `close` closes it."""
+        self.listing_source = source
 
     def close(self) -> None:
-        """End the readahead worker and the sandbox's workers, if any."""
-        if self._readahead is not None:
-            self._readahead.close()
+        """End the listing source (the readahead worker) and the sandbox's workers, if any."""
+        if self.listing_source is not None:
+            self.listing_source.close()
         with self._lock:
             sandbox, self._sandbox = self._sandbox, None
         if sandbox is not None:
@@ -124,12 +143,6 @@ class Tree:
         with self._lock:
             sandbox = self._sandbox
         return (sandbox or Sandbox(self.settings.render_limits)).usage()
-
-    def readahead_usage(self) -> Dict[str, Any]:
-        """pid, CPU seconds and peak RSS of the readahead worker (None and zeros without one)."""
-        if self._readahead is None:
-            return {"pid": None, "cpu_seconds": 0.0, "max_rss_kb": 0}
-        return self._readahead.usage()
 
     def _root(self) -> Node:
         pathspec = self.settings.pathspec
@@ -209,7 +222,8 @@ class Tree:
 
     # -- caches -----------------------------------------------------------------------------------------------
 
-    def _cached(self, path: str) -> Optional[Node]:
+    def cached(self, path: str) -> Optional[Node]:
+        """The node at `path` (a normal path) if it is cached, without building it."""
         with self._lock:
             node = self._stable.get(path)
             return node if node is not None else self._live.fresh(path)
@@ -246,13 +260,13 @@ class Tree:
     # -- the public API ---------------------------------------------------------------------------------------
 
     def lookup(self, path: str) -> Node:
-        node = self._cached(path)  # the kernel's paths are normal already: most lookups end here
+        node = self.cached(path)  # the kernel's paths are normal already: most lookups end here
         if node is not None:
             return node
         normal = normalize(path)
         if normal != path:  # a path typed to `mffs ls/cat` may name a cached node another way
             path = normal
-            node = self._cached(path)
+            node = self.cached(path)
             if node is not None:
                 return node
         if path == "/":
@@ -268,8 +282,8 @@ class Tree:
             if not isinstance(parent, Dir):
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
             node = parent.child(name)
-            if self._readahead is not None and isinstance(parent, TaskDir):
-                self._readahead.note_lookup_in_task()
+            if self.listing_source is not None and isinstance(parent, TaskDir):
+                self.listing_source.note_lookup_in_task()
         self._remember(node)
         return node
 
@@ -283,20 +297,21 @@ class Tree:
     def listing(self, path: str) -> Tuple[bool, List[Entry]]:
         """(whether the directory is stable, its listing in the client's order). A listing is kept with the
         directory's node (so for as long as that is cached); the child nodes built for it go to the node caches for
-        the lookups that follow. With readahead, a listing the worker built is taken as it is, without a node."""
-        readahead = self._readahead
-        if readahead is not None:
-            listing = readahead.listing(path)
+        the lookups that follow. A listing the listing source has (the readahead worker built it) is taken as it is,
+        without a node."""
+        source = self.listing_source
+        if source is not None:
+            listing = source.listing(path)
             if listing is not None:
-                return True, listing  # the worker reads ahead only stable directories
+                return True, listing  # the source answers only for stable directories
         node = self.lookup(path)
         if isinstance(node, Symlink):  # `mffs ls DemoFlow/latest`, like ls(1) given a link to a directory
             node = self.lookup(posixpath.join(posixpath.dirname(node.path), node.target))
         if not isinstance(node, Dir):
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
         listing = self._listing(node)
-        if readahead is not None and type(node) is TaskDir:  # not an AttemptDir
-            readahead.after(node.path)
+        if source is not None and type(node) is TaskDir:  # not an AttemptDir
+            source.after(node.path)
         return node.stable, listing
 
     def _listing(self, node: Dir) -> List[Entry]:
