@@ -85,8 +85,8 @@ class Readahead:
         """`task_path`, a task directory, was just listed by a walk. Reads the next tasks ahead unless the walk
         looked up names inside tasks since the last call: a walk that stats or reads files (`grep -r`, `ls -lR`)
         makes the daemon build every task's nodes anyway, and the worker's listings would only repeat that work
-        and take CPU from it (`grep -r` over 1000 tasks took 4-12% longer with them, in three interleaved
-        series). `find`, whose directories come with their attributes in the listings, looks up nothing."""
+        and take CPU from it (docs/benchmarks.md). `find`, whose directories come with their attributes in the
+        listings, looks up nothing."""
         step = self.tree.cached(posixpath.dirname(task_path))
         if not isinstance(step, StepDir) or not step.stable:
             return  # not a task directory (`listing` calls this for every listing it hands out)

@@ -64,7 +64,8 @@ class CardsDir(Dir):
     def _card(self, name: str, stored: str) -> Node:
         store = self._store
         return StoredFile(
-            self.tree, join(self.path, name), self.mtime, self.stable, lambda: store.size(stored), lambda: store.read(stored)
+            self.tree, join(self.path, name), self.mtime, self.stable,
+            lambda: store.size(stored), lambda: store.read(stored),
         )
 
     def children(self) -> List[Node]:

@@ -87,8 +87,8 @@ class ListingSource(Protocol):
 def collect_garbage_for_caches() -> None:
     """Garbage collection for a process whose Tree caches fill with tens of thousands of long-lived nodes and
     records while a walk runs: CPython's default thresholds (a collection every 700 allocations) scan them over and
-    over (`find` over a 1000-task run takes about 10% less time with these). freeze() takes what start-up made out
-    of the collector's view. Called once a process has started up (the daemon, the readahead worker)."""
+    over (see docs/benchmarks.md). freeze() takes what start-up made out of the collector's view. Called once a
+    process has started up (the daemon, the readahead worker)."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
