@@ -349,7 +349,6 @@ def cmd_mount(args: argparse.Namespace, argv: List[str]) -> None:
         tree,
         args.mountpoint,
         attr_ttl=args.attr_ttl,
-        refresh=args.refresh,
         threads=args.threads,
         debug=args.debug,
         allow_other=args.allow_other,

@@ -156,9 +156,9 @@ class Invalidator:
 class MffsOperations(mfusepy.Operations):
     use_ns = True
 
-    def __init__(self, tree: Tree, refresh: float):
+    def __init__(self, tree: Tree):
         self.tree = tree
-        self.invalidator = Invalidator(refresh)
+        self.invalidator = Invalidator(tree.settings.refresh)
         tree.on_size_learned = self.invalidator.invalidate_now
         tree.control_files["stats"] = self._stats_json
         self._handles: Dict[int, Reader] = {}
@@ -452,7 +452,6 @@ def mount(
     mountpoint: str,
     *,
     attr_ttl: float = 3600.0,
-    refresh: float = 0.5,
     threads: int,
     debug: bool = False,
     allow_other: bool = False,
@@ -463,14 +462,14 @@ def mount(
     # daemon does no linear algebra, and on a small machine they take a core from the FUSE threads.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     collect_garbage_for_caches()
-    operations = MffsOperations(tree, refresh)
+    operations = MffsOperations(tree)
     options: Dict[str, Any] = {
         "fsname": "mffs",
         "subtype": "mffs",
         "ro": True,
         "entry_timeout": attr_ttl,
         "attr_timeout": attr_ttl,
-        "negative_timeout": refresh,
+        "negative_timeout": tree.settings.refresh,
         # A fixed pool: libfuse's default creates and ends threads as load varies, and every hand-off of the GIL
         # to a new thread costs more than the callbacks themselves (find over 1000 tasks: 11 s -> 4.8 s here).
         "max_threads": threads,
