@@ -37,8 +37,8 @@ from client.recent import Recent
 from .. import sandbox as sandbox_module
 from ..sandbox import Sandbox
 from .nodes import FILE, Dir, Entry, File, Node, Reader, RenderedFile, Stat, Symlink, client_errors, join, normalize
-from .settings import KEEP_NAMESPACE, TreeSettings
 from .runs import FlowDir, RootDir, RunDir, StepDir, run_finished
+from .settings import KEEP_NAMESPACE, TreeSettings
 from .tasks import TaskDir
 
 if TYPE_CHECKING:
@@ -66,7 +66,8 @@ class ControlDir(Dir):
 
 class ListingSource(Protocol):
     """Something attached to a Tree (`Tree.attach`) that may have listings ready before the tree builds them: the
-    readahead worker's client (mffs/readahead.py). The tree tells it what a walk does, so it can read ahead."""
+    daemon's side of the readahead worker (mffs/readahead.py). The tree tells it what a walk does, so it can read
+    ahead."""
 
     def listing(self, path: str) -> Optional[List[Entry]]:
         """The listing of the stable directory `path` if the source has it (handed out once), else None."""
