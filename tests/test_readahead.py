@@ -5,13 +5,13 @@ import logging
 import os
 import signal
 import time
-from typing import Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
 import client
 from mffs import readahead
-from mffs.tree import DIR, Tree
+from mffs.tree import DIR, Entry, Tree
 
 
 @pytest.fixture
@@ -38,6 +38,49 @@ def reading_ahead(window: int, **settings) -> Iterator[Tree]:
 @pytest.fixture
 def tree(client_env) -> Iterator[Tree]:
     yield from reading_ahead(window=1)
+
+
+class RecordingSource:
+    """A listing source (mffs.tree.ListingSource) that serves given listings and records what the tree tells it."""
+
+    def __init__(self, listings: Dict[str, List[Entry]]):
+        self.listings = listings
+        self.calls: List[tuple] = []
+
+    def listing(self, path: str) -> Optional[List[Entry]]:
+        self.calls.append(("listing", path))
+        return self.listings.pop(path, None)
+
+    def after(self, task_path: str) -> None:
+        self.calls.append(("after", task_path))
+
+    def note_lookup_in_task(self) -> None:
+        self.calls.append(("lookup in task",))
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+    def usage(self) -> Dict[str, Any]:
+        return {"pid": None, "cpu_seconds": 0.0, "max_rss_kb": 0}
+
+
+def test_an_attached_source_serves_listings_and_hears_the_walk(client_env, tasks):
+    """The hook readahead is attached through: the tree asks the source first and tells it which tasks a walk
+    lists and when it looks inside one."""
+    step = os.path.dirname(tasks[0])
+    served = [Entry("ahead", tasks[1] + "/ahead", DIR)]
+    tree = Tree(client)
+    source = RecordingSource({tasks[1]: served})
+    tree.attach(source)
+    tree.list(step)
+    tree.list(tasks[0])
+    assert tree.listing(tasks[1]) == (True, served)
+    tree.stat(tasks[0] + "/task.json")
+    tree.close()
+    assert source.calls == [
+        ("listing", step), ("listing", tasks[0]), ("after", tasks[0]), ("listing", tasks[1]), ("lookup in task",),
+        ("close",),
+    ]
 
 
 def test_the_worker_lists_the_next_task_as_the_walk_would(tree, client_env, tasks):
