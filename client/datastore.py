@@ -16,7 +16,7 @@ from cachetools import LRUCache
 from . import records
 from .config import find_local_root, mffs_setting, setting
 from .recent import Recent
-from .storage import get_storage
+from .storage import LOCAL_SCHEME, UnknownScheme, get_storage, normal_root, split_scheme
 from .storage.base import OutsideDatastore, Storage
 from .storage.local import OPEN_FLAGS
 
@@ -447,14 +447,14 @@ class AllowedRoots:
     def __init__(self, home: Optional[str]):
         local = home or find_local_root()
         s3 = setting("DATASTORE_SYSROOT_S3")
-        self.exact = frozenset(r for r in (_normal_root(local or ""), _normal_root(s3 or "")) if r)
-        extra = [_normal_root(r.strip()) for r in os.environ.get("MFFS_ALLOWED_ROOTS", "").split(",") if r.strip()]
+        self.exact = frozenset(r for r in (normal_root(local or ""), normal_root(s3 or "")) if r)
+        extra = [normal_root(r.strip()) for r in os.environ.get("MFFS_ALLOWED_ROOTS", "").split(",") if r.strip()]
         self.below = tuple(r for r in extra if r)
         datatools = [setting("DATATOOLS_S3ROOT"), setting("DATATOOLS_LOCALROOT")]
         if local and os.path.basename(local.rstrip("/")) == ".metaflow":
             datatools.append(os.path.join(os.path.dirname(local.rstrip("/")), "data"))
         #: (root as written, root as compared) of every place IncludeFile contents may be read from
-        self.content = [(r, _normal_root(r)) for r in [*self.exact, *self.below, *(d for d in datatools if d)]]
+        self.content = [(r, normal_root(r)) for r in [*self.exact, *self.below, *(d for d in datatools if d)]]
         self._answers: Dict[str, Union[str, OutsideDatastore]] = {}
 
     @classmethod
@@ -476,10 +476,12 @@ class AllowedRoots:
         """`root` (a datastore root a record names) when it is allowed, else OutsideDatastore."""
         answer = self._answers.get(root)
         if answer is None:
-            if self._allows(_normal_root(root)):
+            if self._allows(normal_root(root)):
                 answer = root.rstrip("/") or root
             else:
+                unknown = _unknown_scheme(root)
                 answer = OutsideDatastore(
+                    "datastore root %r named by a record cannot be read: %s" % (root, unknown) if unknown else
                     "datastore root %r named by a record is not the configured datastore (%s); list it in "
                     "MFFS_ALLOWED_ROOTS to read it" % (root, ", ".join(sorted(self.exact)) or "none")
                 )
@@ -491,10 +493,13 @@ class AllowedRoots:
         return answer
 
     def read_url(self, url: str) -> bytes:
-        """The bytes at an IncludeFile url (`local://`, `s3://` or a plain path) below an allowed root, read
-        through that root's storage (so links are confined too); anything else is OutsideDatastore."""
-        path = url[len("local://"):] if url.startswith("local://") else url
-        if not path.startswith("s3://"):
+        """The bytes at an IncludeFile url (a plain path or a url of a scheme in `storage.SCHEMES`) below an allowed
+        root, read through that root's storage (so links are confined too); anything else is OutsideDatastore."""
+        unknown = _unknown_scheme(url)
+        if unknown:
+            raise OutsideDatastore("IncludeFile url %r cannot be read: %s" % (url, unknown))
+        scheme, path = split_scheme(url)
+        if scheme == LOCAL_SCHEME:
             path = os.path.normpath(path) if os.path.isabs(path) else ""
         for written, normal in self.content:
             for base in (written, normal):
@@ -504,16 +509,13 @@ class AllowedRoots:
                                "read it" % url)
 
 
-def _normal_root(root: str) -> Optional[str]:
-    """A root as roots are compared: `s3://bucket/prefix` without a trailing '/', a local path resolved (links
-    followed); None for anything else (a relative path, empty, `..` or empty components in an S3 root)."""
-    if root.startswith("s3://"):
-        body = root[len("s3://"):].rstrip("/")
-        parts = body.split("/")
-        return None if not parts[0] or {"", ".", ".."} & set(parts) else "s3://" + body
-    if root.startswith("local://"):
-        root = root[len("local://"):]
-    return os.path.realpath(root) if os.path.isabs(root) else None
+def _unknown_scheme(url: str) -> Optional[str]:
+    """Why `url` (a root or IncludeFile url) names no registered storage backend; None when one serves it."""
+    try:
+        split_scheme(url)
+    except UnknownScheme as exc:
+        return str(exc)
+    return None
 
 
 def confine_root(root: str, provider: Any) -> str:

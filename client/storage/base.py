@@ -4,6 +4,8 @@ A `Storage` is bound to one datastore root (`/home/me/.metaflow` or `s3://bucket
 objects by *keys*: '/'-joined paths relative to that root, e.g. `MyFlow/data/ab/ab12...` or
 `MyFlow/12/train/4/0.data.json`. It knows nothing about Metaflow's layout; `client.datastore` does.
 
+Every backend passes tests/test_storage_contract.py; client/storage/__init__.py registers it by scheme.
+
 Errors are built-in exceptions, so every layer above maps them mechanically:
   FileNotFoundError  the key does not exist
   PermissionError    access denied
@@ -59,26 +61,31 @@ class Storage(ABC):
 
     @abstractmethod
     def open(self, key: str) -> BinaryIO:
-        """A seekable binary file object for streaming reads of large objects."""
+        """A binary file object for streaming reads of large objects: sequential `read(n)`, `b""` at the end,
+        and `seek`/`tell` when `seekable()`."""
 
     @abstractmethod
     def size(self, key: str) -> int:
         """Size in bytes of the stored object."""
 
     @abstractmethod
-    def exists(self, key: str) -> bool: ...
+    def exists(self, key: str) -> bool:
+        """Whether an object has this key (what a directory answers is the backend's: S3 has none)."""
 
     @abstractmethod
     def list(self, key: str) -> List[str]:
-        """Names of the immediate children (files and sub-directories) under `key`; [] when there are none."""
+        """Names of the immediate children (files and sub-directories) under `key`, in no set order; [] when
+        there are none or `key` is missing. A backend may list files of its own beside a blob (local `_meta`)."""
 
     @abstractmethod
     def user_attributes(self, key: str) -> Optional[dict]:
-        """Metaflow's per-blob attributes ({"cas_raw": bool, "cas_version": 1}), or None when absent."""
+        """Metaflow's per-blob attributes ({"cas_raw": bool, "cas_version": 1}) of an existing object, or None
+        when it has none."""
 
     def local_path(self, key: str) -> Optional[str]:
         """A local filesystem path holding exactly this object's bytes, when the backend has one."""
         return None
 
     def url(self, key: str) -> str:
+        """Where `key` is, for messages and for Metaflow-style locations: the root, '/', the key."""
         return self.root + "/" + key
