@@ -177,7 +177,7 @@ class S3Storage(Storage):
         return self._connection()[0]
 
     def _s3_key(self, key: str) -> str:
-        key = check_key(key.strip("/"))  # S3 keys are literal, but some servers and proxies fold `..`
+        key = check_key(key.rstrip("/"))  # S3 keys are literal, but some servers and proxies fold `..`
         if not self.prefix:
             return key
         return self.prefix + "/" + key if key else self.prefix
