@@ -7,8 +7,9 @@
                                        and everything about tasks and runs that are not final yet
 
 A task is final once its `_task_ok` was read and is True (no retry can follow); a run once the object model saw
-its end task complete (it calls `mark_run_final`). Finality is only ever learnt from reads made anyway. Lists are taken as complete only
-once their newest record is older than a grace period, because local metadata is written file by file.
+its end task complete (it calls `mark_run_final`). Finality is only ever learnt from reads made anyway. Lists are
+taken as complete only once their newest record is older than a grace period, because local metadata is written
+file by file.
 """
 from __future__ import annotations
 

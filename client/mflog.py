@@ -28,7 +28,8 @@ def _parse(blob: bytes) -> List[LogLine]:
                 continue
             # Metaflow sorts (timestamp string, parsed line) tuples: equal timestamps order by the rest of the
             # tuple (should_persist, version, ...); the line id decides, which this key reproduces.
-            lines.append(((m.group(3), m.group(1) or b"", m.group(2), m.group(4), m.group(5), m.group(6)), ts, m.group(6)))
+            key = (m.group(3), m.group(1) or b"", m.group(2), m.group(4), m.group(5), m.group(6))
+            lines.append((key, ts, m.group(6)))
         else:
             unparsed.append(raw)
     # Unparseable lines keep their newline, as in Metaflow, and sort last (among themselves by content).

@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_client  # noqa: E402
+
 from tests.support import datastores  # noqa: E402
 from tests.support.s3server import BUCKET, MotoServer, build_s3_datastore, s3_environment  # noqa: E402
 

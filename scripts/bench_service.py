@@ -82,7 +82,8 @@ def main() -> int:
         results = {name: measure(server, module, args.step, args.artifact)
                    for name, module in (("metaflow", "metaflow"), ("mffs", "client"))}
 
-    print('"list all tasks of %s and read %r from each" — requests to the metadata service' % (args.step, args.artifact))
+    print('"list all tasks of %s and read %r from each" — requests to the metadata service'
+          % (args.step, args.artifact))
     for index, label in enumerate(("cold (fresh process)", "second pass, same process")):
         print("\n%s:" % label)
         routes = sorted(set(results["metaflow"][index][2]) | set(results["mffs"][index][2]))

@@ -59,9 +59,9 @@ def test_user_class_from_flow_file(clients: dict, manifest: dict) -> None:
     """`__main__.Point` exists only in the flow file. Metaflow fails with pickle's AttributeError; ours must raise
     the same class (so `except AttributeError` keeps working) with a message naming the class."""
     with pytest.raises(AttributeError):
-        _types_start(clients["metaflow"], manifest).data.point
+        _ = _types_start(clients["metaflow"], manifest).data.point
     with pytest.raises(AttributeError) as raised:
-        _types_start(clients["client"], manifest).data.point
+        _ = _types_start(clients["client"], manifest).data.point
     assert "__main__.Point" in str(raised.value)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from mffs import render
-from mffs.exports import export_names
 from mffs.cli import DEFAULT_THREADS
+from mffs.exports import export_names
 from tests.support.datastores import run_flow
 from tests.support.mount import (  # noqa: F401
     corrupt_datastore,

@@ -232,7 +232,7 @@ def test_attempts(tree: Tree) -> None:
 
 
 def test_task_metadata_events(tree: Tree) -> None:
-    for ids, events in tree.events.items():
+    for events in tree.events.values():
         for event in events:
             _check_keys(event, EVENT_KEYS)
             assert isinstance(event["field_name"], str) and event["field_name"]

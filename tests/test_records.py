@@ -8,7 +8,8 @@ from client import records
 
 WRITTEN_BY_METAFLOW = [
     {"field_name": "attempt", "value": "0", "type": "attempt", "ts_epoch": 1795674744108, "tags": ["attempt_id:0"]},
-    {"objects": {"x": "07dc954825200d76d3c0e4e9829500a0d1636b17"}, "info": {"x": {"size": 21, "type": "<class 'int'>"}}},
+    {"objects": {"x": "07dc954825200d76d3c0e4e9829500a0d1636b17"},
+     "info": {"x": {"size": 21, "type": "<class 'int'>"}}},
     {"value": 2**70, "below": -(2**63) - 1, "top": 2**64 - 1, "low": -(2**63)},  # orjson makes floats of some
     {"sha": "07dc9548252007612345678901234567890d3c", "run_number": "1795674454630744", "ts_epoch": 1795674744170},
     {"value": float("nan"), "inf": float("inf"), "neg": float("-inf")},  # not JSON, but json.dumps writes them

@@ -3,7 +3,8 @@
 Hostile copies of a real HelloFlow run (tests/support/hostile.py) get one bomb per artifact: gzip blobs that
 inflate to gigabytes (no size recorded; a trailer that says 0), pickles of a few dozen bytes that build a list of
 10**9 elements, a `Fraction('1e10000000')` that burns CPU, a `bytearray(10**10)`, nested shared references
-whose repr is exponential, and an 11-byte pickle whose memo index makes the unpickler allocate 4 GB. Mounted (real FUSE) with small render limits and crawled, each bomb costs only its own
+whose repr is exponential, and an 11-byte pickle whose memo index makes the unpickler allocate 4 GB. Mounted
+(real FUSE) with small render limits and crawled, each bomb costs only its own
 files (EIO, or a deferred size), never the daemon's memory or its other readers.
 """
 from __future__ import annotations
@@ -21,13 +22,12 @@ import sys
 import threading
 import time
 import zlib
-from fractions import Fraction
 from pathlib import Path
 from typing import Dict, Optional
 
 import pytest
 
-from tests.support.hostile import crawl, copy_flows, flow_dir, replace_artifact, task_dir, wait_for
+from tests.support.hostile import copy_flows, crawl, flow_dir, replace_artifact, task_dir, wait_for
 from tests.support.mount import mounted
 from tests.support.s3server import BUCKET, s3_env, s3_server  # noqa: F401
 
@@ -90,7 +90,8 @@ BOMBS: Dict[str, dict] = {
     "fraction_text": {"payload": lambda: reduce_pickle("fractions", "Fraction", b"X\n\x00\x00\x001e10000000\x85"),
                       "type": "fractions.Fraction"},
     "huge_fraction": {"payload": huge_fraction_pickle, "type": "fractions.Fraction"},
-    "huge_bytearray": {"payload": lambda: reduce_pickle("builtins", "bytearray", b"\x8a\x05" + (10**10).to_bytes(5, "little") + b"\x85"),
+    "huge_bytearray": {"payload": lambda: reduce_pickle("builtins", "bytearray",
+                                                        b"\x8a\x05" + (10**10).to_bytes(5, "little") + b"\x85"),
                        "type": "bytearray"},
     "repr_bomb": {"payload": repr_bomb_pickle, "type": "list"},
     # 1 stored at memo index 2**28: the C unpickler allocates a memo of 2**29 entries (4 GB) for these 11 bytes
@@ -412,7 +413,8 @@ def test_remote_bombs_are_inflated_bounded(s3_env, s3_server, tmp_path):  # noqa
     prefix = "sandbox-%d" % os.getpid()
     sha, small_sha = "ab" * 20, hashlib.sha1(b"small").hexdigest()
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
-    objects = {sha: gzip_bomb(4 * 1024), small_sha: compressor.compress(pickle.dumps(0.5, protocol=4)) + compressor.flush()}
+    small = compressor.compress(pickle.dumps(0.5, protocol=4)) + compressor.flush()
+    objects = {sha: gzip_bomb(4 * 1024), small_sha: small}
     for key, body in objects.items():
         s3_server.client().put_object(Bucket=BUCKET, Key="%s/F/data/%s/%s" % (prefix, key[:2], key), Body=body)
     script = (

@@ -38,7 +38,8 @@ def test_flow_and_run_records(service_env, replay_service):
     p = provider(replay_service)
     raw_flows = recorded(replay_service, "/flows")
     assert p.flows() == [{"flow_id": r["flow_id"], "ts_epoch": r["ts_epoch"]} for r in raw_flows]
-    assert p.flow("RecTeamFlow") == {"flow_id": "RecTeamFlow", "ts_epoch": recorded(replay_service, "/flows/RecTeamFlow")["ts_epoch"]}
+    flow_ts = recorded(replay_service, "/flows/RecTeamFlow")["ts_epoch"]
+    assert p.flow("RecTeamFlow") == {"flow_id": "RecTeamFlow", "ts_epoch": flow_ts}
 
     raw_runs = recorded(replay_service, "/flows/RecTeamFlow/runs")
     runs = p.runs("RecTeamFlow")
@@ -186,7 +187,8 @@ def test_filtered_tasks_sends_metaflows_anchored_query(service_env, replay_servi
     assert replay_service.counts[("GET", base + query)] == 1
 
     everything = p.filtered_tasks("RecShapesFlow", "1", "inner", "foreach-execution-path", ".*")
-    assert everything == [str(t["task_id"]) for t in recorded(replay_service, "/flows/RecShapesFlow/runs/1/steps/inner/tasks")]
+    inner_tasks = recorded(replay_service, "/flows/RecShapesFlow/runs/1/steps/inner/tasks")
+    assert everything == [str(t["task_id"]) for t in inner_tasks]
     assert replay_service.counts[("GET", base)] == 1  # "anything" is sent without a filter
 
 
@@ -394,8 +396,8 @@ def test_concurrent_callers_share_the_pool(service_env, replay_service):
 
     p = provider(replay_service)
     tasks = [t["task_id"] for t in p.tasks("RecShapesFlow", "1", "inner")]
-    expected = {t: recorded(replay_service, "/flows/RecShapesFlow/runs/1/steps/inner/tasks/%s/artifacts/cell" % t)["sha"]
-                for t in tasks}
+    cell = "/flows/RecShapesFlow/runs/1/steps/inner/tasks/%s/artifacts/cell"
+    expected = {t: recorded(replay_service, cell % t)["sha"] for t in tasks}
     with ThreadPoolExecutor(8) as pool:
         shas = list(pool.map(lambda t: p.artifact("RecShapesFlow", "1", "inner", t, "cell")["sha"], tasks * 10))
     assert shas == [expected[t] for t in tasks * 10]

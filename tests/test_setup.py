@@ -52,7 +52,8 @@ def run_setup(sandbox: Path, as_user: bool = False, with_sudo: bool = True) -> s
     env = {"PATH": str(sandbox / "bin"), "CALLS": str(sandbox / "calls")}
     command: List[str] = ["bash", str(sandbox / "system-packages.sh")]
     if as_user:
-        command = [shutil.which("setpriv") or "setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"] + command
+        setpriv = shutil.which("setpriv") or "setpriv"
+        command = [setpriv, "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"] + command
     return subprocess.run(command, env=env, cwd=str(sandbox), capture_output=True, text=True, timeout=60)
 
 

@@ -17,9 +17,7 @@ import client
 from client.datastore import blob_cache
 from mffs import render
 from mffs.exports import export_names
-from mffs.tree import (
-    CONTROL_DIR, DIR, FILE, LINK, StreamReader, Tree, card_file_names, code_member_parts
-)
+from mffs.tree import CONTROL_DIR, DIR, FILE, LINK, StreamReader, Tree, card_file_names, code_member_parts
 from tests.support.mount import corrupt_datastore, data_json_info, expected_task_record  # noqa: F401
 
 PLAIN_TYPES = {"<class '%s'>" % name for name in ("int", "float", "str", "bool", "list", "dict", "tuple", "bytes")}

@@ -31,7 +31,6 @@ import pytest
 from client import unpickle
 from client.unpickle import UntrustedObject, loads
 
-
 # --- hand-written pickles: the opcodes an attacker can write, not only what pickle.dumps produces ----------------
 
 

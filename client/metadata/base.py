@@ -16,7 +16,8 @@ Records:
 
 The run's tags are authoritative. Steps, tasks and artifacts carry them as "tags"/"system_tags" only when the
 source serves the run's current tags with each row (the service does); otherwise the object model reads the run
-record (local step/task files hold stale copies, which are never used). Errors other than "not found" are raised as exceptions (OSError / MetaflowBackendError).
+record (local step/task files hold stale copies, which are never used). Errors other than "not found" are raised
+as exceptions (OSError / MetaflowBackendError).
 
 A source's rows are untrusted: the record builders below check the fields the object model relies on (ids are
 non-empty names without '/', times are numbers, tags are lists of strings) and raise ValueError, KeyError or

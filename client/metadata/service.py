@@ -169,12 +169,12 @@ class ServiceMetadataProvider(MetadataProvider):
                 reason = _ERRNO_REASON.search(str(ex))
                 problem = "cannot connect (%s)" % (reason.group(1) if reason else ex.__class__.__name__)
                 continue
-            except requests.exceptions.Timeout:
+            except requests.exceptions.Timeout as ex:
                 raise MetaflowBackendError(
                     "Metadata service %s did not answer %s within %gs" % (self.url, path, self.timeout[1])
-                )
+                ) from ex
             except requests.exceptions.RequestException as ex:
-                raise MetaflowBackendError("Metadata request (%s) to %s failed: %s" % (path, self.url, ex))
+                raise MetaflowBackendError("Metadata request (%s) to %s failed: %s" % (path, self.url, ex)) from ex
             if response.status_code != 503:
                 return response
             problem = "service unavailable (503)"
@@ -193,17 +193,17 @@ class ServiceMetadataProvider(MetadataProvider):
             )
         try:
             return records.loads(response.content)
-        except ValueError:
+        except ValueError as ex:
             raise MetaflowBackendError(
                 "Metadata request (%s) answered something that is not JSON: %r" % (path, response.content[:200])
-            )
+            ) from ex
 
     def ping(self) -> Optional[str]:
         """GET /ping (as `metadata('service@URL')` does in Metaflow); the service version it reports."""
         try:
             response = self._send("/ping")
         except MetaflowBackendError as ex:
-            raise MetaflowBackendError("Metaflow service [%s] unreachable. %s" % (self.url, ex))
+            raise MetaflowBackendError("Metaflow service [%s] unreachable. %s" % (self.url, ex)) from ex
         if response.status_code >= 300:
             raise MetaflowBackendError(
                 "Metaflow service [%s] unreachable: /ping answered %s" % (self.url, response.status_code)

@@ -18,8 +18,23 @@ One module per responsibility, each saying the policies it keeps:
 """
 from .cards import CARDS_DIR, card_file_names
 from .code import CODE_DIR, code_member_parts
-from .nodes import DIR, FILE, LINK, BytesReader, Dir, Entry, File, Node, Reader, Stat, StreamReader, Symlink
-from .nodes import client_errors, join, normalize
+from .nodes import (
+    DIR,
+    FILE,
+    LINK,
+    BytesReader,
+    Dir,
+    Entry,
+    File,
+    Node,
+    Reader,
+    Stat,
+    StreamReader,
+    Symlink,
+    client_errors,
+    join,
+    normalize,
+)
 from .runs import StepDir
 from .settings import KEEP_NAMESPACE, TreeSettings
 from .tasks import ATTEMPTS_DIR, TaskDir
