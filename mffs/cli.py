@@ -39,9 +39,8 @@ MOUNT_READY_TIMEOUT = 60.0
 
 #: FUSE threads by default. libfuse hands each request to the thread that has waited longest, so a walk's requests
 #: rotate through every thread of the pool, and each hand-off of the GIL to another thread costs more than a local
-#: request's own work: `find` over a 1000-task run takes about 10% less time with 2 threads than with 8 (with
-#: Readahead; without it, the same). More threads help only when requests wait on the network (S3, a metadata
-#: service) while others could be served.
+#: request's own work, so a walk is faster with 2 threads than with 8 (docs/benchmarks.md). More threads help only
+#: when requests wait on the network (S3, a metadata service) while others could be served.
 DEFAULT_THREADS = 2
 
 

@@ -335,8 +335,7 @@ class ThreadStates:
     ctypes runs a callback from a thread Python did not start between PyGILState_Ensure and PyGILState_Release,
     which create and destroy a thread state each time (in CPython 3.11 that includes mapping and unmapping its
     frame stack). One more Ensure on the thread's first callback, never released, keeps the count above zero, so
-    later callbacks only take and drop the GIL: `find` over 1000 tasks with every listing cached went from 0.91 s
-    to 0.65 s of daemon CPU. The pool is fixed (see `mount`), so at most `threads` states are kept. `kept`
+    later callbacks only take and drop the GIL (what that saves a walk: docs/benchmarks.md). The pool is fixed (see `mount`), so at most `threads` states are kept. `kept`
     counts them: a thread-local mark that did not survive would show up as a count growing with the callbacks.
     """
 
@@ -439,7 +438,7 @@ def _type_only_stat(mode: int) -> Any:
 
 
 #: libfuse's `fuse_fill_dir_t` without ctypes' per-call argument conversion, which costs more than the call itself
-#: (2.3 us against 1.3): the prepared rows hold each argument in a form ctypes passes as is (bytes as char *, a
+#: (docs/benchmarks.md): the prepared rows hold each argument in a form ctypes passes as is (bytes as char *, a
 #: stat pointer, a c_int64 offset, an int for the flags; the buffer is wrapped once per callback).
 _RawFiller = ctypes.CFUNCTYPE(ctypes.c_int)
 _NO_OFFSET = ctypes.c_int64(0)
@@ -473,7 +472,7 @@ def mount(
         "attr_timeout": attr_ttl,
         "negative_timeout": tree.settings.refresh,
         # A fixed pool: libfuse's default creates and ends threads as load varies, and every hand-off of the GIL
-        # to a new thread costs more than the callbacks themselves (find over 1000 tasks: 11 s -> 4.8 s here).
+        # to a new thread costs more than the callbacks themselves (docs/benchmarks.md).
         "max_threads": threads,
         "max_idle_threads": threads,
     }

@@ -55,7 +55,7 @@ _ORJSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_PASSTHROUGH_DATETIME | orjson
 
 def indented_json(document: Any, default: Optional[Callable[[Any], Any]] = None) -> Optional[bytes]:
     """`document` as UTF-8 JSON indented by 2 with a newline, by orjson: json.dumps with an indent runs its
-    pure-Python encoder, 5-10x slower. The text is json's but for some floats below 1e-4 (`1e-7`, not `1e-07`:
+    pure-Python encoder, several times slower. The text is json's but for some floats below 1e-4 (`1e-7`, not `1e-07`:
     the same number). None for what orjson refuses (integers beyond 64 bits, lone surrogates), which the caller
     then writes with json."""
     try:
