@@ -183,15 +183,20 @@ class LocalMetadataProvider(MetadataProvider):
             if attempt is None:
                 return []
         prefix, internal = "%d_artifact_" % attempt, "%d_artifact__" % attempt
-        records = []
+        return self._records(self._artifact, meta_dir, [
+            n for n in names if n.startswith(prefix) and n.endswith(".json") and not n.startswith(internal)])
+
+    @staticmethod
+    def _records(make: Callable[[dict], dict], meta_dir: str, names: List[str]) -> List[dict]:
+        """`make(record)` of each file `names` of `meta_dir` (a bad record is left out, logged)."""
+        storage, key = storage_of(meta_dir)  # once for the directory: its files are read through one storage
+        built = []
         for n in names:
-            if n.startswith(prefix) and n.endswith(".json") and not n.startswith(internal):
-                path = os.path.join(meta_dir, n)
-                try:
-                    records.append(self._artifact(_read_json(path)))
-                except (OSError, *RECORD_ERRORS) as exc:
-                    skip_record(path, exc)
-        return records
+            try:
+                built.append(make(records.loads(storage.read(key + "/" + n))))
+            except (OSError, *RECORD_ERRORS) as exc:
+                skip_record(meta_dir + "/" + n, exc)
+        return built
 
     def artifact(
         self, flow: str, run: str, step: str, task: str, name: str, attempt: Optional[int] = None
@@ -228,15 +233,7 @@ class LocalMetadataProvider(MetadataProvider):
 
     def _events(self, flow: str, run: str, step: str, task: str, names: List[str]) -> List[dict]:
         meta_dir = self._meta_dir(flow, run, step, task)
-        events = []
-        for n in names:
-            if n.endswith(".json"):
-                path = os.path.join(meta_dir, n)
-                try:
-                    events.append(event_record(_read_json(path)))
-                except (OSError, *RECORD_ERRORS) as exc:
-                    skip_record(path, exc)
-        return events
+        return self._records(event_record, meta_dir, [n for n in names if n.endswith(".json")])
 
     def filtered_tasks(self, flow: str, run: str, step: str, field_name: str, pattern: str) -> List[str]:
         ids = [t["task_id"] for t in self.tasks(flow, run, step)]
