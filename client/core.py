@@ -413,7 +413,7 @@ class DataArtifact(MetaflowObject):
     def _peer_tasks(self) -> List["Task"]:
         """This artifact's task and the ones a loop reaches next (see Task._peers)."""
         task = self._parent
-        return task._peers() if isinstance(task, Task) else []
+        return task._peers() if isinstance(task, self._PARENT) else []
 
     def _prefetch_for_siblings(self, ds: FlowDatastore) -> None:
         """Reading artifact X of a task that a loop reached (a task of an iterated step, or the end task of an
