@@ -6,9 +6,9 @@ import os
 from typing import Any, Optional, Tuple
 
 from .cache import CachingProvider
-from .config import find_local_root, setting, username
+from .config import setting, username
 from .exceptions import MetaflowUnknownUser
-from .metadata.base import MetadataProvider
+from .metadata import PROVIDERS, make_provider
 
 _NOT_SET = object()
 _namespace: Any = _NOT_SET
@@ -58,28 +58,10 @@ def default_namespace() -> str:
     return _namespace
 
 
-def _make_provider(spec: str) -> Optional[MetadataProvider]:
-    kind, _, info = spec.partition("@")
-    if kind not in ("local", "service"):
-        kind, info = ("service" if spec.startswith("http") else "local"), spec
-    if kind == "service":
-        from .metadata.service import ServiceMetadataProvider  # requests is imported only here
-
-        return ServiceMetadataProvider(info or setting("SERVICE_URL"), ping=bool(info))
-    from .metadata.local import LocalMetadataProvider
-
-    if not info:
-        return LocalMetadataProvider(find_local_root())
-    root = os.path.realpath(os.path.join(info, ".metaflow"))
-    if not os.path.isdir(root):
-        raise ValueError("Could not find directory .metaflow in directory %s" % info)
-    return LocalMetadataProvider(root)
-
-
 def metadata(ms: str) -> str:
     """Switch the metadata provider: 'local@/dir', 'service@http://...', a URL or a directory."""
     global _provider
-    _provider = CachingProvider(_make_provider(ms))
+    _provider = CachingProvider(make_provider(ms))
     return get_metadata()
 
 
@@ -92,7 +74,7 @@ def default_metadata() -> str:
     """Reset the provider to the configured default (METAFLOW_DEFAULT_METADATA, else local)."""
     global _provider
     kind = setting("DEFAULT_METADATA", "local")
-    _provider = CachingProvider(_make_provider("service" if kind == "service" else "local"))
+    _provider = CachingProvider(make_provider(kind if kind in PROVIDERS else "local"))
     return get_metadata()
 
 
