@@ -23,7 +23,6 @@ from .datastore import (
     blob_cache,
     confine_root,
     disk_cache,
-    read_url,
     root_from_blob_url,
     root_of_location,
 )
@@ -32,6 +31,19 @@ from .exceptions import (
     MetaflowInvalidPathspec,
     MetaflowNamespaceMismatch,
     MetaflowNotFound,
+)
+from .values import (
+    _DESCRIPTOR_LIMIT,
+    _INCLUDED_FILE_TYPE,
+    _SCALAR_MAX_OPCODES,
+    _SCALAR_OPCODES,
+    _SCALAR_TYPES,
+    NOT_A_SCALAR,
+    _included_file_descriptor,
+    _included_file_size,
+    _internal_value,
+    _load_value,
+    _loads_naming_only,
 )
 
 if TYPE_CHECKING:  # imported when first needed: datetime, unpickle (pickle), tarfile and tempfile
@@ -42,22 +54,6 @@ if TYPE_CHECKING:  # imported when first needed: datetime, unpickle (pickle), ta
 Metadata = namedtuple("Metadata", ["name", "value", "created_at", "type", "task"])
 #: how many sibling tasks' copies of an artifact one read fetches ahead from remote storage
 PREFETCH_WINDOW = 64
-#: artifacts whose serialized size is above this are unpickled from a stream (bytes)
-STREAM_THRESHOLD = 16 * 2**20
-#: the stored type of an IncludeFile artifact: its blob is a descriptor, the file's bytes live elsewhere
-_INCLUDED_FILE_TYPE = "<class 'metaflow.includefile.IncludedFile'>"
-#: what `DataArtifact.load_scalar` returns for a value it does not load
-NOT_A_SCALAR = object()
-_SCALAR_TYPES = frozenset((int, float, bool, type(None), str, bytes))
-#: the opcodes of a protocol 2+ pickle of one scalar: a memo entry, then no more than a few opcodes
-_SCALAR_OPCODES = frozenset((
-    "PROTO", "FRAME", "STOP", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "NONE", "NEWTRUE", "NEWFALSE",
-    "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "BINFLOAT", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
-    "SHORT_BINBYTES", "BINBYTES", "BINBYTES8",
-))
-_SCALAR_MAX_OPCODES = 8
-#: the most serialized bytes `size` reads of an IncludeFile's descriptor (a few hundred in practice)
-_DESCRIPTOR_LIMIT = 64 << 10
 
 
 def _created_at(record: dict) -> "datetime":
@@ -420,101 +416,6 @@ class DataArtifact(MetaflowObject):
     def open_blob(self) -> BinaryIO:
         """A stream of the serialized bytes, decompressed on the fly: large blobs are never held whole."""
         return self._datastore().open_blob(self.sha)
-
-
-def _load_value(ds: FlowDatastore, sha: str, name: str, trusted: bool) -> Any:
-    from . import unpickle
-
-    blob = ds.load_blob_or_stream(sha, STREAM_THRESHOLD)
-    if isinstance(blob, bytes):
-        obj = unpickle.loads(blob, trusted=trusted)
-    else:
-        with blob:
-            obj = unpickle.load(blob, trusted=trusted)
-    if isinstance(obj, unpickle.IncludedFile):
-        return _included_file_value(obj.descriptor, name)
-    return obj
-
-
-def load_stored(root: str, flow: str, sha: str, name: str, trusted: bool = True) -> Any:
-    """The value of artifact `name` stored as blob `sha` of `flow` under datastore `root` (`DataArtifact.stored_at`),
-    loaded as `DataArtifact.load(trusted)` loads it: for a process that has no client objects (the mount's sandbox
-    workers)."""
-    return _load_value(FlowDatastore.at(root, flow), sha, name, trusted)
-
-
-@functools.lru_cache(maxsize=None)
-def _naming_only_unpickler() -> type:
-    import pickle
-
-    class NamingOnlyUnpickler(pickle.Unpickler):
-        """The C unpickler, resolving no global but those in `self.allowed`."""
-
-        allowed: Dict[Tuple[str, str], Any] = {}
-
-        def find_class(self, module: str, name: str) -> Any:
-            found = self.allowed.get((module, name))
-            if found is None:
-                raise pickle.UnpicklingError("names %s.%s" % (module, name))
-            return found
-
-    return NamingOnlyUnpickler
-
-
-def _loads_naming_only(data: bytes, allowed: Dict[Tuple[str, str], Any], opcodes: Optional[FrozenSet[str]] = None,
-                       max_opcodes: Optional[int] = None) -> Any:
-    """Unpickle `data` resolving only the globals in `allowed` ((module, name) -> object); UnpicklingError for
-    any other. Without globals to call, a pickle builds at most one object per opcode, so its cost is bounded by
-    its length (`load_scalar`, and the descriptor read by `size`, rely on that), but for the memo: the C unpickler
-    sizes it by the largest index stored, gigabytes for a 10-byte pickle. So the opcodes are read first
-    (pickletools), and a memo index beyond the pickle's length refuses it, as do an opcode not in `opcodes` and
-    more than `max_opcodes` opcodes when they are given."""
-    import pickle
-    import pickletools
-
-    for count, (opcode, argument, _) in enumerate(pickletools.genops(data)):
-        if (opcodes is not None and opcode.name not in opcodes) or (max_opcodes is not None and count >= max_opcodes):
-            raise pickle.UnpicklingError("opcode %s refused" % opcode.name)
-        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(argument) > len(data):
-            raise pickle.UnpicklingError("memo index %s beyond the pickle" % argument)
-    unpickler = _naming_only_unpickler()(io.BytesIO(data))
-    unpickler.allowed = allowed
-    return unpickler.load()
-
-
-def _included_file_descriptor(data: bytes) -> dict:
-    """The descriptor of a pickled IncludedFile, unpickled with nothing but that one class allowed (the pickle is
-    read for `size`, in any process, so it must not be able to build anything else)."""
-    from . import unpickle
-
-    obj = _loads_naming_only(data, {("metaflow.includefile", "IncludedFile"): unpickle.IncludedFile})
-    if not isinstance(obj, unpickle.IncludedFile) or not isinstance(obj.descriptor, dict):
-        raise MetaflowInternalError("not an IncludeFile descriptor: a %s" % type(obj).__name__)
-    return obj.descriptor
-
-
-def _included_file_value(descriptor: dict, name: str) -> Any:
-    kind = descriptor.get("type")
-    if kind not in ("uploader-v1", "external", "uploader-v2"):
-        raise MetaflowInternalError(
-            "Artifact '%s' could not be loaded (IncludedFile) because no handler found: %s"
-            % (name, json.dumps(descriptor))
-        )
-    data = read_url(descriptor["url"], _current_provider())
-    uploaded = descriptor.get("sub-type") == "uploaded" if kind == "uploader-v2" else kind == "uploader-v1"
-    if uploaded:
-        import gzip
-
-        data = gzip.decompress(data)
-    if descriptor.get("is_text"):
-        return io.TextIOWrapper(io.BytesIO(data), encoding=descriptor.get("encoding")).read()
-    return data
-
-
-def _included_file_size(descriptor: dict) -> int:
-    if descriptor.get("type") == "uploader-v2" and descriptor.get("sub-type") == "uploaded":
-        return descriptor["size"]
-    return len(read_url(descriptor["url"], _current_provider()))
 
 
 class MetaflowData:
@@ -917,32 +818,6 @@ class Task(MetaflowObject):
             yield Task(pathspec, _namespace_check=False)
 
 
-#: the largest pickle of an internal artifact loaded untrusted (a `_graph_info` of hundreds of steps is ~100 KB)
-INTERNAL_MAX_BYTES = 1 << 20
-
-
-def _internal_value(artifact: DataArtifact) -> Any:
-    """The value of one of Metaflow's internal artifacts (`_task_ok`, `_graph_info`, ...), loaded as
-    `trust_pickles()` says. Untrusted, it is read and unpickled within fixed bounds, since these are loaded by
-    listings (`finished`, `index`, parents), in the mount's daemon: at most `INTERNAL_MAX_BYTES` read and inflated,
-    and no global but Metaflow's stand-ins (its exception wrapper, ForeachFrame), so the pickle can build no more
-    than one plain object per opcode. Anything else is an error naming the artifact, not a placeholder that
-    `finished` or a graph lookup would take for a value."""
-    if get_trust_pickles():
-        return artifact.load()
-    from . import unpickle
-
-    artifact._check_encoding()
-    data = artifact._datastore().small_blob(artifact.sha, INTERNAL_MAX_BYTES)
-    if data is None:
-        raise MetaflowInternalError("Artifact %s was not loaded: larger than %d bytes, or corrupt"
-                                    % (artifact.pathspec, INTERNAL_MAX_BYTES))
-    try:
-        return _loads_naming_only(data, unpickle.METAFLOW_STANDINS)
-    except Exception as exc:  # noqa: BLE001 - whatever a hostile pickle raises, it is this artifact's error
-        raise MetaflowInternalError("Artifact %s was not loaded: %s" % (artifact.pathspec, exc)) from exc
-
-
 def _enclosing_path(path: str) -> str:
     """The foreach-execution-path pattern of the foreach enclosing `path` ("a:1,b:2" -> "a:1"; outermost: any)."""
     frames = path.split(",")
@@ -1198,3 +1073,4 @@ from .context import (  # noqa: E402,F401
     restore_context,
     trust_pickles,
 )
+from .values import load_stored  # noqa: E402,F401
