@@ -13,7 +13,7 @@ from .datastore import FlowDatastore, read_url
 from .exceptions import MetaflowInternalError
 
 if TYPE_CHECKING:  # unpickle (pickle) is imported when a value is first loaded
-    from .core import DataArtifact
+    from .artifact import DataArtifact
 
 #: artifacts whose serialized size is above this are unpickled from a stream (bytes)
 STREAM_THRESHOLD = 16 * 2**20
