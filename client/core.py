@@ -32,6 +32,7 @@ from .context import (
     trust_pickles,
 )
 from .exceptions import MetaflowNamespaceMismatch
+from .pickled_classes import register_client_classes
 from .task import Metadata, MetaflowData, Task, _previous_steps
 from .values import NOT_A_SCALAR, _internal_value, load_stored
 
@@ -270,3 +271,4 @@ Run._PARENT, Step._PARENT, Task._PARENT, DataArtifact._PARENT = Flow, Run, Step,
 # The classes' public home stays client.core, as when the object model was one module: reprs and pickles name it.
 for _cls in (MetaflowObject, DataArtifact, MetaflowData, MetaflowCode, Metadata, Task, Step, Run, Flow, Metaflow):
     _cls.__module__ = __name__
+register_client_classes({cls.__name__: cls for cls in (Flow, Run, Step, Task, DataArtifact)})

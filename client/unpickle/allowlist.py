@@ -6,6 +6,7 @@ import _compat_pickle
 from functools import lru_cache
 from typing import Callable, Dict, Optional, Tuple
 
+from ..pickled_classes import CLIENT_CLASSES, METAFLOW_CLIENT_MODULE
 from .guards import (
     _NOT_CALLED,
     _arrow_validated,
@@ -21,7 +22,7 @@ from .guards import (
     _type_of_singleton,
     _zone_key,
 )
-from .standins import _CLIENT_CLASSES, METAFLOW_STANDINS
+from .standins import METAFLOW_STANDINS
 
 
 def _entries(guard: Optional[Callable], module: str, names: str) -> Dict[Tuple[str, str], Optional[Callable]]:
@@ -194,5 +195,5 @@ def allowed(module: str, name: str) -> bool:
         (module, name) in _ALLOWED
         or (module, name) in _RESOLVED_AS
         or (module, name) in METAFLOW_STANDINS
-        or (module == "metaflow.client.core" and name in _CLIENT_CLASSES)
+        or (module == METAFLOW_CLIENT_MODULE and name in CLIENT_CLASSES)
     )

@@ -76,4 +76,3 @@ METAFLOW_STANDINS = {
     ("metaflow.datastore.task_datastore", "ForeachFrame"): ForeachFrame,
     ("metaflow.includefile", "IncludedFile"): IncludedFile,
 }
-_CLIENT_CLASSES = {"Flow", "Run", "Step", "Task", "DataArtifact"}

@@ -9,6 +9,7 @@ import sys
 import types
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from ..pickled_classes import CLIENT_CLASSES, METAFLOW_CLIENT_MODULE
 from .allowlist import _ALLOWED, _RESOLVED_AS, _python3_name
 from .guards import (
     _check_dtype,
@@ -18,7 +19,7 @@ from .guards import (
     _complete_without_state,
     _zone_key,
 )
-from .standins import _CLIENT_CLASSES, METAFLOW_STANDINS, UntrustedObject
+from .standins import METAFLOW_STANDINS, UntrustedObject
 
 
 def _restricted_getattr(obj: Any, name: str) -> Any:
@@ -38,10 +39,8 @@ def _find_class(unpickler: Any, find_real: Any, module: str, name: str) -> Any:
     standin = METAFLOW_STANDINS.get((module, name))
     if standin is not None:
         return standin
-    if module == "metaflow.client.core" and name in _CLIENT_CLASSES:
-        from .. import core
-
-        return getattr(core, name)
+    if module == METAFLOW_CLIENT_MODULE and name in CLIENT_CLASSES:
+        return CLIENT_CLASSES[name]
     if not unpickler.trusted:
         module, name = _RESOLVED_AS.get((module, name), (module, name))
         if (module, name) == ("builtins", "getattr"):
