@@ -7,8 +7,8 @@ lazily, so iterating a step's tasks costs one listing until a task is looked int
 
 One module per level: client/base.py (MetaflowObject), client/artifact.py, client/task.py, and here Step, Run,
 Flow and Metaflow, where the levels are linked. `client.core` stays the object model's public home, as
-`metaflow.client.core` is Metaflow's: it exports every class, and the settings (client/context.py) and value
-loading (client/values.py) that mffs imports from it.
+`metaflow.client.core` is Metaflow's: it exports every class, and what mffs imports from it of the settings
+(client/context.py) and of value loading (client/values.py).
 """
 from __future__ import annotations
 
@@ -18,19 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 from .artifact import DataArtifact
 from .base import MetaflowObject
 from .code import MetaflowCode
-from .context import (
-    _current_provider,
-    current_context,
-    default_metadata,
-    default_namespace,
-    get_metadata,
-    get_namespace,
-    get_trust_pickles,
-    metadata,
-    namespace,
-    restore_context,
-    trust_pickles,
-)
+from .context import _current_provider, current_context, restore_context
 from .exceptions import MetaflowNamespaceMismatch
 from .pickled_classes import register_client_classes
 from .task import Metadata, MetaflowData, Task, _previous_steps
@@ -41,10 +29,9 @@ if TYPE_CHECKING:  # imported when first needed
 
 __all__ = [
     "DataArtifact", "Flow", "Metadata", "Metaflow", "MetaflowCode", "MetaflowData", "MetaflowObject", "Run", "Step",
-    "Task", "NOT_A_SCALAR", "load_stored", "current_context", "restore_context", "default_metadata",
-    "default_namespace", "get_metadata", "get_namespace", "get_trust_pickles", "metadata", "namespace",
-    "trust_pickles",
+    "Task", "NOT_A_SCALAR", "load_stored", "current_context", "restore_context",
 ]
+
 
 class Step(MetaflowObject):
     _NAME = "step"
