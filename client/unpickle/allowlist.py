@@ -168,8 +168,8 @@ _RESOLVED_AS = {
 }
 
 #: Data classes `allowed` accepts, by the names their types print as: the mount asks about these to list an
-#: artifact's exports, and answering by name spares importing numpy (0.2 s) or pandas (0.5 s) for a directory
-#: listing. All are in `_ALLOWED` (tests/test_unpickle.py checks it).
+#: artifact's exports, and answering by name spares importing numpy or pandas for a directory listing. All are in
+#: `_ALLOWED` (tests/test_unpickle.py checks it).
 _KNOWN_DATA_CLASSES = frozenset(
     [("numpy", "ndarray")]
     + [("numpy", scalar) for scalar in NUMPY_SCALAR_NAMES]

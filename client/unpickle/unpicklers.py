@@ -225,7 +225,7 @@ class _DataOnlyUnpickler(pickle.Unpickler):
     """trusted=False, first try: the C unpickler, for pickles that name no global (numbers, strings, bytes and
     containers of them: most artifacts). With nothing from outside the pickle to act on, BUILD can only change
     objects the pickle itself made, so nothing needs checking. The first global named stops it, and the load
-    starts over with `_RestrictedUnpickler`. A float loads in a third of the time."""
+    starts over with `_RestrictedUnpickler`, which is slower."""
 
     def find_class(self, module: str, name: str) -> Any:
         raise _NamesAGlobal
