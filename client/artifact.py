@@ -10,16 +10,16 @@ from .context import get_trust_pickles
 from .datastore import SIZE_INFLATE_LIMIT, FlowDatastore, blob_cache, confine_root, disk_cache, root_of_location
 from .exceptions import MetaflowInternalError, MetaflowNotFound
 from .values import (
-    _DESCRIPTOR_LIMIT,
-    _INCLUDED_FILE_TYPE,
-    _SCALAR_MAX_OPCODES,
-    _SCALAR_OPCODES,
-    _SCALAR_TYPES,
+    DESCRIPTOR_LIMIT,
+    INCLUDED_FILE_TYPE,
     NOT_A_SCALAR,
-    _included_file_descriptor,
-    _included_file_size,
-    _load_value,
-    _loads_naming_only,
+    SCALAR_MAX_OPCODES,
+    SCALAR_OPCODES,
+    SCALAR_TYPES,
+    included_file_descriptor,
+    included_file_size,
+    load_value,
+    loads_naming_only,
 )
 
 if TYPE_CHECKING:  # imported when first needed
@@ -93,7 +93,7 @@ class DataArtifact(MetaflowObject):
         ds = self._datastore()
         self._prefetch_for_siblings(ds)
         self._check_encoding()
-        return _load_value(ds, self.sha, self.id, trusted)
+        return load_value(ds, self.sha, self.id, trusted)
 
     def stored_at(self) -> Tuple[str, str, str]:
         """(datastore root, flow, sha): where the value is stored, for `load_stored` in another process (the
@@ -115,10 +115,10 @@ class DataArtifact(MetaflowObject):
         if data is None:
             return NOT_A_SCALAR
         try:
-            value = _loads_naming_only(data, {}, _SCALAR_OPCODES, _SCALAR_MAX_OPCODES)
+            value = loads_naming_only(data, {}, SCALAR_OPCODES, SCALAR_MAX_OPCODES)
         except Exception:  # noqa: BLE001 - not a scalar, or a broken pickle: the sandbox loads and reports it
             return NOT_A_SCALAR
-        return value if type(value) in _SCALAR_TYPES else NOT_A_SCALAR
+        return value if type(value) in SCALAR_TYPES else NOT_A_SCALAR
 
     @property
     def data(self) -> Any:
@@ -153,12 +153,12 @@ class DataArtifact(MetaflowObject):
     @property
     def size(self) -> int:
         info = self._attempt_info()
-        if info.get("type") == _INCLUDED_FILE_TYPE:
+        if info.get("type") == INCLUDED_FILE_TYPE:
             self._check_encoding()
-            data = self._datastore().small_blob(self.sha, _DESCRIPTOR_LIMIT)
+            data = self._datastore().small_blob(self.sha, DESCRIPTOR_LIMIT)
             if data is None:
                 raise MetaflowInternalError("Artifact %s is not an IncludeFile descriptor (too large)" % self.pathspec)
-            return _included_file_size(_included_file_descriptor(data))
+            return included_file_size(included_file_descriptor(data))
         return info.get("size", 0)
 
     # -- for the filesystem view: raw bytes without unpickling ---------------------------------------------------
@@ -174,7 +174,7 @@ class DataArtifact(MetaflowObject):
         if stored is not None:
             return stored
         info = self._own_info()
-        if "size" in info and info.get("type") != _INCLUDED_FILE_TYPE:
+        if "size" in info and info.get("type") != INCLUDED_FILE_TYPE:
             return info["size"]
         data = self._datastore().small_blob(self.sha, SIZE_INFLATE_LIMIT)
         return len(data) if data is not None else None

@@ -22,7 +22,7 @@ from .context import _current_provider, current_context, restore_context
 from .exceptions import MetaflowNamespaceMismatch
 from .pickled_classes import register_client_classes
 from .task import Metadata, MetaflowData, Task, _previous_steps
-from .values import NOT_A_SCALAR, _internal_value, load_stored
+from .values import NOT_A_SCALAR, internal_value, load_stored
 
 if TYPE_CHECKING:  # imported when first needed
     from datetime import datetime
@@ -63,7 +63,7 @@ class Step(MetaflowObject):
 
     @property
     def parent_steps(self) -> Iterator["Step"]:
-        graph = _internal_value(self.task["_graph_info"])
+        graph = internal_value(self.task["_graph_info"])
         if self.id != graph.get("start_step", "start"):
             flow, run, _ = self._components
             for name in _previous_steps(graph, self.id):
@@ -71,7 +71,7 @@ class Step(MetaflowObject):
 
     @property
     def child_steps(self) -> Iterator["Step"]:
-        graph = _internal_value(self.task["_graph_info"])
+        graph = internal_value(self.task["_graph_info"])
         if self.id != graph.get("end_step", "end"):
             flow, run, _ = self._components
             for name in graph["steps"][self.id]["next"]:

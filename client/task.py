@@ -9,7 +9,7 @@ from .base import MetaflowObject
 from .cache import KNOWN_VALUES
 from .code import MetaflowCode
 from .datastore import CardStore, FlowDatastore, confine_root
-from .values import _internal_value
+from .values import internal_value
 
 if TYPE_CHECKING:  # imported when first needed
     from datetime import datetime
@@ -89,7 +89,7 @@ class Task(MetaflowObject):
             return missing
         # `_exception` is None and `_task_ok` True in almost every task: their blobs need not be read
         sha = artifact.sha
-        return KNOWN_VALUES[sha] if sha in KNOWN_VALUES else _internal_value(artifact)
+        return KNOWN_VALUES[sha] if sha in KNOWN_VALUES else internal_value(artifact)
 
     @property
     def data(self) -> MetaflowData:
@@ -130,7 +130,7 @@ class Task(MetaflowObject):
             if last.isdigit():
                 return int(last)
         try:
-            return _internal_value(self["_foreach_stack"])[-1].index
+            return internal_value(self["_foreach_stack"])[-1].index
         except (KeyError, IndexError):
             return None
 
@@ -299,7 +299,7 @@ class Task(MetaflowObject):
     @property
     def parent_task_pathspecs(self) -> Iterator[str]:
         step = self._components[2]
-        graph = _internal_value(self["_graph_info"])
+        graph = internal_value(self["_graph_info"])
         steps = _previous_steps(graph, step)
         path = self._latest_field("foreach-execution-path")
         if len(steps) > 1:
@@ -318,7 +318,7 @@ class Task(MetaflowObject):
     @property
     def child_task_pathspecs(self) -> Iterator[str]:
         step = self._components[2]
-        graph = _internal_value(self["_graph_info"])
+        graph = internal_value(self["_graph_info"])
         steps = graph["steps"][step]["next"]
         path = self._latest_field("foreach-execution-path")
         if len(steps) > 1:

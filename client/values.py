@@ -12,32 +12,32 @@ from .context import _current_provider, get_trust_pickles
 from .datastore import FlowDatastore, read_url
 from .exceptions import MetaflowInternalError
 
-if TYPE_CHECKING:  # unpickle (pickle) is imported when a value is first loaded
+if TYPE_CHECKING:  # for annotations only: client.artifact imports this module
     from .artifact import DataArtifact
 
 #: artifacts whose serialized size is above this are unpickled from a stream (bytes)
 STREAM_THRESHOLD = 16 * 2**20
 #: the stored type of an IncludeFile artifact: its blob is a descriptor, the file's bytes live elsewhere
-_INCLUDED_FILE_TYPE = "<class 'metaflow.includefile.IncludedFile'>"
+INCLUDED_FILE_TYPE = "<class 'metaflow.includefile.IncludedFile'>"
 #: what `DataArtifact.load_scalar` returns for a value it does not load
 NOT_A_SCALAR = object()
-_SCALAR_TYPES = frozenset((int, float, bool, type(None), str, bytes))
+SCALAR_TYPES = frozenset((int, float, bool, type(None), str, bytes))
 #: the opcodes of a protocol 2+ pickle of one scalar: a memo entry, then no more than a few opcodes
-_SCALAR_OPCODES = frozenset((
+SCALAR_OPCODES = frozenset((
     "PROTO", "FRAME", "STOP", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "NONE", "NEWTRUE", "NEWFALSE",
     "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "BINFLOAT", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
     "SHORT_BINBYTES", "BINBYTES", "BINBYTES8",
 ))
-_SCALAR_MAX_OPCODES = 8
+SCALAR_MAX_OPCODES = 8
 #: the most serialized bytes `size` reads of an IncludeFile's descriptor (a few hundred in practice)
-_DESCRIPTOR_LIMIT = 64 << 10
+DESCRIPTOR_LIMIT = 64 << 10
 
 
 #: the largest pickle of an internal artifact loaded untrusted (a `_graph_info` of hundreds of steps is ~100 KB)
 INTERNAL_MAX_BYTES = 1 << 20
 
 
-def _internal_value(artifact: DataArtifact) -> Any:
+def internal_value(artifact: DataArtifact) -> Any:
     """The value of one of Metaflow's internal artifacts (`_task_ok`, `_graph_info`, ...), loaded as
     `trust_pickles()` says. Untrusted, it is read and unpickled within fixed bounds, since these are loaded by
     listings (`finished`, `index`, parents), in the mount's daemon: at most `INTERNAL_MAX_BYTES` read and inflated,
@@ -54,12 +54,14 @@ def _internal_value(artifact: DataArtifact) -> Any:
         raise MetaflowInternalError("Artifact %s was not loaded: larger than %d bytes, or corrupt"
                                     % (artifact.pathspec, INTERNAL_MAX_BYTES))
     try:
-        return _loads_naming_only(data, unpickle.METAFLOW_STANDINS)
+        return loads_naming_only(data, unpickle.METAFLOW_STANDINS)
     except Exception as exc:  # noqa: BLE001 - whatever a hostile pickle raises, it is this artifact's error
         raise MetaflowInternalError("Artifact %s was not loaded: %s" % (artifact.pathspec, exc)) from exc
 
 
-def _load_value(ds: FlowDatastore, sha: str, name: str, trusted: bool) -> Any:
+def load_value(ds: FlowDatastore, sha: str, name: str, trusted: bool) -> Any:
+    """The value of artifact `name`, stored as blob `sha` in `ds`, unpickled trusted or not (a large blob from a
+    stream); for an IncludeFile, the included file's content."""
     from . import unpickle
 
     blob = ds.load_blob_or_stream(sha, STREAM_THRESHOLD)
@@ -77,7 +79,7 @@ def load_stored(root: str, flow: str, sha: str, name: str, trusted: bool = True)
     """The value of artifact `name` stored as blob `sha` of `flow` under datastore `root` (`DataArtifact.stored_at`),
     loaded as `DataArtifact.load(trusted)` loads it: for a process that has no client objects (the mount's sandbox
     workers)."""
-    return _load_value(FlowDatastore.at(root, flow), sha, name, trusted)
+    return load_value(FlowDatastore.at(root, flow), sha, name, trusted)
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,8 +100,8 @@ def _naming_only_unpickler() -> type:
     return NamingOnlyUnpickler
 
 
-def _loads_naming_only(data: bytes, allowed: Dict[Tuple[str, str], Any], opcodes: Optional[FrozenSet[str]] = None,
-                       max_opcodes: Optional[int] = None) -> Any:
+def loads_naming_only(data: bytes, allowed: Dict[Tuple[str, str], Any], opcodes: Optional[FrozenSet[str]] = None,
+                      max_opcodes: Optional[int] = None) -> Any:
     """Unpickle `data` resolving only the globals in `allowed` ((module, name) -> object); UnpicklingError for
     any other. Without globals to call, a pickle builds at most one object per opcode, so its cost is bounded by
     its length (`load_scalar`, and the descriptor read by `size`, rely on that), but for the memo: the C unpickler
@@ -119,12 +121,12 @@ def _loads_naming_only(data: bytes, allowed: Dict[Tuple[str, str], Any], opcodes
     return unpickler.load()
 
 
-def _included_file_descriptor(data: bytes) -> dict:
+def included_file_descriptor(data: bytes) -> dict:
     """The descriptor of a pickled IncludedFile, unpickled with nothing but that one class allowed (the pickle is
     read for `size`, in any process, so it must not be able to build anything else)."""
     from . import unpickle
 
-    obj = _loads_naming_only(data, {("metaflow.includefile", "IncludedFile"): unpickle.IncludedFile})
+    obj = loads_naming_only(data, {("metaflow.includefile", "IncludedFile"): unpickle.IncludedFile})
     if not isinstance(obj, unpickle.IncludedFile) or not isinstance(obj.descriptor, dict):
         raise MetaflowInternalError("not an IncludeFile descriptor: a %s" % type(obj).__name__)
     return obj.descriptor
@@ -148,7 +150,7 @@ def _included_file_value(descriptor: dict, name: str) -> Any:
     return data
 
 
-def _included_file_size(descriptor: dict) -> int:
+def included_file_size(descriptor: dict) -> int:
     if descriptor.get("type") == "uploader-v2" and descriptor.get("sub-type") == "uploaded":
         return descriptor["size"]
     return len(read_url(descriptor["url"], _current_provider()))
