@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, FrozenSet, Iterator, List, Optional, Tuple
 
-from .context import _current_provider, get_metadata, get_namespace
+from .context import current_provider, get_metadata, get_namespace
 from .datastore import MAX_ATTEMPTS
 from .exceptions import MetaflowInvalidPathspec, MetaflowNamespaceMismatch, MetaflowNotFound
 
@@ -37,7 +37,7 @@ class MetaflowObject:
         _current_namespace: Optional[str] = None,
         _run_tags: Optional[Tuple[List[str], List[str]]] = None,
     ):
-        self._provider = _current_provider()
+        self._provider = current_provider()
         self._parent = _parent
         self._attempt = attempt
         self._current_namespace = _current_namespace or get_namespace()

@@ -5,7 +5,7 @@ import io
 import json
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from .context import _current_provider
+from .context import current_provider
 from .datastore import FlowDatastore, confine_root, root_from_blob_url
 from .exceptions import MetaflowInternalError
 
@@ -29,7 +29,7 @@ class MetaflowCode:
             raise MetaflowInternalError("Unsupported code package format %s" % self._package_metadata)
         import tarfile
 
-        root = confine_root(root_from_blob_url(self._path), _current_provider())
+        root = confine_root(root_from_blob_url(self._path), current_provider())
         self._blob = FlowDatastore.at(root, flow_name).load_raw_blob(self._sha)
         self._tarball: Optional["tarfile.TarFile"] = None
         with tarfile.open(fileobj=io.BytesIO(self._blob), mode="r:gz") as tar:

@@ -66,7 +66,7 @@ def metadata(ms: str) -> str:
 
 
 def get_metadata() -> str:
-    provider = _current_provider()
+    provider = current_provider()
     return "%s@%s" % (provider.TYPE, provider.info())
 
 
@@ -78,7 +78,8 @@ def default_metadata() -> str:
     return get_metadata()
 
 
-def _current_provider() -> CachingProvider:
+def current_provider() -> CachingProvider:
+    """The metadata provider in effect (the configured default until `metadata()` chooses one)."""
     if _provider is None:
         default_metadata()
     return _provider  # type: ignore[return-value]

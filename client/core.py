@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 from .artifact import DataArtifact
 from .base import MetaflowObject
 from .code import MetaflowCode
-from .context import _current_provider, current_context, restore_context
+from .context import current_context, current_provider, restore_context
 from .exceptions import MetaflowNamespaceMismatch
 from .pickled_classes import register_client_classes
-from .task import Metadata, MetaflowData, Task, _previous_steps
+from .task import Metadata, MetaflowData, Task, previous_steps
 from .values import NOT_A_SCALAR, internal_value, load_stored
 
 if TYPE_CHECKING:  # imported when first needed
@@ -66,7 +66,7 @@ class Step(MetaflowObject):
         graph = internal_value(self.task["_graph_info"])
         if self.id != graph.get("start_step", "start"):
             flow, run, _ = self._components
-            for name in _previous_steps(graph, self.id):
+            for name in previous_steps(graph, self.id):
                 yield Step("%s/%s/%s" % (flow, run, name), _namespace_check=False)
 
     @property
@@ -230,7 +230,7 @@ class Metaflow:
     """The root: every flow with at least one run in the current namespace (in the provider's order)."""
 
     def __init__(self, _current_metadata: Optional[str] = None):
-        self.metadata = _current_provider()
+        self.metadata = current_provider()
 
     @property
     def flows(self) -> List[Flow]:

@@ -300,7 +300,7 @@ class Task(MetaflowObject):
     def parent_task_pathspecs(self) -> Iterator[str]:
         step = self._components[2]
         graph = internal_value(self["_graph_info"])
-        steps = _previous_steps(graph, step)
+        steps = previous_steps(graph, step)
         path = self._latest_field("foreach-execution-path")
         if len(steps) > 1:
             pattern = path or ".*"
@@ -331,7 +331,7 @@ class Task(MetaflowObject):
             pattern = "%s,.*" % path
         else:
             child_type = graph["steps"][steps[0]]["type"]
-            if len(_previous_steps(graph, steps[0])) > 1:
+            if len(previous_steps(graph, steps[0])) > 1:
                 child_type = "static-join"
             pattern = _enclosing_path(path) if child_type == "join" else path
         yield from self._matching(steps, pattern)
@@ -353,7 +353,8 @@ def _enclosing_path(path: str) -> str:
     return ",".join(frames[:-1]) if len(frames) > 1 else ".*"
 
 
-def _previous_steps(graph: dict, step: str) -> List[str]:
+def previous_steps(graph: dict, step: str) -> List[str]:
+    """The steps of the flow's graph (`_graph_info`) whose next steps include `step`."""
     return [name for name, node in graph["steps"].items() if step in node["next"]]
 
 

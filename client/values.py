@@ -8,7 +8,7 @@ import io
 import json
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Tuple
 
-from .context import _current_provider, get_trust_pickles
+from .context import current_provider, get_trust_pickles
 from .datastore import FlowDatastore, read_url
 from .exceptions import MetaflowInternalError
 
@@ -139,7 +139,7 @@ def _included_file_value(descriptor: dict, name: str) -> Any:
             "Artifact '%s' could not be loaded (IncludedFile) because no handler found: %s"
             % (name, json.dumps(descriptor))
         )
-    data = read_url(descriptor["url"], _current_provider())
+    data = read_url(descriptor["url"], current_provider())
     uploaded = descriptor.get("sub-type") == "uploaded" if kind == "uploader-v2" else kind == "uploader-v1"
     if uploaded:
         import gzip
@@ -153,4 +153,4 @@ def _included_file_value(descriptor: dict, name: str) -> Any:
 def included_file_size(descriptor: dict) -> int:
     if descriptor.get("type") == "uploader-v2" and descriptor.get("sub-type") == "uploaded":
         return descriptor["size"]
-    return len(read_url(descriptor["url"], _current_provider()))
+    return len(read_url(descriptor["url"], current_provider()))
