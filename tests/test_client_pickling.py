@@ -1,6 +1,7 @@
 """Client objects in pickles: Metaflow's pickles of its client objects (`metaflow.client.core.Run`, ...) load as
-ours, which the unpickler finds through the classes the object model registers (client/pickled_classes.py), and
-ours pickle under `client.core` as before the object model had one module per level."""
+ours, which the unpickler finds through the classes the object model registers (client/pickled_classes.py); ours
+pickle under `client.core`, and the unpickler's classes are named `client.unpickle...`, as before both modules
+were split."""
 
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ def test_our_objects_pickle_under_client_core(clients: dict, manifest: dict) -> 
         assert type(obj).__module__ == "client.core" and repr(obj).startswith(type(obj).__name__ + "(")
         copy = pickle.loads(pickle.dumps(obj))
         assert type(copy) is type(obj) and copy.pathspec == obj.pathspec
+
+
+def test_unpickler_classes_keep_the_package_name() -> None:
+    # repr.txt of a refused class shows its placeholder's name; stand-ins pickle under client.unpickle
+    from collections import ChainMap
+
+    from client import unpickle
+
+    assert repr(unpickle.loads(pickle.dumps(ChainMap), trusted=False)) == "<class 'client.unpickle.ChainMap'>"
+    standins = (unpickle.MetaflowExceptionWrapper, unpickle.ForeachFrame, unpickle.IncludedFile)
+    assert {cls.__module__ for cls in standins + (unpickle.UntrustedObject,)} == {"client.unpickle"}
+    wrapper = pickle.loads(pickle.dumps(unpickle.MetaflowExceptionWrapper(ValueError("x"))))
+    assert type(wrapper) is unpickle.MetaflowExceptionWrapper and wrapper.exception == "x"

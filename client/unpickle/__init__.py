@@ -40,3 +40,7 @@ __all__ = [
     "load", "loads", "allowed", "UntrustedObject", "NUMPY_SCALAR_NAMES", "METAFLOW_STANDINS",
     "MetaflowExceptionWrapper", "IncludedFile", "ForeachFrame", "_ALLOWED", "_KNOWN_DATA_CLASSES",
 ]
+# The classes' public home stays client.unpickle, as when the unpickler was one module: reprs (in repr.txt) and
+# pickles name it.
+for _cls in (MetaflowExceptionWrapper, ForeachFrame, IncludedFile, UntrustedObject):
+    _cls.__module__ = __name__

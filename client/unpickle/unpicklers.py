@@ -232,7 +232,8 @@ class _DataOnlyUnpickler(pickle.Unpickler):
 
 
 def _placeholder(module: str, name: str) -> type:
-    return type(name, (UntrustedObject,), {"module": module, "name": name})
+    # named as the package (`<class 'client.unpickle.memmap'>`), like the stand-ins: not after this module
+    return type(name, (UntrustedObject,), {"module": module, "name": name, "__module__": __package__})
 
 
 def load(file: Any, trusted: bool = True) -> Any:
