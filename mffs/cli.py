@@ -25,9 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from . import fstab
+
+if TYPE_CHECKING:
+    from .tree import Tree, TreeSettings
 
 log = logging.getLogger("mffs")
 
@@ -134,36 +137,49 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _build_tree(args: argparse.Namespace, pathspec: Optional[str] = None):
-    import client as client_module
-
+def tree_settings(args: argparse.Namespace, pathspec: Optional[str] = None) -> TreeSettings:
+    """The tree settings the command line asks for; also points the client at the chosen datastore and checks
+    the namespace (mffs/source.py)."""
     from . import source
-    from .tree import Tree
+    from .tree import TreeSettings
 
     try:
         namespace_kwargs = source.select(args.datastore_root, args.metadata, args.namespace, args.all_namespaces)
     except source.SourceError as exc:
         raise CliError(str(exc)) from exc
+    return TreeSettings(
+        pathspec=pathspec,
+        refresh=args.refresh,
+        cache_entries=args.cache_entries,
+        content_cache_bytes=int(args.content_cache_mb * (1 << 20)),
+        render_threshold=args.render_threshold,
+        repr_limit=args.repr_limit,
+        trust_pickles=args.trust_pickles,
+        readahead=getattr(args, "readahead", 0),
+        render_memory_mb=args.render_memory_mb,
+        render_cpu_seconds=args.render_cpu_seconds,
+        render_wall_seconds=args.render_wall_seconds,
+        **namespace_kwargs,
+    )
+
+
+def _build_tree(args: argparse.Namespace, pathspec: Optional[str] = None) -> Tree:
+    import client as client_module
+
+    from .tree import Tree
+
+    settings = tree_settings(args, pathspec)
     try:
-        return Tree(
-            client_module,
-            pathspec=pathspec,
-            refresh=args.refresh,
-            cache_entries=args.cache_entries,
-            content_cache_bytes=int(args.content_cache_mb * (1 << 20)),
-            render_threshold=args.render_threshold,
-            repr_limit=args.repr_limit,
-            trust_pickles=args.trust_pickles,
-            readahead=getattr(args, "readahead", 0),
-            render_memory_mb=args.render_memory_mb,
-            render_cpu_seconds=args.render_cpu_seconds,
-            render_wall_seconds=args.render_wall_seconds,
-            **namespace_kwargs,
-        )
+        tree = Tree(client_module, settings)
     except FileNotFoundError as exc:
         raise CliError("unknown pathspec %r (not found in this datastore and namespace)" % pathspec) from exc
     except OSError as exc:
         raise CliError("cannot read the datastore: %s" % exc.strerror) from exc
+    if settings.readahead > 0:
+        from .readahead import Readahead
+
+        tree.attach(Readahead(tree, settings.readahead))
+    return tree
 
 
 # -- mount / umount --------------------------------------------------------------------------------------------
@@ -333,7 +349,6 @@ def cmd_mount(args: argparse.Namespace, argv: List[str]) -> None:
         tree,
         args.mountpoint,
         attr_ttl=args.attr_ttl,
-        refresh=args.refresh,
         threads=args.threads,
         debug=args.debug,
         allow_other=args.allow_other,

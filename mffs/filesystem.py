@@ -35,7 +35,7 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from client import core as client
 
 from . import source
-from .tree import DIR, FILE, LINK, Reader, Tree
+from .tree import DIR, FILE, LINK, Reader, Tree, TreeSettings
 
 _TYPES = {DIR: "directory", FILE: "file", LINK: "link"}
 _lock = threading.RLock()  # the client's namespace and provider are the process's: one filesystem's call at a time
@@ -65,7 +65,7 @@ class MffsFileSystem(AbstractFileSystem):
             outside = client.current_context()
             try:
                 namespace_kwargs = source.select(datastore_root, metadata, namespace, all_namespaces)
-                self.tree = Tree(trust_pickles=trust_pickles, **namespace_kwargs)
+                self.tree = Tree(settings=TreeSettings(trust_pickles=trust_pickles, **namespace_kwargs))
                 self._context = client.current_context()
             finally:
                 client.restore_context(outside)

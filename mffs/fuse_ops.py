@@ -12,7 +12,7 @@ Kernel caching. libfuse's high-level API has one entry/attr/negative timeout for
   * negative_timeout = `refresh`: a cached "no such file" cannot be invalidated by path (there is no inode), so it
     is kept short; new tasks and files in running runs therefore appear within `refresh` even after a miss.
   * Files opened from stable nodes get `keep_cache` (their pages survive close/open); unstable ones do not.
-    Deferred files (size not known yet, see mffs/tree.py) are opened with `direct_io`, so reads are not cut at
+    Deferred files (size not known yet, see mffs/tree/nodes.py) are opened with `direct_io`, so reads are not cut at
     the reported size 0; opening one renders it, and its stale size is invalidated in the kernel before the open
     returns, so an fstat right after open(2) already sees the exact size.
 Readdir is never cached by the kernel in the high-level API; the tree answers it from its own cache. A readdirplus
@@ -34,7 +34,6 @@ import itertools
 import json
 import logging
 import os
-import resource
 import stat as stat_module
 import threading
 from ctypes.util import find_library
@@ -42,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from cachetools import LRUCache
 
+from .sandbox import process_usage
 from .tree import CONTROL_DIR, DIR, FILE, LINK, Reader, Stat, Tree, collect_garbage_for_caches
 
 if "FUSE_LIBRARY_NAME" not in os.environ and "FUSE_LIBRARY_PATH" not in os.environ and find_library("fuse3"):
@@ -156,9 +156,9 @@ class Invalidator:
 class MffsOperations(mfusepy.Operations):
     use_ns = True
 
-    def __init__(self, tree: Tree, refresh: float):
+    def __init__(self, tree: Tree):
         self.tree = tree
-        self.invalidator = Invalidator(refresh)
+        self.invalidator = Invalidator(tree.settings.refresh)
         tree.on_size_learned = self.invalidator.invalidate_now
         tree.control_files["stats"] = self._stats_json
         self._handles: Dict[int, Reader] = {}
@@ -176,9 +176,12 @@ class MffsOperations(mfusepy.Operations):
     def stats(self) -> dict:
         with self._counts_lock:
             counts = dict(self._counts)
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        daemon = {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3), "max_rss_kb": usage.ru_maxrss}
-        worker = self.tree.readahead_usage()
+        # from /proc, not getrusage: ru_maxrss keeps the peak of the process that forked the daemon (Linux carries
+        # it across exec), so a daemon started by a large process would report that process's memory
+        daemon = process_usage(os.getpid())
+        del daemon["pid"]
+        source = self.tree.listing_source  # the readahead worker, if any
+        worker = source.usage() if source is not None else {"pid": None, "cpu_seconds": 0.0, "max_rss_kb": 0}
         return {
             "calls": counts,
             "open_files": len(self._handles),
@@ -451,7 +454,6 @@ def mount(
     mountpoint: str,
     *,
     attr_ttl: float = 3600.0,
-    refresh: float = 0.5,
     threads: int,
     debug: bool = False,
     allow_other: bool = False,
@@ -462,14 +464,14 @@ def mount(
     # daemon does no linear algebra, and on a small machine they take a core from the FUSE threads.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     collect_garbage_for_caches()
-    operations = MffsOperations(tree, refresh)
+    operations = MffsOperations(tree)
     options: Dict[str, Any] = {
         "fsname": "mffs",
         "subtype": "mffs",
         "ro": True,
         "entry_timeout": attr_ttl,
         "attr_timeout": attr_ttl,
-        "negative_timeout": refresh,
+        "negative_timeout": tree.settings.refresh,
         # A fixed pool: libfuse's default creates and ends threads as load varies, and every hand-off of the GIL
         # to a new thread costs more than the callbacks themselves (find over 1000 tasks: 11 s -> 4.8 s here).
         "max_threads": threads,

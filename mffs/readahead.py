@@ -12,8 +12,10 @@ Why a process and not a thread: the tree work is Python, so a thread only moves 
 another, and the walk's FUSE callbacks wait for the GIL instead of for reads. In a process it runs on another core
 while the daemon answers the walk (`find` over a 1000-task run: see docs/benchmarks.md).
 
-The worker is the same code with the same settings (`Tree.worker_settings`), started with the mount and ended
-when its requests pipe closes, so it never outlives the daemon. Only listings of stable directories (a finished
+The front end attaches a Readahead to its Tree (`Tree.attach`, mffs/cli.py with `--readahead TASKS`); the tree
+hands it the listings the walk asks for and tells it which task directories the walk lists. The worker is the same
+code with the same settings (`worker_settings`), started with the mount and ended when its requests pipe closes
+(`Tree.close` closes the Readahead), so it never outlives the daemon. Only listings of stable directories (a finished
 run) are read ahead, so the worker's answer is the one the daemon would have built. Errors are left to the walk:
 a task the worker could not list comes back empty and the walk builds it, meeting and reporting the error itself.
 If the worker dies or stalls, the walk waits at most `WAIT_SECONDS` per task, then builds what it needs.
@@ -33,17 +35,28 @@ import posixpath
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 from cachetools import LRUCache
 
+import client
+
 from .sandbox import limit_memory, process_usage, read_frame, start_worker, write_frame
-from .tree import DIR, Dir, Entry, Stat, StepDir, Tree, collect_garbage_for_caches, join
+from .tree import DIR, Dir, Entry, Stat, StepDir, Tree, TreeSettings, collect_garbage_for_caches, join
 
 log = logging.getLogger("mffs")
 
 WAIT_SECONDS = 5.0
 _Listing = Tuple[str, List[Tuple[str, str, Optional[tuple]]]]  # directory path, [(name, kind, stat fields)]
+
+
+@dataclasses.dataclass
+class _ListedStep:
+    """What Readahead knows of a listed step directory, kept for as long as the step's node lives."""
+
+    positions: Dict[str, int]  # task path -> position in the step's listing
+    handed_out: int = 0  # the tasks before this position were sent to the worker
 
 
 class Readahead:
@@ -59,7 +72,8 @@ class Readahead:
         self._ready = threading.Event()
         self._alive = True
         self._walk_reads_tasks = False
-        self._worker = start_worker("mffs.readahead", tree.worker_settings())
+        self._steps: "weakref.WeakKeyDictionary[StepDir, _ListedStep]" = weakref.WeakKeyDictionary()
+        self._worker = start_worker("mffs.readahead", dataclasses.asdict(worker_settings(tree)))
         threading.Thread(target=self._receive, name="mffs-readahead", daemon=True).start()
 
     def note_lookup_in_task(self) -> None:
@@ -71,9 +85,9 @@ class Readahead:
         """`task_path`, a task directory, was just listed by a walk. Reads the next tasks ahead unless the walk
         looked up names inside tasks since the last call: a walk that stats or reads files (`grep -r`, `ls -lR`)
         makes the daemon build every task's nodes anyway, and the worker's listings would only repeat that work
-        and take CPU from it (`grep -r` over 1000 tasks took 4-12% longer with them, in three interleaved
-        series). `find`, whose directories come with their attributes in the listings, looks up nothing."""
-        step = self.tree._cached(posixpath.dirname(task_path))
+        and take CPU from it (docs/benchmarks.md). `find`, whose directories come with their attributes in the
+        listings, looks up nothing."""
+        step = self.tree.cached(posixpath.dirname(task_path))
         if not isinstance(step, StepDir) or not step.stable:
             return  # not a task directory (`listing` calls this for every listing it hands out)
         if self._walk_reads_tasks:
@@ -82,11 +96,27 @@ class Readahead:
         with self._lock:
             if not self._alive:  # checked with the lock held: `_stop` releases only the waits it sees
                 return
-            paths = step.tasks_after(task_path, self.window)
+            paths = self._tasks_after(step, task_path)
             for path in paths:
                 self._pending[path] = threading.Event()
         if paths:
             self._send("".join(path + "\n" for path in paths))
+
+    def _tasks_after(self, step: StepDir, task_path: str) -> List[str]:
+        """Paths of the (up to) `window` tasks listed after `task_path` in `step`, except those an earlier call
+        returned; [] until the step was listed. Called with the lock held."""
+        listing = step.listing
+        if listing is None:
+            return []
+        listed = self._steps.get(step)
+        if listed is None:
+            listed = self._steps[step] = _ListedStep({entry.path: number for number, entry in enumerate(listing)})
+        position = listed.positions.get(task_path)
+        if position is None:
+            return []
+        start, end = max(position + 1, listed.handed_out), min(position + 1 + self.window, len(listing))
+        listed.handed_out = max(listed.handed_out, end)
+        return [entry.path for entry in listing[start:end] if entry.kind == DIR]
 
     def listing(self, path: str) -> Optional[List[Entry]]:
         """Takes the listing of `path` if the worker built it (waiting for it if it is being built), else None."""
@@ -164,6 +194,14 @@ class Readahead:
             event.set()
 
 
+def worker_settings(tree: Tree) -> TreeSettings:
+    """The settings of `tree` for the worker: the same tree, with the process's namespace and metadata provider
+    named (the worker's client starts from its own defaults), and no readahead of its own."""
+    return dataclasses.replace(
+        tree.settings, namespace=tree.client.get_namespace(), metadata=tree.client.get_metadata(), readahead=0
+    )
+
+
 def _task_listings(tree: Tree, task_path: str) -> List[_Listing]:
     """The listings of a task directory and of the directories in it, as sent to the daemon; only stable ones."""
     listings: List[_Listing] = []
@@ -189,15 +227,15 @@ def _task_listings(tree: Tree, task_path: str) -> List[_Listing]:
 
 
 def main(argv: List[str]) -> None:
-    """The worker: `python -m mffs.readahead SETTINGS_JSON` (started by Readahead)."""
+    """The worker: `python -m mffs.readahead SETTINGS_JSON` (TreeSettings as JSON; started by Readahead)."""
     logging.basicConfig(format="%(asctime)s %(name)s readahead %(levelname)s %(message)s")
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints go to the log, not into the frames
-    settings = json.loads(argv[0])
+    settings = TreeSettings(**json.loads(argv[0]))
     # what it loads is as untrusted as what the sandbox renders: a value that would exhaust memory ends this
     # process (the daemon then lists tasks itself), never the machine
-    limit_memory(settings["render_memory_mb"])
-    tree = Tree.from_worker_settings(settings)
+    limit_memory(settings.render_memory_mb)
+    tree = Tree(client, settings)
     collect_garbage_for_caches()
     write_frame(out, (None, []))
     for line in sys.stdin.buffer:

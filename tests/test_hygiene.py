@@ -286,7 +286,8 @@ def test_a_failing_download_still_fails_with_a_full_cache():
 @pytest.mark.fuse
 def test_s3_reads_go_through_a_full_disk_cache(s3_root_parent, s3_server, tmp_path):  # noqa: F811
     """A mount over S3 with its disk cache on a tmpfs far smaller than the run's blobs: every data.pickle and
-    repr.txt reads right, the log says once that the cache is not writable, and no temp file is left."""
+    repr.txt reads right, the log says once per process that the cache is not writable, and no temp file is
+    left."""
     pathspec = load_manifest(s3_root_parent)["runs"]["kitchen"]["pathspec"]
     with tiny_tmpfs("32k") as cache_dir:
         env = {**walk.clean_env(s3_root_parent, tmp_path), **s3_environment(s3_server.endpoint_url),
@@ -310,6 +311,9 @@ def test_s3_reads_go_through_a_full_disk_cache(s3_root_parent, s3_server, tmp_pa
             assert checked > 50
             assert mount.process.poll() is None
             log_text = mount.log()
-        assert log_text.count("is not writable") == 1, log_text
+        # once per process that reads blobs: the daemon, and each render worker that did (they log as "sandbox")
+        warnings = [line for line in log_text.splitlines() if "is not writable" in line]
+        daemon_warnings = [line for line in warnings if " sandbox " not in line]
+        assert len(daemon_warnings) == 1 and len(warnings) <= 3, log_text
         assert "No space left on device" in log_text
         assert not [name for name in files_under(cache_dir) if ".tmp-" in name]

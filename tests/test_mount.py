@@ -364,3 +364,14 @@ def test_background_mount_returns_when_ready_and_umount(client_env, tmp_path):
     finally:
         if is_mounted(mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)])
+
+
+def test_stats_report_the_daemons_own_peak_memory(client_env, tmp_path):
+    """/.mffs/stats reads the daemon's peak RSS from /proc: getrusage's ru_maxrss keeps, across exec, the peak of
+    the process that started the daemon (here this test process, made large on purpose)."""
+    ballast = bytearray(400 << 20)
+    ballast[::4096] = b"\x01" * len(range(0, len(ballast), 4096))  # resident, not just reserved
+    with mounted(tmp_path / "mnt", "--datastore-root", str(client_env), "--readahead", "0") as mount:
+        del ballast
+        os.listdir(mount.path)
+        assert 0 < mount.stats()["daemon"]["max_rss_kb"] < 200 << 10

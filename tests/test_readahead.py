@@ -5,13 +5,13 @@ import logging
 import os
 import signal
 import time
-from typing import Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
 import client
 from mffs import readahead
-from mffs.tree import DIR, Tree
+from mffs.tree import DIR, Entry, Tree
 
 
 @pytest.fixture
@@ -25,13 +25,14 @@ def tasks(mf, manifest) -> List[str]:
 
 
 def reading_ahead(window: int, **settings) -> Iterator[Tree]:
-    tree = Tree(client, readahead=window, **settings)
+    tree = Tree(client, **settings)
+    tree.attach(readahead.Readahead(tree, window))
     try:
-        assert tree._readahead.wait_ready(30)
+        assert tree.listing_source.wait_ready(30)
         yield tree
     finally:
         tree.close()
-    assert tree._readahead._worker.poll() is not None  # closing the tree ended the worker
+    assert tree.listing_source._worker.poll() is not None  # closing the tree ended the worker
 
 
 @pytest.fixture
@@ -39,22 +40,65 @@ def tree(client_env) -> Iterator[Tree]:
     yield from reading_ahead(window=1)
 
 
+class RecordingSource:
+    """A listing source (mffs.tree.ListingSource) that serves given listings and records what the tree tells it."""
+
+    def __init__(self, listings: Dict[str, List[Entry]]):
+        self.listings = listings
+        self.calls: List[tuple] = []
+
+    def listing(self, path: str) -> Optional[List[Entry]]:
+        self.calls.append(("listing", path))
+        return self.listings.pop(path, None)
+
+    def after(self, task_path: str) -> None:
+        self.calls.append(("after", task_path))
+
+    def note_lookup_in_task(self) -> None:
+        self.calls.append(("lookup in task",))
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+    def usage(self) -> Dict[str, Any]:
+        return {"pid": None, "cpu_seconds": 0.0, "max_rss_kb": 0}
+
+
+def test_an_attached_source_serves_listings_and_hears_the_walk(client_env, tasks):
+    """The hook readahead is attached through: the tree asks the source first and tells it which tasks a walk
+    lists and when it looks inside one."""
+    step = os.path.dirname(tasks[0])
+    served = [Entry("ahead", tasks[1] + "/ahead", DIR)]
+    tree = Tree(client)
+    source = RecordingSource({tasks[1]: served})
+    tree.attach(source)
+    tree.list(step)
+    tree.list(tasks[0])
+    assert tree.listing(tasks[1]) == (True, served)
+    tree.stat(tasks[0] + "/task.json")
+    tree.close()
+    assert source.calls == [
+        ("listing", step), ("listing", tasks[0]), ("after", tasks[0]), ("listing", tasks[1]), ("lookup in task",),
+        ("close",),
+    ]
+
+
 def test_the_worker_lists_the_next_task_as_the_walk_would(tree, client_env, tasks):
     plain = Tree(client)
     tree.list(os.path.dirname(tasks[0]))
     time.sleep(0.2)
-    assert tree._readahead.listing(tasks[1]) is None  # listing a step alone reads nothing ahead
+    assert tree.listing_source.listing(tasks[1]) is None  # listing a step alone reads nothing ahead
 
     tree.list(tasks[0])
-    assert tree._readahead.listing(tasks[2]) is None  # the window is 1: only the next task was asked for
+    assert tree.listing_source.listing(tasks[2]) is None  # the window is 1: only the next task was asked for
     assert tree.listing(tasks[1]) == (True, plain.list(tasks[1]))  # waits for the worker
-    assert tree._cached(tasks[1]).listing is None  # served as the worker built it, not built here
+    assert tree.cached(tasks[1]).listing is None  # served as the worker built it, not built here
     subdirectories = [entry.path for entry in plain.list(tasks[1]) if entry.kind == DIR]
     assert subdirectories
     for path in subdirectories:  # they came with it
         assert tree.listing(path) == (True, plain.list(path))
-        assert tree._cached(path) is None
-    assert tree._readahead.listing(tasks[1]) is None  # handed out once; the tree builds it if asked again
+        assert tree.cached(path) is None
+    assert tree.listing_source.listing(tasks[1]) is None  # handed out once; the tree builds it if asked again
     assert tree.list(tasks[1]) == plain.list(tasks[1])
 
 
@@ -65,10 +109,10 @@ def test_no_reading_ahead_while_the_walk_looks_into_tasks(tree, client_env, task
     tree.list(os.path.dirname(tasks[0]))
     tree.list(tasks[0])  # asks for tasks[1]
     tree.stat(tasks[0] + "/task.json")
-    assert tree.listing(tasks[1])[0] and tree._cached(tasks[1]).listing is None  # from the worker
-    assert tree._readahead.listing(tasks[2]) is None  # not asked for: the walk looked into tasks[0]
+    assert tree.listing(tasks[1])[0] and tree.cached(tasks[1]).listing is None  # from the worker
+    assert tree.listing_source.listing(tasks[2]) is None  # not asked for: the walk looked into tasks[0]
     tree.list(tasks[2])  # built here; nothing looked up since tasks[1]: reading ahead again
-    assert tree.listing(tasks[3])[0] and tree._cached(tasks[3]).listing is None
+    assert tree.listing(tasks[3])[0] and tree.cached(tasks[3]).listing is None
 
 
 def test_only_a_task_listing_answers_whether_the_walk_looked_into_tasks(tree, client_env, tasks):
@@ -77,16 +121,16 @@ def test_only_a_task_listing_answers_whether_the_walk_looked_into_tasks(tree, cl
     tree.list(tasks[0])  # asks for tasks[1]
     subdirectories = [entry.path for entry in tree.list(tasks[1]) if entry.kind == DIR]  # asks for tasks[2]
     tree.stat(tasks[1] + "/task.json")
-    assert tree.listing(subdirectories[0])[0] and tree._cached(subdirectories[0]) is None  # from the worker
-    assert tree.listing(tasks[2])[0] and tree._cached(tasks[2]).listing is None
-    assert tree._readahead.listing(tasks[3]) is None  # not asked for: the walk looked into tasks[1]
+    assert tree.listing(subdirectories[0])[0] and tree.cached(subdirectories[0]) is None  # from the worker
+    assert tree.listing(tasks[2])[0] and tree.cached(tasks[2]).listing is None
+    assert tree.listing_source.listing(tasks[3]) is None  # not asked for: the walk looked into tasks[1]
 
 
 def test_the_walk_goes_on_when_the_worker_dies(tree, client_env, tasks, caplog):
     plain = Tree(client)
     tree.list(os.path.dirname(tasks[0]))
-    os.kill(tree._readahead._worker.pid, signal.SIGKILL)
-    tree._readahead._worker.wait()
+    os.kill(tree.listing_source._worker.pid, signal.SIGKILL)
+    tree.listing_source._worker.wait()
     with caplog.at_level(logging.WARNING, logger="mffs"):
         tree.list(tasks[0])  # asks the dead worker for tasks[1]
         started = time.monotonic()
@@ -100,7 +144,7 @@ def test_the_walk_stops_waiting_for_a_stalled_worker(client_env, tasks, monkeypa
     plain = Tree(client)
     for tree in reading_ahead(window=2):
         tree.list(os.path.dirname(tasks[0]))
-        os.kill(tree._readahead._worker.pid, signal.SIGSTOP)
+        os.kill(tree.listing_source._worker.pid, signal.SIGSTOP)
         with caplog.at_level(logging.WARNING, logger="mffs"):
             tree.list(tasks[0])  # asks for tasks[1] and tasks[2]
             assert tree.list(tasks[1]) == plain.list(tasks[1])  # after one wait of WAIT_SECONDS
@@ -108,7 +152,7 @@ def test_the_walk_stops_waiting_for_a_stalled_worker(client_env, tasks, monkeypa
             assert tree.list(tasks[2]) == plain.list(tasks[2])
         assert time.monotonic() - started < readahead.WAIT_SECONDS  # no second wait
         assert "did not answer" in caplog.text
-        os.kill(tree._readahead._worker.pid, signal.SIGCONT)
+        os.kill(tree.listing_source._worker.pid, signal.SIGCONT)
 
 
 def test_the_worker_builds_the_tree_the_daemon_has(client_env, tasks, manifest):
@@ -122,7 +166,7 @@ def test_the_worker_builds_the_tree_the_daemon_has(client_env, tasks, manifest):
         tree.list(os.path.dirname(local[0]))
         tree.list(local[0])
         assert tree.listing(local[1]) == (True, plain.list(local[1]))
-        assert tree._cached(local[1]).listing is None
+        assert tree.cached(local[1]).listing is None
         for entry in plain.list(local[1]):
             if entry.kind == DIR:
                 assert tree.listing(entry.path) == (True, plain.list(entry.path))

@@ -227,7 +227,7 @@ def test_big_artifact_repr_is_deferred_then_exact(client_env, mf, manifest):
     assert (before.size, before.direct_io) == (0, True)
     text = tree.read_file(path).decode()
     full = repr(task["big"].data)
-    assert text == full[: tree.repr_limit] + render.REPR_CUT_MARKER % (tree.repr_limit, len(full))
+    assert text == full[: tree.settings.repr_limit] + render.REPR_CUT_MARKER % (tree.settings.repr_limit, len(full))
     after = tree.stat(path)
     assert (after.size, after.direct_io) == (len(text.encode()), True)
     assert learned == [path]

@@ -1,0 +1,249 @@
+"""The directories of flows, runs and steps: the root (all flows), a flow with its `latest*` links and tags/, a
+run (run.json, parameters.json, code/) and a step (step.json and its tasks).
+
+A run or task whose `_task_ok` cannot be loaded is listed, as not finished (its run.json or task.json is EIO);
+`latest_successful` skips runs whose `_success` cannot be loaded; a run whose code package is corrupt lists its
+files and steps without code/ (code/ answers EIO).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List, Optional
+
+from .. import render
+from .code import CODE_DIR, CodeArchive, CodeDir
+from .nodes import Dir, Node, RenderedFile, Symlink, built_nodes, client_errors, epoch_mtime, join
+from .tasks import TaskDir
+
+if TYPE_CHECKING:
+    from .tree import Tree
+
+_UNKNOWN = object()
+
+
+def run_finished(run: Any, path: str) -> bool:
+    """Whether the run finished; False when its end task's `_task_ok` cannot be read (logged): then run.json alone
+    fails, and the run's directories are re-read as those of a running run."""
+    try:
+        with client_errors(path):
+            return bool(run.finished)
+    except OSError:
+        return False
+
+
+class RootDir(Dir):
+    """All flows with at least one run in the namespace."""
+
+    def children(self) -> List[Node]:
+        with client_errors(self.path):
+            records = self.tree.client.Metaflow().metadata.flows()
+        return built_nodes(self._flow, records)
+
+    def _flow(self, record: dict) -> Node:
+        # as Metaflow() iterates, but one flow at a time: a flow out of the namespace is ENOENT, a bad one EIO
+        path = join(self.path, record["flow_id"])
+        with client_errors(path):
+            flow = self.tree.client.Flow(_object=record, pathspec=record["flow_id"])
+        return FlowDir(self.tree, path, flow)
+
+    def child(self, name: str) -> Node:
+        with client_errors(join(self.path, name)):
+            flow = self.tree.client.Flow(name)
+        return FlowDir(self.tree, join(self.path, name), flow)
+
+
+class FlowDir(Dir):
+    """latest, latest_successful, tags/ and the flow's runs in the namespace (newest first)."""
+
+    def __init__(self, tree: "Tree", path: str, flow: Any):
+        with client_errors(path):
+            mtime = epoch_mtime(flow.created_at)
+        super().__init__(tree, path, mtime, stable=False)
+        self.flow = flow
+
+    def _runs(self) -> List[Any]:
+        with client_errors(self.path):
+            return list(self.flow)
+
+    def _link(self, name: str, run: Any) -> Symlink:
+        with client_errors(self.path):
+            return Symlink(self.tree, join(self.path, name), epoch_mtime(run.created_at), False, run.id)
+
+    def _latest_successful(self, runs: List[Any]) -> Optional[Any]:
+        """Flow.latest_successful_run, skipping the runs whose `_success` cannot be read (logged)."""
+        for run in runs:
+            try:
+                with client_errors(join(self.path, run.id)):
+                    if run.successful:
+                        return run
+            except OSError:
+                continue
+        return None
+
+    def children(self) -> List[Node]:
+        runs = self._runs()
+        nodes: List[Node] = []
+        if runs:
+            nodes.append(self._link("latest", runs[0]))
+            successful = self._latest_successful(runs)
+            if successful is not None:
+                nodes.append(self._link("latest_successful", successful))
+        nodes.append(TagsDir(self.tree, join(self.path, "tags"), self.mtime, self.flow))
+        nodes.extend(built_nodes(lambda run: RunDir(self.tree, join(self.path, run.id), run), runs))
+        return nodes
+
+    def child(self, name: str) -> Node:
+        if name == "tags":
+            return TagsDir(self.tree, join(self.path, name), self.mtime, self.flow)
+        with client_errors(join(self.path, name)):
+            if name == "latest":
+                run = self.flow.latest_run
+            elif name == "latest_successful":
+                run = self._latest_successful(self._runs())
+            else:
+                return RunDir(self.tree, join(self.path, name), self.flow[name])
+        if run is None:
+            raise self._missing(name)
+        return self._link(name, run)
+
+
+class TagsDir(Dir):
+    """One directory per tag (user and system) of the flow's runs in the namespace."""
+
+    def __init__(self, tree: "Tree", path: str, mtime: float, flow: Any):
+        super().__init__(tree, path, mtime, stable=False)
+        self.flow = flow
+
+    def children(self) -> List[Node]:
+        with client_errors(self.path):
+            tags = sorted({tag for run in self.flow for tag in run.tags})
+        return [TagDir(self.tree, join(self.path, render.encode_tag(tag)), self.mtime, self.flow, tag) for tag in tags]
+
+    def child(self, name: str) -> Node:
+        tag = render.decode_tag(name)
+        node = TagDir(self.tree, join(self.path, name), self.mtime, self.flow, tag)
+        if not node.children():
+            raise self._missing(name)
+        return node
+
+
+class TagDir(Dir):
+    """<run id> -> ../../<run id> for every run having the tag."""
+
+    def __init__(self, tree: "Tree", path: str, mtime: float, flow: Any, tag: str):
+        super().__init__(tree, path, mtime, stable=False)
+        self.flow = flow
+        self.tag = tag
+
+    def children(self) -> List[Node]:
+        with client_errors(self.path):
+            return [
+                Symlink(self.tree, join(self.path, run.id), epoch_mtime(run.created_at), False, "../../" + run.id)
+                for run in self.flow.runs(self.tag)
+            ]
+
+    def child(self, name: str) -> Node:
+        for node in self.children():
+            if node.name == name:
+                return node
+        raise self._missing(name)
+
+
+class RunDir(Dir):
+    """run.json, parameters.json, code/ (only when the run has a code package) and the run's steps (`_parameters`
+    hidden). A step named `code` wins over the code package: a name the flow chose is never made unreachable."""
+
+    def __init__(self, tree: "Tree", path: str, run: Any):
+        with client_errors(path):
+            mtime = epoch_mtime(run.created_at)
+        super().__init__(tree, path, mtime, run_finished(run, path))
+        self.run = run
+        self._archive: Any = _UNKNOWN  # CodeArchive, or None without a code package; read once per node
+
+    def _files(self) -> List[Node]:
+        run, stable, mtime, tree = self.run, self.stable, self.mtime, self.tree
+        return [
+            RenderedFile(
+                self.tree, join(self.path, "run.json"), mtime, stable, lambda: render.json_bytes(render.run_record(run))
+            ),
+            RenderedFile(
+                self.tree,
+                join(self.path, "parameters.json"),
+                mtime,
+                stable,
+                lambda: render.json_bytes(render.parameters_record(run, tree.record_value)),
+            ),
+        ]
+
+    def _code_dir(self) -> Optional[Node]:
+        path = join(self.path, CODE_DIR)
+        if self._archive is _UNKNOWN:
+            with client_errors(path, object_lookup=False):
+                code = self.tree.code_package(self.run)
+                self._archive = CodeArchive(self.run, code) if code is not None else None
+        if self._archive is None:
+            return None
+        return CodeDir(self.tree, path, self.mtime, self._archive, ())
+
+    def children(self) -> List[Node]:
+        with client_errors(self.path):
+            steps = list(self.run)
+        nodes = self._files()
+        if CODE_DIR not in {step.id for step in steps}:
+            try:
+                code = self._code_dir()
+            except OSError:
+                code = None  # a corrupt code package (logged): code/ alone is left out, and EIO by name
+            if code is not None:
+                nodes.append(code)
+        return nodes + built_nodes(lambda step: StepDir(self.tree, join(self.path, step.id), step, self.stable), steps)
+
+    def child(self, name: str) -> Node:
+        for node in self._files():
+            if node.name == name:
+                return node
+        path = join(self.path, name)
+        try:
+            with client_errors(path):
+                step = self.run[name]
+        except FileNotFoundError:
+            code = self._code_dir() if name == CODE_DIR else None
+            if code is None:
+                raise
+            return code
+        return StepDir(self.tree, path, step, self.stable)
+
+
+class StepDir(Dir):
+    """step.json and the step's tasks (newest first)."""
+
+    def __init__(self, tree: "Tree", path: str, step: Any, stable: bool):
+        with client_errors(path):
+            mtime = epoch_mtime(step.created_at)
+        super().__init__(tree, path, mtime, stable)
+        self.step = step
+
+    def _step_json(self) -> Node:
+        step, tree = self.step, self.tree
+        return RenderedFile(
+            tree,
+            join(self.path, "step.json"),
+            self.mtime,
+            self.stable,
+            lambda: render.json_bytes(render.step_record(step)),
+            # its finished_at reads every task's `_task_ok`: a glob such as `body/*/x` stats step.json too
+            eager=lambda: sum(1 for _ in step) <= tree.settings.step_json_eager_tasks,
+        )
+
+    def children(self) -> List[Node]:
+        with client_errors(self.path):
+            tasks = list(self.step)
+        task_dirs = built_nodes(lambda t: TaskDir(self.tree, join(self.path, t.id), t, self.stable), tasks)
+        return [self._step_json()] + task_dirs
+
+    def child(self, name: str) -> Node:
+        if name == "step.json":
+            return self._step_json()
+        path = join(self.path, name)
+        with client_errors(path):
+            task = self.step[name]
+        return TaskDir(self.tree, path, task, self.stable)
