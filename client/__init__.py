@@ -10,16 +10,7 @@ and the Metaflow metadata service (requests), each imported only when used.
 Pickles are trusted by default, as in Metaflow: `trust_pickles(False)` makes every value load (`.data`, and the
 internal artifacts behind `finished`, `exception`, parent tasks, ...) use the restricted unpickler instead.
 """
-from .core import (
-    DataArtifact,
-    Flow,
-    Metadata,
-    Metaflow,
-    MetaflowCode,
-    MetaflowData,
-    Run,
-    Step,
-    Task,
+from .context import (
     default_metadata,
     default_namespace,
     get_metadata,
@@ -29,6 +20,7 @@ from .core import (
     namespace,
     trust_pickles,
 )
+from .core import DataArtifact, Flow, Metadata, Metaflow, MetaflowCode, MetaflowData, Run, Step, Task
 from .exceptions import (
     MetaflowBackendError,
     MetaflowException,

@@ -68,11 +68,11 @@ def reset_client_state() -> None:
         for provider in METADATA_PROVIDERS:
             provider._INFO = None
         LocalStorage.datastore_root = None
-    our_core = sys.modules.get("client.core")
-    if our_core is not None:
-        our_core._namespace = our_core._NOT_SET
-        our_core._provider = None
-        our_core._trust_pickles = True
+    our_context = sys.modules.get("client.context")
+    if our_context is not None:
+        our_context._namespace = our_context._NOT_SET
+        our_context._provider = None
+        our_context._trust_pickles = True
 
 
 @pytest.fixture(autouse=True)

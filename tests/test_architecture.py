@@ -24,9 +24,6 @@ FUSE_BINDINGS = ("mfusepy", "fuse", "fusepy", "refuse", "pyfuse3", "llfuse")
 PATH_TREE = ("mffs.tree", "mffs.render", "mffs.exports")
 #: the modules that use the path tree: the readahead worker, the FUSE adapter, fsspec and the CLI
 ABOVE_THE_TREE = ("mffs.readahead", "mffs.fuse_ops", "mffs.filesystem", "mffs.source", "mffs.fstab", "mffs.cli")
-ISSUE_17_CIRCLE = "client.core <-> client.unpickle, issue 17"
-#: modules over MAX_LINES today, to be split (issue 17); each must become a failure once it is not
-OVERSIZED = {"client/core.py": "client/core.py, issue 17", "client/unpickle.py": "client/unpickle.py, issue 17"}
 
 
 def module_name(path: Path) -> str:
@@ -157,7 +154,6 @@ def test_no_import_circles_in_mffs() -> None:
     assert circles(import_graph(), "mffs") == []
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE_17_CIRCLE)
 def test_no_import_circles_in_client() -> None:
     assert circles(import_graph(), "client") == []
 
@@ -182,13 +178,6 @@ def test_the_path_tree_imports_no_fuse_binding_and_no_front_end() -> None:
     assert {name: found for name, found in bindings.items() if found} == {}
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=OVERSIZED[path])) if path in OVERSIZED
-        else path
-        for path in sorted(str(file.relative_to(REPO)) for file in source_files().values())
-    ],
-)
+@pytest.mark.parametrize("path", sorted(str(file.relative_to(REPO)) for file in source_files().values()))
 def test_no_module_is_over_the_line_limit(path: str) -> None:
     assert len((REPO / path).read_text().splitlines()) <= MAX_LINES
