@@ -48,7 +48,7 @@ class MetaflowObject:
             try:
                 self._attempt = int(attempt)
             except ValueError:
-                raise MetaflowNotFound("Attempt can only be an integer")
+                raise MetaflowNotFound("Attempt can only be an integer") from None
             if self._attempt < 0:
                 raise MetaflowNotFound("Attempt can only be non-negative")
             if self._attempt >= MAX_ATTEMPTS:

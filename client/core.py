@@ -194,7 +194,8 @@ class Flow(MetaflowObject):
     def _children(self) -> List[dict]:
         runs = self._provider.runs(self.id)
         if self._namespace_check and self._current_namespace:
-            runs = [r for r in runs if self._current_namespace in r["tags"] or self._current_namespace in r["system_tags"]]
+            ns = self._current_namespace
+            runs = [r for r in runs if ns in r["tags"] or ns in r["system_tags"]]
         return runs
 
     @staticmethod

@@ -335,8 +335,9 @@ class ThreadStates:
     ctypes runs a callback from a thread Python did not start between PyGILState_Ensure and PyGILState_Release,
     which create and destroy a thread state each time (in CPython 3.11 that includes mapping and unmapping its
     frame stack). One more Ensure on the thread's first callback, never released, keeps the count above zero, so
-    later callbacks only take and drop the GIL (what that saves a walk: docs/benchmarks.md). The pool is fixed (see `mount`), so at most `threads` states are kept. `kept`
-    counts them: a thread-local mark that did not survive would show up as a count growing with the callbacks.
+    later callbacks only take and drop the GIL (what that saves a walk: docs/benchmarks.md). The pool is fixed (see
+    `mount`), so at most `threads` states are kept. `kept` counts them: a thread-local mark that did not survive
+    would show up as a count growing with the callbacks.
     """
 
     def __init__(self) -> None:

@@ -109,7 +109,8 @@ def _arrow_validated(call: Callable, args: tuple) -> Any:
     try:
         result.validate(full=True)
     except Exception as exc:
-        raise pickle.UnpicklingError("untrusted pickle holds an invalid Arrow %s: %s" % (type(result).__name__, exc))
+        raise pickle.UnpicklingError(
+            "untrusted pickle holds an invalid Arrow %s: %s" % (type(result).__name__, exc)) from exc
     return result
 
 
