@@ -1,4 +1,4 @@
-"""Metaflow's datastore layout over a Storage backend: blobs, per-attempt task files, logs (reference §1.5–1.9).
+"""Metaflow's datastore layout over a Storage backend: blobs, per-attempt task files, logs.
 
 Blobs are content-addressed (`<F>/data/<sha[:2]>/<sha>`, gzip unless stored raw), so they are cached by sha for
 good, within a byte budget. Per-attempt files (`<A>.data.json`, logs) live under `<F>/<R>/<S>/<T>/`.

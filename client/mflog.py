@@ -1,4 +1,4 @@
-"""Metaflow's structured log lines (mflog): parsing and the k-way merge the client does (reference §1.9)."""
+"""Metaflow's structured log lines (mflog): parsing and the k-way merge the client does."""
 from __future__ import annotations
 
 import heapq

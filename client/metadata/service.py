@@ -1,4 +1,4 @@
-"""The Metaflow metadata service (REST) as a metadata provider (reference §3).
+"""The Metaflow metadata service (REST) as a metadata provider.
 
 Routes, headers and semantics are those of Metaflow 2.19's `ServiceMetadataProvider`: `x-api-key` from
 SERVICE_AUTH_KEY plus SERVICE_HEADERS on every request, 404 → not found, attempt-specific routes only when the
