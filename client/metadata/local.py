@@ -1,4 +1,4 @@
-"""Metaflow's local metadata: the `_meta/` directories inside a local `.metaflow` root .
+"""Metaflow's local metadata: the `_meta/` directories inside a local `.metaflow` root.
 
 Reads only what a question needs: a listing of `_meta/` tells which attempts have artifacts, and one file
 answers `task['x']`. Tags of steps, tasks and artifacts are never read here: the object model takes the run's.
