@@ -391,9 +391,10 @@ def test_hostile_pickles_run_nothing_import_nothing_and_touch_no_file(tmp_path: 
 
 def _deny_listed_globals() -> List[tuple]:
     """The globals picklescan and fickling flag as dangerous (their lists, read from the installed tools)."""
-    picklescan = pytest.importorskip("picklescan.scanner")
-    fickle = pytest.importorskip("fickling.fickle")
-    analysis = pytest.importorskip("fickling.analysis")
+    import fickling.analysis as analysis
+    import fickling.fickle as fickle
+    import picklescan.scanner as picklescan
+
     names = set()
     for module, members in picklescan._unsafe_globals.items():
         for name in (["system", "load"] if members == "*" else members):
@@ -473,7 +474,8 @@ def _fuzz_streams():
 def test_generated_pickle_streams_run_nothing_import_nothing_and_touch_no_file(tmp_path: Path) -> None:
     # hypothesis generates the programs; one process loads them all (a process per example would take minutes),
     # so a failure names its programs rather than a shrunk one.
-    hypothesis = pytest.importorskip("hypothesis")
+    import hypothesis
+
     streams: List[bytes] = []
 
     @hypothesis.settings(max_examples=600, deadline=None, database=None,

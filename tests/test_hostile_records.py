@@ -20,7 +20,7 @@ import pytest
 from tests.support.hostile import copy_flows, crawl, flow_dir, replace_artifact, task_dir
 from tests.support.mount import mounted, run_mffs
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+pytestmark = pytest.mark.fuse
 
 FLOWS = ["HelloFlow", "FailFlow", "KitchenFlow"]
 
