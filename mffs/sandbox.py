@@ -100,9 +100,14 @@ def read_frame(stream: IO[bytes]) -> Optional[bytes]:
     return payload if len(payload) == length else None
 
 
-def write_frame(stream: IO[bytes], value: Any) -> None:
+def frame(value: Any) -> bytes:
+    """`value` as one frame of the wire format: its length, then its marshal bytes."""
     payload = marshal.dumps(value)
-    stream.write(_LENGTH.pack(len(payload)) + payload)
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def write_frame(stream: IO[bytes], value: Any) -> None:
+    stream.write(frame(value))
     stream.flush()
 
 
@@ -151,9 +156,8 @@ class _Worker:
             except _WorkerGone as exc:
                 raise _StartFailed("a worker did not start: %s" % exc) from None
             self.ready = True
-        payload = marshal.dumps(request)
         try:
-            os.write(self.process.stdin.fileno(), _LENGTH.pack(len(payload)) + payload)
+            os.write(self.process.stdin.fileno(), frame(request))
         except OSError as exc:
             raise _WorkerGone(self._death("could not be sent to its worker (%s)" % exc)) from exc
         self.last_blob = request[:4]
