@@ -37,6 +37,20 @@ RECORD_ERRORS = (ValueError, KeyError, TypeError)
 _reported: set = set()
 
 
+_NOT_NAMES = ("", ".", "..")
+_NUMBERS = (int, float)
+_OPTIONAL_STRINGS = (str, type(None))
+
+
+def _all_str(items: list) -> bool:
+    """Whether every item of `items` is a str (the common case of a short tag list, in one C call)."""
+    try:
+        "".join(items)
+    except TypeError:
+        return False
+    return True
+
+
 def _name(r: dict, key: str) -> str:
     """An id field as a string: a non-empty name without '/' (ints, as the service stores run and task ids)."""
     value = r[key]
@@ -56,7 +70,7 @@ def _ts(r: dict) -> Any:
 
 def _strings(r: dict, key: str) -> List[str]:
     value = r.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+    if not isinstance(value, list) or not _all_str(value):
         raise ValueError("%s is not a list of strings: %r" % (key, value))
     return value
 
@@ -93,31 +107,39 @@ def step_record(r: dict) -> dict:
 
 
 def task_record(r: dict) -> dict:
-    return {"task_id": _name(r, "task_id"), "ts_epoch": _ts(r)}
+    task_id, ts = r["task_id"], r["ts_epoch"]
+    if type(task_id) is not str or "/" in task_id or task_id in _NOT_NAMES or type(ts) not in _NUMBERS:
+        task_id, ts = _name(r, "task_id"), _ts(r)  # an int id, or a malformed record: checked one by one
+    return {"task_id": task_id, "ts_epoch": ts}
 
 
 def artifact_record(r: dict) -> dict:
     """An artifact record from a source's row."""
+    name, sha, content_type, location, ts = r["name"], r["sha"], r.get("content_type"), r.get("location"), r["ts_epoch"]
+    if (type(name) is not str or "/" in name or name in _NOT_NAMES or type(sha) is not str
+            or type(content_type) not in _OPTIONAL_STRINGS or type(location) not in _OPTIONAL_STRINGS
+            or type(ts) not in _NUMBERS):
+        # the uncommon case (a str subclass, an int name) or a malformed record: checked field by field
+        name, sha, ts = _name(r, "name"), _string(r, "sha", required=True), _ts(r)
+        content_type, location = _string(r, "content_type"), _string(r, "location")
     return {
-        "name": _name(r, "name"),
-        "sha": _string(r, "sha", required=True),
-        "content_type": _string(r, "content_type"),
-        "location": _string(r, "location"),
+        "name": name,
+        "sha": sha,
+        "content_type": content_type,
+        "location": location,
         "ds_type": r.get("ds_type"),
         "attempt_id": int(r.get("attempt_id") or 0),
-        "ts_epoch": _ts(r),
+        "ts_epoch": ts,
     }
 
 
 def event_record(r: dict) -> dict:
     """A metadata event from a source's row."""
-    return {
-        "field_name": _string(r, "field_name", required=True),
-        "value": r["value"],
-        "type": r.get("type"),
-        "ts_epoch": _ts(r),
-        "tags": _strings(r, "tags"),
-    }
+    field_name, ts = r["field_name"], r["ts_epoch"]
+    if type(field_name) is not str or type(ts) not in _NUMBERS:
+        field_name, ts = _string(r, "field_name", required=True), _ts(r)
+    tags = _strings(r, "tags")
+    return {"field_name": field_name, "value": r["value"], "type": r.get("type"), "ts_epoch": ts, "tags": tags}
 
 
 def skip_record(where: str, exc: BaseException) -> None:

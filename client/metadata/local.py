@@ -18,8 +18,7 @@ from .. import records
 from ..config import mffs_setting
 from ..recent import Recent
 from ..storage import get_storage
-from ..storage.base import OutsideDatastore
-from ..storage.local import storage_of
+from ..storage.base import OutsideDatastore, Storage
 from .base import (
     RECORD_ERRORS,
     MetadataProvider,
@@ -36,30 +35,10 @@ from .base import (
 MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
 
 
-def _read_json(path: str):
-    storage, key = storage_of(path)  # confined like the datastore's own reads: no link out of the root
-    return records.loads(storage.read(key))
-
-
-def _list_dir(path: str) -> List[str]:
-    storage, key = storage_of(path)
-    return storage.list(key)
-
-
 def _exists(path: str) -> bool:
     # os.access, not os.path.exists: a missing file costs no exception and no stat_result (half the time). Not
     # confined: it tells only whether a file exists (which attempt to read); the read that follows is confined.
     return os.access(path, os.F_OK)
-
-
-def _self_record(path: str) -> Optional[dict]:
-    try:
-        return _read_json(path + "/_meta/_self.json")
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-    except OutsideDatastore as exc:  # a link out of the root: no record here, as for a missing one (logged)
-        skip_record(path, exc)
-        return None
 
 
 class LocalMetadataProvider(MetadataProvider):
@@ -69,8 +48,8 @@ class LocalMetadataProvider(MetadataProvider):
     def __init__(self, root: Optional[str], ttl: Optional[float] = None):
         #: the `.metaflow` directory, or None when none was found (then nothing exists)
         self.root = root
-        if root is not None:
-            get_storage(root)  # its records are read through the storage's confinement (`storage_of`)
+        #: the root's storage: every record is read through it, so it is confined like the datastore's own reads
+        self._storage: Optional[Storage] = get_storage(root) if root is not None else None
         ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
         # meta dir -> attempt: reading two artifacts of a task probes its attempt once
         self._attempts = Recent(ttl)
@@ -88,36 +67,51 @@ class LocalMetadataProvider(MetadataProvider):
     def _path(self, *ids: str) -> str:
         return "/".join((self.root,) + ids)
 
+    def _read_json(self, key: str) -> dict:
+        return records.loads(self._storage.read(key))
+
+    def _self_record(self, key: str) -> Optional[dict]:
+        """The `_self.json` record of the directory `key`, or None when it has none (or one that leads out of the
+        root, logged)."""
+        try:
+            return self._read_json(key + "/_meta/_self.json")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except OutsideDatastore as exc:  # a link out of the root: no record here, as for a missing one (logged)
+            skip_record(self._path(key), exc)
+            return None
+
     def _children(self, make: Callable[[dict], dict], *ids: str) -> List[dict]:
         """`make(record)` of the `_self.json` of each sub-directory that has one, in directory order (a bad record
         is left out, logged)."""
         if self.root is None:
             return []
         try:
-            entries = list(os.scandir(self._path(*ids)))
+            names = [e.name for e in os.scandir(self._path(*ids))]
         except (FileNotFoundError, NotADirectoryError):
             return []
+        prefix = "/".join(ids + ("",))
         records = []
-        for entry in entries:
-            if entry.name.startswith(".") or entry.name == "_meta":
+        for name in names:
+            if name.startswith(".") or name == "_meta":
                 continue
             try:
-                record = _self_record(entry.path)
+                record = self._self_record(prefix + name)
                 if record is not None:
                     records.append(make(record))
             except (OSError, *RECORD_ERRORS) as exc:
-                skip_record(entry.path + "/_meta/_self.json", exc)
+                skip_record(self._path(prefix + name, "_meta/_self.json"), exc)
         return records
 
     def _one(self, make: Callable[[dict], dict], *ids: str) -> Optional[dict]:
         if self.root is None or any(not i or "/" in i or i in (".", "..") for i in ids):
             return None
-        path = self._path(*ids)
+        key = "/".join(ids)
         try:
-            record = _self_record(path)
+            record = self._self_record(key)
             return None if record is None else make(record)
         except RECORD_ERRORS as exc:
-            raise bad_record(path + "/_meta/_self.json", exc) from exc
+            raise bad_record(self._path(key, "_meta/_self.json"), exc) from exc
 
     def flows(self) -> List[dict]:
         return self._children(flow_record)
@@ -145,15 +139,17 @@ class LocalMetadataProvider(MetadataProvider):
     def task(self, flow: str, run: str, step: str, task: str) -> Optional[dict]:
         return self._one(task_record, flow, run, step, task)
 
-    def _meta_dir(self, flow: str, run: str, step: str, task: str) -> str:
-        return self._path(flow, run, step, task, "_meta")
+    @staticmethod
+    def _meta_dir(flow: str, run: str, step: str, task: str) -> str:
+        """The key of a task's `_meta` directory."""
+        return "%s/%s/%s/%s/_meta" % (flow, run, step, task)
 
     def _listing(self, flow: str, run: str, step: str, task: str) -> List[str]:
         """A task's `_meta` file names, remembered for the TTL (several fields of one task: one listing)."""
         if self.root is None:
             return []
         meta_dir = self._meta_dir(flow, run, step, task)
-        return self._listings.get(meta_dir, lambda: _list_dir(meta_dir))
+        return self._listings.get(meta_dir, lambda: self._storage.list(meta_dir))
 
     def _default_attempt(self, meta_dir: str) -> Optional[int]:
         """The attempt Metaflow shows by default: the latest one that finished. Metaflow reads the value of the
@@ -167,7 +163,7 @@ class LocalMetadataProvider(MetadataProvider):
         if names is not None:  # listed anyway (to list artifacts): no stat needed
             exists, prefix = set(names).__contains__, ""
         else:
-            exists, prefix = _exists, meta_dir + "/"
+            exists, prefix = _exists, "%s/%s/" % (self.root, meta_dir)
         for attempt in range(MAX_ATTEMPTS - 1, -1, -1):
             if exists("%s%d_artifact_name.json" % (prefix, attempt)):
                 return attempt
@@ -186,16 +182,16 @@ class LocalMetadataProvider(MetadataProvider):
         return self._records(self._artifact, meta_dir, [
             n for n in names if n.startswith(prefix) and n.endswith(".json") and not n.startswith(internal)])
 
-    @staticmethod
-    def _records(make: Callable[[dict], dict], meta_dir: str, names: List[str]) -> List[dict]:
+    def _records(self, make: Callable[[dict], dict], meta_dir: str, names: List[str]) -> List[dict]:
         """`make(record)` of each file `names` of `meta_dir` (a bad record is left out, logged)."""
-        storage, key = storage_of(meta_dir)  # once for the directory: its files are read through one storage
-        built = []
+        if not names:
+            return []
+        read, loads, built = self._storage.read, records.loads, []
         for n in names:
             try:
-                built.append(make(records.loads(storage.read(key + "/" + n))))
+                built.append(make(loads(read(meta_dir + "/" + n))))
             except (OSError, *RECORD_ERRORS) as exc:
-                skip_record(meta_dir + "/" + n, exc)
+                skip_record(self._path(meta_dir, n), exc)
         return built
 
     def artifact(
@@ -208,13 +204,13 @@ class LocalMetadataProvider(MetadataProvider):
             attempt = self._default_attempt(meta_dir)
             if attempt is None:
                 return None
-        path = "%s/%d_artifact_%s.json" % (meta_dir, attempt, name)
+        key = "%s/%d_artifact_%s.json" % (meta_dir, attempt, name)
         try:
-            return self._artifact(_read_json(path))
+            return self._artifact(self._read_json(key))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         except RECORD_ERRORS as exc:
-            raise bad_record(path, exc) from exc
+            raise bad_record(self._path(key), exc) from exc
 
     def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
         names = self._listing(flow, run, step, task)

@@ -13,7 +13,7 @@ import errno
 import json
 import os
 import stat
-from typing import BinaryIO, List, Optional, Set, Tuple
+from typing import BinaryIO, List, Optional, Set
 
 from .base import OutsideDatastore, Storage, check_key
 
@@ -25,9 +25,9 @@ _DOTS = (".", "..")
 #: the levels of a datastore that are wide (flows, runs, steps, tasks; `<F>/data/<xx>`): from the second directory
 #: asked for at one of them on, the directory is checked with its siblings, from one listing of their parent
 _WIDE_LEVELS = 4
-#: every local root in use (as a prefix: the root and '/'), longest first, so the local metadata provider's reads
-#: go through the same checks (`storage_of`); replaced, never changed in place, so readers iterate it without a lock
-_roots: Tuple[Tuple[str, "LocalStorage"], ...] = ()
+#: the level below the wide ones whose directories are few (a run's steps, a flow's `data/<xx>`): checked with their
+#: siblings from the first one asked for on
+_NARROW_LEVEL = 2
 
 
 class LocalStorage(Storage):
@@ -36,11 +36,10 @@ class LocalStorage(Storage):
     def __init__(self, root: str):
         super().__init__(root)
         self._real = os.path.realpath(self.root)
+        self._prefix = self.root + "/"
         self._checked: Set[str] = set()  # keys of directories known to resolve below the root
         self._seen: Set[str] = set()  # keys of directories with one sub-directory checked
         self._listed: Set[str] = set()  # keys of directories whose sub-directories were checked from a listing
-        global _roots
-        _roots = tuple(sorted(_roots + ((self.root.rstrip("/") + "/", self),), key=lambda pair: -len(pair[0])))
 
     # -- confinement ------------------------------------------------------------------------------------------
     def _inside(self, real: str, key: str) -> str:
@@ -59,8 +58,10 @@ class LocalStorage(Storage):
             self._checked.clear()
             self._listed.clear()
             self._seen.clear()
-        if key.count("/") < _WIDE_LEVELS and parent not in self._listed:
-            if parent in self._seen:  # a second sub-directory asked for: check all of them from one listing
+        depth = key.count("/")
+        if depth < _WIDE_LEVELS and parent not in self._listed:
+            # a second sub-directory asked for, or one of a run's few steps: check all of them from one listing
+            if parent in self._seen or depth == _NARROW_LEVEL:
                 self._check_children(parent)
                 if key in self._checked:
                     return
@@ -85,11 +86,10 @@ class LocalStorage(Storage):
     def _path(self, key: str) -> str:
         """The path of `key`, whose directories are checked; the last component is the opener's to check."""
         directory, _, name = key.rpartition("/")
-        # fast path: a checked directory passed check_key, so only the name is left to check
-        if (directory in self._checked or not directory) and name not in _DOTS and key[:1] != "/":
-            return self.root + "/" + key if key else self.root
+        if directory in self._checked and name not in _DOTS:  # a checked directory passed check_key
+            return self._prefix + key
         self._check_dir(check_key(key).rpartition("/")[0])
-        return self.root + "/" + key
+        return self._prefix + key if key else self.root
 
     def _resolved(self, key: str, path: str) -> str:
         """The real path of `path`, a link: allowed only when it stays below the root."""
@@ -114,7 +114,8 @@ class LocalStorage(Storage):
     def read(self, key: str) -> bytes:
         """The whole file. Plain os.read: twice as fast as a buffered file object for the small JSON files that
         make up most reads of a local datastore."""
-        path = self._path(key)  # open_fd, inlined: this is the hot path
+        directory, _, name = key.rpartition("/")  # open_fd and _path's common case, inlined: the hot path
+        path = self._prefix + key if directory in self._checked and name not in _DOTS else self._path(key)
         try:
             fd = os.open(path, OPEN_FLAGS)
         except OSError as exc:
@@ -168,13 +169,3 @@ class LocalStorage(Storage):
 
     def url(self, key: str) -> str:
         return self.root + "/" + key if key else self.root
-
-
-def storage_of(path: str) -> Tuple[LocalStorage, str]:
-    """The local storage whose root holds `path` (the innermost such root), and the key of `path` in it: for
-    readers that build paths themselves (the local metadata provider), so their reads are confined like the
-    datastore's."""
-    for prefix, storage in _roots:
-        if path.startswith(prefix):
-            return storage, path[len(prefix):]
-    raise OutsideDatastore("%s is not in a local datastore in use" % path)
