@@ -19,6 +19,8 @@ from .base import OutsideDatastore, Storage, check_key
 
 #: flags for opening a file of a datastore: never through a final link, never blocking on a FIFO
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: flags for checking that a path is a directory and no link to one (O_PATH: not opened for reading)
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: directories remembered as checked, per root (a bound on memory only: forgetting costs one lstat each)
 _MAX_CHECKED_DIRS = 200_000
 _DOTS = (".", "..")
@@ -67,9 +69,12 @@ class LocalStorage(Storage):
                     return
             else:
                 self._seen.add(parent)
-        path = self.root + "/" + key
-        if stat.S_ISLNK(os.lstat(path).st_mode):
-            self._inside(os.path.realpath(path, strict=True), key)
+        path = self._prefix + key
+        try:  # a descriptor of the directory itself, not one a link names: cheaper than an lstat and its result
+            os.close(os.open(path, _DIR_FLAGS))
+        except NotADirectoryError:  # a link, or no directory (whose files then fail to open)
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                self._inside(os.path.realpath(path, strict=True), key)
         self._checked.add(key)
 
     def _check_children(self, parent: str) -> None:
