@@ -386,6 +386,28 @@ def test_links_that_stay_inside_keep_working(store):
     assert store.exists("G/file") and not store.exists("G/missing") and not store.exists("missing/x")
 
 
+def test_deep_keys_are_checked_at_every_level(store, tmp_path):
+    """A key whose directories are all new (a run's end task and its _meta) is checked in one go when no component
+    is a link; any link on the way is still followed only when it stays inside."""
+    root = Path(store.root)
+    (root / "F" / "r" / "s" / "t").mkdir(parents=True)
+    (root / "F" / "r" / "s" / "t" / "f").write_bytes(b"inside")
+    (root / "F" / "r" / "s" / "alias").symlink_to("t")
+    (root / "F" / "r" / "out").symlink_to(tmp_path / "outside")
+    (tmp_path / "outside" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "outside" / "a" / "b" / "secret").write_bytes(MARKER)
+    for key in ("F/r/s/t/f", "F/r/s/alias/f"):
+        assert LocalStorage(store.root).read(key) == b"inside"
+        assert LocalStorage(store.root).list(key.rpartition("/")[0]) == ["f"]
+    for key in ("F/r/out/a/b/secret", "F/r/out/a/b/../b/secret"):
+        with pytest.raises(OutsideDatastore):
+            LocalStorage(store.root).read(key)
+    with pytest.raises(OutsideDatastore):
+        LocalStorage(store.root).list("F/r/out/a/b")
+    with pytest.raises(FileNotFoundError):
+        LocalStorage(store.root).read("F/r/missing/x/y")
+
+
 def test_a_fifo_in_the_datastore_does_not_block_a_read(store):
     fifo = Path(store.root) / "F" / "d" / "fifo"
     os.mkfifo(fifo)

@@ -88,12 +88,17 @@ def flow_record(r: dict) -> dict:
 
 def run_record(r: dict) -> dict:
     """A run record from a source's row (ids as strings, tags as lists)."""
+    flow_id, run_number, ts = r["flow_id"], r["run_number"], r["ts_epoch"]
+    if (type(flow_id) is not str or "/" in flow_id or flow_id in _NOT_NAMES or type(run_number) is not str
+            or "/" in run_number or run_number in _NOT_NAMES or type(ts) not in _NUMBERS):
+        flow_id, run_number, ts = _name(r, "flow_id"), _name(r, "run_number"), _ts(r)
     return {
-        "flow_id": _name(r, "flow_id"),
-        "run_number": _name(r, "run_number"),
+        "flow_id": flow_id,
+        "run_number": run_number,
         "user_name": r.get("user_name"),
-        **run_tags(r),
-        "ts_epoch": _ts(r),
+        "tags": _strings(r, "tags"),
+        "system_tags": _strings(r, "system_tags"),
+        "ts_epoch": ts,
     }
 
 

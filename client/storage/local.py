@@ -21,14 +21,15 @@ from .base import OutsideDatastore, Storage, check_key
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: flags for checking that a path is a directory and no link to one (O_PATH: not opened for reading)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: the same through links, to learn where a path leads
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 #: directories remembered as checked, per root (a bound on memory only: forgetting costs one lstat each)
 _MAX_CHECKED_DIRS = 200_000
 _DOTS = (".", "..")
-#: the levels of a datastore that are wide (flows, runs, steps, tasks; `<F>/data/<xx>`): from the second directory
-#: asked for at one of them on, the directory is checked with its siblings, from one listing of their parent
+#: the levels of a datastore that are wide (flows, runs, tasks): from the second directory asked for at one of them
+#: on, the directory is checked with its siblings, from one listing of their parent
 _WIDE_LEVELS = 4
-#: the level below the wide ones whose directories are few (a run's steps, a flow's `data/<xx>`): checked with their
-#: siblings from the first one asked for on
+#: the level among them whose directories are few (a run's steps; `<F>/data/<xx>`, at most 256): checked one by one
 _NARROW_LEVEL = 2
 
 
@@ -55,15 +56,16 @@ class LocalStorage(Storage):
         if not key or key in self._checked:
             return
         parent = key.rpartition("/")[0]
-        self._check_dir(parent)
+        if parent and parent not in self._checked:
+            grandparent = parent.rpartition("/")[0]
+            if grandparent and grandparent not in self._checked and self._check_path(key):
+                return  # three levels or more at once (a run's end task and its _meta, ...)
+            self._check_dir(parent)
         if len(self._checked) >= _MAX_CHECKED_DIRS:
-            self._checked.clear()
-            self._listed.clear()
-            self._seen.clear()
+            self._forget()
         depth = key.count("/")
-        if depth < _WIDE_LEVELS and parent not in self._listed:
-            # a second sub-directory asked for, or one of a run's few steps: check all of them from one listing
-            if parent in self._seen or depth == _NARROW_LEVEL:
+        if depth < _WIDE_LEVELS and depth != _NARROW_LEVEL and parent not in self._listed:
+            if parent in self._seen:  # a second sub-directory asked for: check all of them from one listing
                 self._check_children(parent)
                 if key in self._checked:
                     return
@@ -76,6 +78,33 @@ class LocalStorage(Storage):
             if stat.S_ISLNK(os.lstat(path).st_mode):
                 self._inside(os.path.realpath(path, strict=True), key)
         self._checked.add(key)
+
+    def _check_path(self, key: str) -> bool:
+        """Check directory `key` and its ancestors in one go: open it (through any links) and ask the kernel which
+        directory that is. Its path below the root, spelled as `key`, means no component is a link: all are
+        checked. False otherwise (a link on the way, a missing directory, no /proc), for a check level by level."""
+        try:
+            fd = os.open(self._prefix + key, _PATH_FLAGS)
+        except OSError:
+            return False
+        try:
+            if os.readlink("/proc/self/fd/%d" % fd) != self._real + "/" + key:
+                return False
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        if len(self._checked) >= _MAX_CHECKED_DIRS:
+            self._forget()
+        while key and key not in self._checked:
+            self._checked.add(key)
+            key = key.rpartition("/")[0]
+        return True
+
+    def _forget(self) -> None:
+        self._checked.clear()
+        self._listed.clear()
+        self._seen.clear()
 
     def _check_children(self, parent: str) -> None:
         """Check every sub-directory of `parent` (checked) that is no link, from one listing of it: the file type
