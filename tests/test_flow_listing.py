@@ -174,7 +174,11 @@ def test_the_mounted_flow_lists_metaflows_runs(both, many_runs, tmp_path):
     env = dict(os.environ, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(many_runs))
     with mounted(tmp_path / "mnt", "--datastore-root", str(many_runs), "--all-namespaces", env=env) as mount:
         flow = mount.path / FLOW
-        assert [name for name in os.listdir(flow) if name not in LINKS] == expected["runs"]
+        before = mount.calls("getattr")
+        names = os.listdir(flow)
+        assert [name for name in names if name not in LINKS] == expected["runs"]
+        assert all(os.lstat(flow / name).st_nlink for name in names)
+        assert mount.calls("getattr") - before < 10  # the runs' attributes came with the listing (readdirplus)
         assert os.readlink(flow / "latest_successful") == expected["latest_successful"]
         run = both["client"].Run("%s/%s" % (FLOW, expected["runs"][-1]), _namespace_check=False)
         assert os.stat(flow / run.id).st_mtime == pytest.approx(run.created_at.timestamp())
