@@ -16,8 +16,9 @@ Kernel caching. libfuse's high-level API has one entry/attr/negative timeout for
     the reported size 0; opening one renders it, and its stale size is invalidated in the kernel before the open
     returns, so an fstat right after open(2) already sees the exact size.
 Readdir is never cached by the kernel in the high-level API; the tree answers it from its own cache. A readdirplus
-request gets the full attributes of the listed directories and links of stable nodes (see `_Fuse`), so the kernel
-caches them like a lookup's answer: `find` or `ls -R` of a finished run make no getattr call per directory.
+request gets the full attributes of the listed directories and links (see `_Fuse`), so the kernel caches them like
+a lookup's answer (unstable ones until the next invalidation): `find` or `ls -R` of a finished run make no getattr
+call per directory, nor `ls -l` of a flow one per run.
 
 Errors: OSErrors from the tree carry their errno (ENOENT, EIO, ...); any other exception in a callback is logged
 and returned as EIO (mfusepy would say EINVAL). Every write-type operation is EROFS (the mount is also `ro`).
