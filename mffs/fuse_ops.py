@@ -433,8 +433,9 @@ class _Fuse(mfusepy.FUSE):
             else:
                 rows.append((name_bytes, _TYPE_ONLY_STATS[kind], entry_offset, 0))
         prepared = (stable, with_offsets, rows)
-        with self._prepared_lock:
-            self._prepared[path_bytes] = prepared
+        if stable or with_offsets:  # an unstable listing filled without offsets is libfuse's to keep
+            with self._prepared_lock:
+                self._prepared[path_bytes] = prepared
         return prepared
 
 
