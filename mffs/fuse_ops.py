@@ -62,8 +62,8 @@ log = logging.getLogger("mffs")
 _CONTROL_PREFIX = "/" + CONTROL_DIR
 _MODES = {DIR: stat_module.S_IFDIR | 0o555, FILE: stat_module.S_IFREG | 0o444, LINK: stat_module.S_IFLNK | 0o777}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+_FUSE_CAP_CACHE_SYMLINKS = 1 << 23  # libfuse3 fuse_common.h
 _FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # libfuse3 fuse_common.h
-_FUSE_CAP_CACHE_SYMLINKS = 1 << 23
 _FUSE_FILL_DIR_PLUS = 1 << 1  # libfuse3 fuse.h: enum fuse_fill_dir_flags
 #: preferred I/O size reported in st_blksize: makes cat/cp use large reads
 _BLOCK_SIZE = 128 << 10
@@ -208,8 +208,8 @@ class MffsOperations(mfusepy.Operations):
             # syscall. Invalidating a link's inode (unstable ones are, every refresh) drops its cached target too.
             conn_info.want |= _FUSE_CAP_CACHE_SYMLINKS
         if conn_info is not None:
-            # READDIRPLUS for every part of a listing, not only its first: `ls -l` of a flow of 10,000 runs would
-            # otherwise look up every entry after the first few hundred, a round trip each.
+            # Every chunk of a listing as READDIR_PLUS, not only the first: in "auto" mode the kernel asks for
+            # the rest of a large directory (a step's tasks) without attributes, then stats each entry.
             conn_info.want &= ~_FUSE_CAP_READDIRPLUS_AUTO
         self.invalidator.start()
 
@@ -377,11 +377,10 @@ class _Fuse(mfusepy.FUSE):
     as mfusepy does: libfuse keeps the whole listing and answers the kernel's follow-up reads itself, so that
     costs one callback per directory (the offset mode costs one more, for the empty read at the end).
 
-    The kernel never caches a listing, so every `find` or `ls` of a directory comes back here. A listing, once
-    converted to what the filler takes (encoded names, C stat structs), is kept in an LRU of `PREPARED_LISTINGS`
-    directories: a repeated readdir of a stable directory only calls the filler (a warm `find` of a 1000-task
-    run: half the Python time). A directory that can still change is listed afresh by each read from its start
-    (offset 0); the reads of its later parts take the rows of that one, so offsets into it stay consistent.
+    The kernel never caches a listing, so every `find` or `ls` of a directory comes back here. A stable
+    directory's listing, once converted to what the filler takes (encoded names, C stat structs), is kept in an
+    LRU of `PREPARED_LISTINGS` directories: a repeated readdir only calls the filler (a warm `find` of a
+    1000-task run: half the Python time).
     """
 
     PREPARED_LISTINGS = 20_000
@@ -402,23 +401,26 @@ class _Fuse(mfusepy.FUSE):
         return 0
 
     def readdir_fuse_3(self, path: Optional[bytes], buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        """Fill from the prepared rows. A directory that can still change (a flow's runs) is listed afresh by each
+        read from its start (offset 0); the reads of its later parts take that read's rows, so that offsets into it
+        stay consistent."""
         with self._prepared_lock:
             prepared = self._prepared.get(path)
-        if prepared is None or (offset == 0 and not prepared[0]):
+        if prepared is None or (offset == 0 and not prepared[2]):
             prepared = self._prepare(path, fip.contents.fh)
         else:
             self.operations.count("readdir")
-        _, with_offsets, rows = prepared
+        with_offsets, rows, _ = prepared
         fill, buf = _RawFiller.from_buffer(filler), ctypes.c_void_p(buf)
         for row in rows[offset:] if with_offsets else rows:
             if fill(buf, *row):
                 break
         return 0
 
-    def _prepare(self, path_bytes: bytes, fh: int) -> Tuple[bool, bool, List[Tuple[bytes, Any, Any, int]]]:
-        """(stable, fill with offsets, [filler arguments after the buffer: name, stat pointer, offset, fill
-        flags]) for a readdir of a path. The same rows answer READDIR_PLUS and plain READDIR requests (libfuse's
-        plain filler takes entries with offsets and ignores FUSE_FILL_DIR_PLUS)."""
+    def _prepare(self, path_bytes: bytes, fh: int) -> Tuple[bool, List[Tuple[bytes, Any, Any, int]], bool]:
+        """(fill with offsets, [filler arguments after the buffer: name, stat pointer, offset, fill flags], stable)
+        for a readdir of a path. The same rows answer READDIR_PLUS and plain READDIR requests (libfuse's plain
+        filler takes entries with offsets and ignores FUSE_FILL_DIR_PLUS)."""
         path = path_bytes.decode(self.encoding, self.errors)
         stable, items = self.operations.readdir(path, fh)
         with_offsets = any(stat is not None for _, _, stat in items)
@@ -432,7 +434,7 @@ class _Fuse(mfusepy.FUSE):
                 rows.append((name_bytes, ctypes.pointer(st), entry_offset, _FUSE_FILL_DIR_PLUS))
             else:
                 rows.append((name_bytes, _TYPE_ONLY_STATS[kind], entry_offset, 0))
-        prepared = (stable, with_offsets, rows)
+        prepared = (with_offsets, rows, stable)
         if stable or with_offsets:  # an unstable listing filled without offsets is libfuse's to keep
             with self._prepared_lock:
                 self._prepared[path_bytes] = prepared
