@@ -114,7 +114,14 @@ class CachingProvider(MetadataProvider):
         return self._get(("flow", flow), lambda: self.source.flow(flow), lambda v: v is not None)
 
     def runs(self, flow: str) -> List[dict]:
-        return self._get(("runs", flow), lambda: self.source.runs(flow), lambda v: False)
+        def fetch() -> List[dict]:
+            runs = self.source.runs(flow)
+            with self._lock:  # a run of the list looked up by name (each entry of `ls -l FLOW`) reads nothing more
+                for record in runs:
+                    self._fresh.put(("run", flow, record["run_number"]), record)
+            return runs
+
+        return self._get(("runs", flow), fetch, lambda v: False)
 
     def run(self, flow: str, run: str) -> Optional[dict]:
         return self._get(("run", flow, run), lambda: self.source.run(flow, run), lambda v: False)

@@ -16,8 +16,9 @@ Kernel caching. libfuse's high-level API has one entry/attr/negative timeout for
     the reported size 0; opening one renders it, and its stale size is invalidated in the kernel before the open
     returns, so an fstat right after open(2) already sees the exact size.
 Readdir is never cached by the kernel in the high-level API; the tree answers it from its own cache. A readdirplus
-request gets the full attributes of the listed directories and links of stable nodes (see `_Fuse`), so the kernel
-caches them like a lookup's answer: `find` or `ls -R` of a finished run make no getattr call per directory.
+request gets the full attributes of the listed directories and links (see `_Fuse`), so the kernel caches them like
+a lookup's answer (unstable ones until the next invalidation): `find` or `ls -R` of a finished run make no getattr
+call per directory, nor `ls -l` of a flow one per run.
 
 Errors: OSErrors from the tree carry their errno (ENOENT, EIO, ...); any other exception in a callback is logged
 and returned as EIO (mfusepy would say EINVAL). Every write-type operation is EROFS (the mount is also `ro`).
@@ -62,6 +63,7 @@ _CONTROL_PREFIX = "/" + CONTROL_DIR
 _MODES = {DIR: stat_module.S_IFDIR | 0o555, FILE: stat_module.S_IFREG | 0o444, LINK: stat_module.S_IFLNK | 0o777}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _FUSE_CAP_CACHE_SYMLINKS = 1 << 23  # libfuse3 fuse_common.h
+_FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # libfuse3 fuse_common.h
 _FUSE_FILL_DIR_PLUS = 1 << 1  # libfuse3 fuse.h: enum fuse_fill_dir_flags
 #: preferred I/O size reported in st_blksize: makes cat/cp use large reads
 _BLOCK_SIZE = 128 << 10
@@ -205,6 +207,10 @@ class MffsOperations(mfusepy.Operations):
             # Let the kernel keep link targets: paths through `latest` would otherwise cost a readlink per
             # syscall. Invalidating a link's inode (unstable ones are, every refresh) drops its cached target too.
             conn_info.want |= _FUSE_CAP_CACHE_SYMLINKS
+        if conn_info is not None:
+            # Every chunk of a listing as READDIR_PLUS, not only the first: in "auto" mode the kernel asks for
+            # the rest of a large directory (a step's tasks) without attributes, then stats each entry.
+            conn_info.want &= ~_FUSE_CAP_READDIRPLUS_AUTO
         self.invalidator.start()
 
     def destroy(self, path: str) -> None:
@@ -235,15 +241,16 @@ class MffsOperations(mfusepy.Operations):
 
     @_callback
     def readdir(self, path: str, fh: int) -> Tuple[bool, List[Tuple[str, str, Optional[Stat]]]]:
-        """(whether the directory is stable, [(name, kind, stat or None)]). In a stable directory, entries come
-        with their attributes where they cost nothing (directories and links: their stat is known without I/O),
-        so a readdirplus (see _Fuse) spares the kernel a lookup of each; files only with their kind, as working
-        out a size may mean rendering the file. A directory that can still change gets kinds only: readdirplus
-        fills by offset, and offsets into a list that changes between two reads would skip or repeat names."""
+        """(whether the directory is stable, [(name, kind, stat or None)]). Entries come with their attributes
+        where they cost nothing (directories and links: their stat is known without I/O), so a readdirplus (see
+        _Fuse) spares the kernel a lookup of each; files only with their kind, as working out a size may mean
+        rendering the file. Unstable entries are watched, as when the kernel stats them."""
         stable, listing = self.tree.listing(path)
         entries: List[Tuple[str, str, Optional[Stat]]] = [(".", DIR, None), ("..", DIR, None)]
         for entry in listing:
-            attrs = entry.stat if stable and entry.stat is not None and entry.stat.stable else None
+            attrs = entry.stat
+            if attrs is not None and not attrs.stable:
+                self.invalidator.watch(entry.path)
             entries.append((entry.name, entry.kind, attrs))
         return stable, entries
 
@@ -394,24 +401,26 @@ class _Fuse(mfusepy.FUSE):
         return 0
 
     def readdir_fuse_3(self, path: Optional[bytes], buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        """Fill from the prepared rows. A directory that can still change (a flow's runs) is listed afresh by each
+        read from its start (offset 0); the reads of its later parts take that read's rows, so that offsets into it
+        stay consistent."""
         with self._prepared_lock:
             prepared = self._prepared.get(path)
-        if prepared is None:
+        if prepared is None or (offset == 0 and not prepared[2]):
             prepared = self._prepare(path, fip.contents.fh)
         else:
             self.operations.count("readdir")
-        with_offsets, rows = prepared
+        with_offsets, rows, _ = prepared
         fill, buf = _RawFiller.from_buffer(filler), ctypes.c_void_p(buf)
         for row in rows[offset:] if with_offsets else rows:
             if fill(buf, *row):
                 break
         return 0
 
-    def _prepare(self, path_bytes: bytes, fh: int) -> Tuple[bool, List[Tuple[bytes, Any, Any, int]]]:
-        """(fill with offsets, [filler arguments after the buffer: name, stat pointer, offset, fill flags]) for a
-        readdir of a path. The same rows answer READDIR_PLUS and plain READDIR requests: the kernel asks for the
-        first part of a listing with READDIR_PLUS and, in a walk, for the rest (the empty end) with a plain READDIR,
-        and libfuse's plain filler takes entries with offsets and ignores FUSE_FILL_DIR_PLUS."""
+    def _prepare(self, path_bytes: bytes, fh: int) -> Tuple[bool, List[Tuple[bytes, Any, Any, int]], bool]:
+        """(fill with offsets, [filler arguments after the buffer: name, stat pointer, offset, fill flags], stable)
+        for a readdir of a path. The same rows answer READDIR_PLUS and plain READDIR requests (libfuse's plain
+        filler takes entries with offsets and ignores FUSE_FILL_DIR_PLUS)."""
         path = path_bytes.decode(self.encoding, self.errors)
         stable, items = self.operations.readdir(path, fh)
         with_offsets = any(stat is not None for _, _, stat in items)
@@ -425,8 +434,8 @@ class _Fuse(mfusepy.FUSE):
                 rows.append((name_bytes, ctypes.pointer(st), entry_offset, _FUSE_FILL_DIR_PLUS))
             else:
                 rows.append((name_bytes, _TYPE_ONLY_STATS[kind], entry_offset, 0))
-        prepared = (with_offsets, rows)
-        if stable:
+        prepared = (with_offsets, rows, stable)
+        if stable or with_offsets:  # an unstable listing filled without offsets is libfuse's to keep
             with self._prepared_lock:
                 self._prepared[path_bytes] = prepared
         return prepared

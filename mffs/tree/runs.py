@@ -88,7 +88,7 @@ class FlowDir(Dir):
             if successful is not None:
                 nodes.append(self._link("latest_successful", successful))
         nodes.append(TagsDir(self.tree, join(self.path, "tags"), self.mtime, self.flow))
-        nodes.extend(built_nodes(lambda run: RunDir(self.tree, join(self.path, run.id), run), runs))
+        nodes.extend(built_nodes(lambda run: ListedRunDir(self.tree, join(self.path, run.id), run), runs))
         return nodes
 
     def child(self, name: str) -> Node:
@@ -100,10 +100,39 @@ class FlowDir(Dir):
             elif name == "latest_successful":
                 run = self._latest_successful(self._runs())
             else:
-                return RunDir(self.tree, join(self.path, name), self.flow[name])
+                return ListedRunDir(self.tree, join(self.path, name), self.flow[name])
         if run is None:
             raise self._missing(name)
         return self._link(name, run)
+
+
+class ListedRunDir(Dir):
+    """A run as its flow shows it: attributes from the run record alone. Whether a run finished (what makes its
+    RunDir stable) means reading its end task, which `ls -l` of a flow of thousands of runs must not do per run:
+    the RunDir is built once the run itself is listed or a name in it looked up, and from then on this node is as
+    stable as the RunDir is."""
+
+    def __init__(self, tree: "Tree", path: str, run: Any):
+        with client_errors(path):
+            mtime = epoch_mtime(run.created_at)
+        super().__init__(tree, path, mtime, stable=False)
+        self.run = run
+        self._run_dir: Optional[RunDir] = None
+
+    def _resolved(self) -> "RunDir":
+        if self._run_dir is None:
+            self._run_dir = RunDir(self.tree, self.path, self.run)
+            self.stable = self._run_dir.stable
+        return self._run_dir
+
+    def children(self) -> List[Node]:
+        return self._resolved().children()
+
+    def entries(self) -> List[Any]:
+        return self._resolved().entries()
+
+    def child(self, name: str) -> Node:
+        return self._resolved().child(name)
 
 
 class TagsDir(Dir):
