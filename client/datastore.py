@@ -72,6 +72,13 @@ _datastores: dict = {}
 _card_task_listings = Recent(mffs_setting("TTL", 1.0), max_entries=10_000)
 
 
+def _index_cache_key(key: Tuple[Any, ...]) -> str:
+    """The disk cache's name for a done attempt's index: `index-` and the sha1 of where it is stored."""
+    import hashlib
+
+    return "index-" + hashlib.sha1("\0".join(map(str, key)).encode()).hexdigest()
+
+
 def disk_cache():
     """The persistent blob cache of this process (for remote storage only; MFFS_CACHE_DIR, MFFS_DISK_CACHE_MB)."""
     global _disk_cache
@@ -345,8 +352,20 @@ class FlowDatastore:
         return tuple(self.task_key(run, step, task, "%d.%s" % (attempt, name)) for name in ("DONE.lock", "data.json"))
 
     def cached_index(self, run: str, step: str, task: str, attempt: int) -> Optional[dict]:
+        """A done attempt's index kept by this process or, for remote storage, by the disk cache; else None."""
+        key = (self.storage.root, self.flow, run, step, task, attempt)
         with _attempt_indexes_lock:
-            return _attempt_indexes.get((self.storage.root, self.flow, run, step, task, attempt))
+            index = _attempt_indexes.get(key)
+        if index is None and self.remote:
+            path = disk_cache().path(_index_cache_key(key))
+            try:
+                with open(path or "", "rb") as f:
+                    index = records.loads(f.read())
+            except (OSError, ValueError):  # not cached (or evicted meanwhile), or not ours to trust: read it
+                return None
+            with _attempt_indexes_lock:
+                _attempt_indexes[key] = index
+        return index
 
     def _keep_index(
         self, run: str, step: str, task: str, attempt: int, found: Dict[str, Optional[bytes]], keys: Tuple[str, str]
@@ -355,8 +374,11 @@ class FlowDatastore:
         if done is None or data is None:
             return None
         index = records.loads(data)
+        key = (self.storage.root, self.flow, run, step, task, attempt)
         with _attempt_indexes_lock:
-            _attempt_indexes[(self.storage.root, self.flow, run, step, task, attempt)] = index
+            _attempt_indexes[key] = index
+        if self.remote:  # a done attempt's index never changes: the next process reads it from disk
+            disk_cache().put_stream(_index_cache_key(key), [data])
         return index
 
     def log_keys(self, run: str, step: str, task: str, attempt: int, stream: str) -> List[str]:

@@ -109,3 +109,17 @@ def test_a_loop_over_runs_reads_in_few_round_trips(
     assert len(blob_gets) == len(set(blob_gets)) >= RUNS  # each run's blob once (and a few shared ones)
     bound = TREE_BOUND if path.startswith("tree") else CLIENT_BOUND
     assert request_log.waves() <= bound, sorted((r.started, r.method, r.path) for r in request_log.requests)
+
+
+def test_a_second_process_reads_nothing_from_s3(
+    cloned: Tuple[Path, Dict[str, float]], request_log: RequestLog, tmp_path: Path
+) -> None:
+    """With the disk cache of the first, a second tree walk over the runs makes no request: the blobs and the done
+    attempts' indexes (the stored types) are on disk."""
+    parent, values = cloned
+    source = ACCESS_PATHS["tree: cat */end/*/score/repr.txt"]
+    assert dict(run_loop(source, parent, request_log.endpoint_url, tmp_path)) == values
+    assert any(r.path.endswith("/0.data.json") for r in request_log.requests)
+    request_log.clear()
+    assert dict(run_loop(source, parent, request_log.endpoint_url, tmp_path)) == values
+    assert request_log.requests == []
