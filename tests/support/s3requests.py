@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
 
-from tests.support.s3server import BUCKET, S3_PREFIX, MotoServer
+from tests.support.s3server import BUCKET, S3_PREFIX, MotoServer, accept_connections
 
 
 @dataclass
@@ -74,7 +74,8 @@ class RequestLog:
         self.port = self._listener.getsockname()[1]
         self.endpoint_url = "http://127.0.0.1:%d" % self.port
         self._closed = threading.Event()
-        self._accepter = threading.Thread(target=self._accept_loop, name="request-log", daemon=True)
+        self._accepter = threading.Thread(target=accept_connections, args=(self._listener, self._closed, self._serve),
+                                          name="request-log", daemon=True)
         self._accepter.start()
 
     def close(self) -> None:
@@ -95,17 +96,6 @@ class RequestLog:
                 waves += 1
             busy_until = max(busy_until, request.ended)
         return waves
-
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.target_port))
