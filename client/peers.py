@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Hashable, List, Optional, Sequence, Tuple
+import time
+from typing import TYPE_CHECKING, Any, Callable, Hashable, List, Optional, Sequence, Tuple
 
 from cachetools import LRUCache
 
@@ -27,19 +28,24 @@ Components = Tuple[str, str, str, str]
 
 class ReadHistory:
     """For each key (an artifact of a step, within a run or across runs), the last two distinct ids (tasks or runs)
-    at which it was read."""
+    at which it was read. A read older than `horizon` seconds is forgotten: two reads far apart are no loop (a
+    notebook reading one run now and another later), and a wrong guess may fetch 63 large blobs."""
 
-    def __init__(self, max_keys: int = 4096):
+    def __init__(self, max_keys: int = 4096, horizon: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self._last: LRUCache = LRUCache(maxsize=max_keys)
         self._lock = threading.Lock()
+        self.horizon, self._clock = horizon, clock
 
     def record(self, key: Hashable, id: str) -> Optional[str]:
-        """Note a read of `key` at `id`; the id at which it was read before, if another one."""
+        """Note a read of `key` at `id`; the id at which it was read before, if another one, within the horizon."""
+        now = self._clock()
         with self._lock:
-            previous, last = self._last.get(key, (None, None))
+            previous, last, at = self._last.get(key, (None, None, now))
+            if now - at > self.horizon:
+                previous = last = None
             if last != id:
                 previous, last = last, id
-            self._last[key] = (previous, last)
+            self._last[key] = (previous, last, now)
             return previous
 
 

@@ -15,6 +15,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
+from client.peers import ReadHistory, window
 from tests.support import walk
 from tests.support.datastores import load_manifest
 from tests.support.s3requests import RequestLog, clone_runs
@@ -123,3 +124,25 @@ def test_a_second_process_reads_nothing_from_s3(
     request_log.clear()
     assert dict(run_loop(source, parent, request_log.endpoint_url, tmp_path)) == values
     assert request_log.requests == []
+
+
+def test_the_reads_remembered_make_a_loop_only_when_close_in_time() -> None:
+    now = [0.0]
+    history = ReadHistory(horizon=30.0, clock=lambda: now[0])
+    assert history.record("x", "run1") is None
+    assert history.record("x", "run1") is None  # the same run again: no loop yet
+    now[0] = 10.0
+    assert history.record("x", "run2") == "run1"
+    assert history.record("x", "run2") == "run1"  # still the run before
+    now[0] = 50.0
+    assert history.record("x", "run3") is None  # read long after: no loop
+    assert history.record("y", "run3") is None  # another key
+
+
+def test_the_window_follows_the_direction_of_the_reads() -> None:
+    ids = [str(n) for n in range(100)]
+    assert window(ids, "10", None) == ids[10:74]
+    assert window(ids, "10", "9") == ids[10:74]
+    assert window(ids, "10", "11") == ids[:11][::-1]
+    assert window(ids, "99", "98") == ["99"]
+    assert window(ids, "x", None) == []
