@@ -45,7 +45,7 @@ class Step(MetaflowObject):
 
     @property
     def task(self) -> Optional[Task]:
-        return next(iter(self), None)  # the newest
+        return self._alone(next(iter(self), None))  # the newest
 
     def tasks(self, *tags: str) -> Iterator[Task]:
         return self._filtered_children(*tags)  # type: ignore[return-value]
@@ -212,13 +212,13 @@ class Flow(MetaflowObject):
 
     @property
     def latest_run(self) -> Optional[Run]:
-        return next(iter(self), None)  # the newest in the namespace, running or not
+        return self._alone(next(iter(self), None))  # the newest in the namespace, running or not
 
     @property
     def latest_successful_run(self) -> Optional[Run]:
         for run in self:
             if run.successful:
-                return run
+                return self._alone(run)
         return None
 
     def runs(self, *tags: str) -> Iterator[Run]:

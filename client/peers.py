@@ -58,7 +58,7 @@ def newest(records: Sequence[dict]) -> Optional[dict]:
 
 
 def _newest_first(records: Sequence[dict], id_field: str) -> List[str]:
-    return [r[id_field] for r in sorted(records, key=lambda r: r["ts_epoch"], reverse=True)]
+    return [str(r[id_field]) for r in sorted(records, key=lambda r: r["ts_epoch"], reverse=True)]
 
 
 def window(ids: Sequence[str], current: str, previous: Optional[str]) -> List[str]:
@@ -79,34 +79,34 @@ def _iterated_run(task: "Task") -> Optional[Any]:
     if run is None:
         step = task._parent
         run = step._parent if step is not None else None
-    return run if getattr(run, "_siblings", None) else None
+    return run if run is not None and run.__dict__.get("_siblings") else None
 
 
 def peer_tasks(task: "Task", artifact: str) -> List[Components]:
     """The task reading `artifact` and those a loop reading it is likely to read next; empty: no guess."""
     provider = task._provider
-    flow, run, step, task_id = task._components
+    flow, run, step, task_id = map(str, task._components)
     before_in_run = _history.record((flow, run, step, artifact), task_id)
     before_run = _history.record((flow, step, artifact), run)
     if before_in_run is not None:
         tasks = _newest_first(provider.tasks(flow, run, step), "task_id")
         return [(flow, run, step, t) for t in window(tasks, task_id, before_in_run)]
-    siblings = getattr(task, "_siblings", None)
+    siblings = task.__dict__.get("_siblings")
     if siblings and len(siblings) - task._position > 1:
-        return [tuple(t._components) for t in siblings[task._position : task._position + PREFETCH_WINDOW]]
+        return [tuple(map(str, t._components)) for t in siblings[task._position : task._position + PREFETCH_WINDOW]]
     iterated = _iterated_run(task)
     if iterated is None and before_run is None:
         return []
     own = newest(provider.tasks(flow, run, step))
-    if own is None or own["task_id"] != task_id:
+    if own is None or str(own["task_id"]) != task_id:
         return []  # the runs' loop reads another task of the step than `Step.task`: which one is not known
     if iterated is not None:
-        runs = [r.id for r in iterated._siblings]
+        runs = [str(r.id) for r in iterated._siblings]
     else:
         runs = _newest_first(provider.runs(flow), "run_number")
     peers = []
     for other in window(runs, run, before_run):
         found = newest(provider.tasks(flow, other, step)) if other != run else own
         if found is not None:
-            peers.append((flow, other, step, found["task_id"]))
+            peers.append((flow, other, step, str(found["task_id"])))
     return peers

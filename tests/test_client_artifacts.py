@@ -80,8 +80,9 @@ def test_values_known_by_sha_are_what_those_pickles_hold(protocol: int) -> None:
 
 def test_reading_an_artifact_in_a_loop_names_the_tasks_to_prefetch(clients: dict) -> None:
     """What a read prefetches on remote storage: from a task of an iterated step, the next tasks of the step; from
-    a run's end task reached by iterating runs, the end tasks of the next runs; for a task looked up alone, nothing
-    until the same artifact was read in another task of the step just before: then the next ones that way."""
+    a run's end task reached by iterating runs, the end tasks of the next runs; for a task looked up alone (also
+    `Flow.latest_run`, `Step.task`), nothing until the same artifact was read in another task of the step just
+    before: then the next ones that way."""
     from client.peers import peer_tasks
 
     client = clients["client"]
@@ -100,6 +101,8 @@ def test_reading_an_artifact_in_a_loop_names_the_tasks_to_prefetch(clients: dict
     assert len(tasks) >= 3
     components = [tuple(t.path_components) for t in tasks]
     assert peer_tasks(tasks[1], "c") == components[1:]
+    # looked up alone, not iterated: the latest run's end task, a step's newest task
+    assert peer_tasks(run["end"].task, "e") == [] and peer_tasks(step.task, "e") == []
     assert peer_tasks(client.Task(tasks[1].pathspec), "d") == []
     assert peer_tasks(client.Task(tasks[2].pathspec), "d") == components[2:]
     assert peer_tasks(client.Task(tasks[1].pathspec), "d") == components[1::-1]  # the loop went backwards
