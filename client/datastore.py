@@ -25,6 +25,9 @@ LOG_SOURCES = ("runtime", "task")
 _GZIP_MAGIC = b"\x1f\x8b"
 #: the most serialized bytes a prefetch inflates per blob (what the blob cache keeps of one blob, by default)
 PREFETCH_INFLATE_LIMIT = 32 << 20
+#: the most stored bytes a prefetch downloads per blob: a larger one, which a loop may well not read (a guess), is
+#: fetched when read (a prefetch holds up to MFFS_S3_THREADS of them in memory at once)
+PREFETCH_STORED_LIMIT = 8 << 20
 #: the most serialized bytes inflated to learn a gzip blob's length (`stored_blob_size`, `DataArtifact.blob_size`)
 SIZE_INFLATE_LIMIT = 256 << 10
 
@@ -246,7 +249,8 @@ class FlowDatastore:
     def prefetch(self, shas: List[str]) -> None:
         """Fetch the blobs that are not cached yet in parallel (remote storage only), into the caches; each is
         decompressed and written to the disk cache on the thread that fetched it. Best effort: a failure here
-        only means the blobs are fetched again, one by one, when read (and fail then, for that artifact only)."""
+        only means the blobs are fetched again, one by one, when read (and fail then, for that artifact only);
+        so is a blob stored in more than PREFETCH_STORED_LIMIT bytes, of which no more is downloaded."""
         if not self.remote:
             return
         missing = {
@@ -257,7 +261,8 @@ class FlowDatastore:
         if not missing:
             return
         try:
-            found = self.storage.read_many(missing, then=lambda key, stored: self._prefetched(missing[key], stored))
+            found = self.storage.read_many(missing, then=lambda key, stored: self._prefetched(missing[key], stored),
+                                           max_bytes=PREFETCH_STORED_LIMIT)
         except OSError:  # the reads that follow fetch (and report) each blob themselves
             return
         for key, data in found.items():

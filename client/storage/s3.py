@@ -286,19 +286,21 @@ class S3Storage(Storage):
         return self._get(key)
 
     def read_many(
-        self, keys: Iterable[str], then: Optional[Callable[[str, bytes], Any]] = None
+        self, keys: Iterable[str], then: Optional[Callable[[str, bytes], Any]] = None, max_bytes: Optional[int] = None
     ) -> Dict[str, Any]:
         """Fetch the keys (and apply `then`, see Storage.read_many) in parallel on the shared bounded pool; None
-        for missing keys.
+        for missing keys, and for objects longer than `max_bytes` (of which one ranged GET reads max_bytes + 1).
 
         The first other failure cancels what has not started yet and is raised, so a dead server costs one
         request timeout, not one per key."""
         keys = list(dict.fromkeys(keys))
-        if len(keys) <= 1:
+        if len(keys) <= 1 and max_bytes is None:
             return super().read_many(keys, then)
 
         def fetch(key: str) -> Any:
-            data = self._get(key)
+            data = self._get(key, byte_range=(0, max_bytes) if max_bytes is not None else None)
+            if max_bytes is not None and len(data) > max_bytes:
+                return None
             return then(key, data) if then is not None else data
 
         pool = _shared_pool(self._conf["threads"])
