@@ -9,6 +9,7 @@ from .base import MetaflowObject
 from .context import get_trust_pickles
 from .datastore import SIZE_INFLATE_LIMIT, FlowDatastore, blob_cache, confine_root, disk_cache, root_of_location
 from .exceptions import MetaflowInternalError, MetaflowNotFound
+from .peers import Components, peer_tasks
 from .values import (
     DESCRIPTOR_LIMIT,
     INCLUDED_FILE_TYPE,
@@ -24,8 +25,6 @@ from .values import (
 
 if TYPE_CHECKING:  # imported when first needed
     from datetime import datetime
-
-    from .task import Task
 
 
 class DataArtifact(MetaflowObject):
@@ -70,18 +69,21 @@ class DataArtifact(MetaflowObject):
         self._check_encoding()
         return self._datastore().load_blob(self.sha)
 
-    def _peer_tasks(self) -> List["Task"]:
-        """This artifact's task and the ones a loop reaches next (see Task._peers)."""
-        task = self._parent
-        return task._peers() if isinstance(task, self._PARENT) else []
+    def _peer_tasks(self) -> List[Components]:
+        """This artifact's task and the ones a loop reading this artifact reaches next (see client.peers). A guess:
+        records that cannot be read while guessing leave it empty; the reads themselves report them."""
+        try:
+            return peer_tasks(self.parent, self.id)
+        except Exception:  # noqa: BLE001 - the guess reads other tasks' records, which may be missing or corrupt
+            return []
 
     def _prefetch_for_siblings(self, ds: FlowDatastore) -> None:
-        """Reading artifact X of a task that a loop reached (a task of an iterated step, or the end task of an
-        iterated run): fetch X of the tasks the loop reaches next too, in parallel, since such loops read the same
-        artifact from each (remote storage only)."""
+        """Reading artifact X of a task that a loop reached: fetch X of the tasks the loop reaches next too, in
+        parallel, since such loops read the same artifact from each (remote storage only)."""
         if not ds.remote or blob_cache.get(self.sha) is not None or disk_cache().path(self.sha):
             return
-        records = [self._provider.artifact(*t._components, self.id, attempt=t._attempt) for t in self._peer_tasks()]
+        attempt = self._attempt
+        records = [self._provider.artifact(*t, self.id, attempt=attempt) for t in self._peer_tasks()]
         ds.prefetch([r["sha"] for r in records if r is not None])
 
     def load(self, trusted: Optional[bool] = None) -> Any:
@@ -146,7 +148,7 @@ class DataArtifact(MetaflowObject):
                 # A listing of a step's tasks (the mount's) asks each one for its artifacts' stored types. The next
                 # tasks are taken to be at the same attempt, which costs no request to learn: a wrong guess only
                 # fetches an index that is not read.
-                ds.prefetch_indexes([(*t._components[1:4], attempt) for t in self._peer_tasks()])
+                ds.prefetch_indexes([(*t[1:4], attempt) for t in self._peer_tasks()])
             info = self._own_info_memo = self._attempt_info(attempt)
         return info
 

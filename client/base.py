@@ -176,6 +176,14 @@ class MetaflowObject:
             child._siblings, child._position = children, position  # lets reads prefetch for what comes next
         return iter(children)
 
+    @staticmethod
+    def _alone(child: Optional["MetaflowObject"]) -> Optional["MetaflowObject"]:
+        """A child found by iterating but handed out alone (the newest, the latest successful): reads from it do not
+        take its siblings for what a loop reads next."""
+        if child is not None:
+            child.__dict__.pop("_siblings", None)
+        return child
+
     def _filtered_children(self, *tags: str) -> Iterator["MetaflowObject"]:
         for child in self:
             if all(tag in child.tags for tag in tags):

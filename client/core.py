@@ -20,6 +20,7 @@ from .base import MetaflowObject
 from .code import MetaflowCode
 from .context import current_context, current_provider, restore_context
 from .exceptions import MetaflowNamespaceMismatch
+from .peers import newest
 from .pickled_classes import register_client_classes
 from .task import Metadata, MetaflowData, Task, previous_steps
 from .values import NOT_A_SCALAR, internal_value, load_stored
@@ -44,7 +45,7 @@ class Step(MetaflowObject):
 
     @property
     def task(self) -> Optional[Task]:
-        return next(iter(self), None)  # the newest
+        return self._alone(next(iter(self), None))  # the newest
 
     def tasks(self, *tags: str) -> Iterator[Task]:
         return self._filtered_children(*tags)  # type: ignore[return-value]
@@ -101,13 +102,12 @@ class Run(MetaflowObject):
     def _newest_task(self, step: str) -> Optional["Task"]:
         """`self[step].task` without reading the step's own record (a step without tasks and a missing step
         both give None, as `end_task` and `_parameters` lookups need)."""
-        tasks = self._provider.tasks(*self._components, step)
-        if not tasks:
+        record = newest(self._provider.tasks(*self._components, step))
+        if record is None:
             return None
-        newest = sorted(tasks, key=lambda t: t["ts_epoch"], reverse=True)[0]
         return Task(
-            pathspec="/".join(self._components + [step, newest["task_id"]]),
-            _object=newest,
+            pathspec="/".join(self._components + [step, record["task_id"]]),
+            _object=record,
             _namespace_check=self._namespace_check,
             _current_namespace=self._current_namespace if self._namespace_check else None,
             _run_tags=self._tag_lists(),
@@ -212,13 +212,13 @@ class Flow(MetaflowObject):
 
     @property
     def latest_run(self) -> Optional[Run]:
-        return next(iter(self), None)  # the newest in the namespace, running or not
+        return self._alone(next(iter(self), None))  # the newest in the namespace, running or not
 
     @property
     def latest_successful_run(self) -> Optional[Run]:
         for run in self:
             if run.successful:
-                return run
+                return self._alone(run)
         return None
 
     def runs(self, *tags: str) -> Iterator[Run]:

@@ -25,6 +25,9 @@ LOG_SOURCES = ("runtime", "task")
 _GZIP_MAGIC = b"\x1f\x8b"
 #: the most serialized bytes a prefetch inflates per blob (what the blob cache keeps of one blob, by default)
 PREFETCH_INFLATE_LIMIT = 32 << 20
+#: the most stored bytes a prefetch downloads per blob: a larger one, which a loop may well not read (a guess), is
+#: fetched when read (a prefetch holds up to MFFS_S3_THREADS of them in memory at once)
+PREFETCH_STORED_LIMIT = 8 << 20
 #: the most serialized bytes inflated to learn a gzip blob's length (`stored_blob_size`, `DataArtifact.blob_size`)
 SIZE_INFLATE_LIMIT = 256 << 10
 
@@ -70,6 +73,13 @@ _attempt_indexes_lock = threading.Lock()
 _datastores: dict = {}
 #: (card root, `<F>/runs/<R>[/steps/<S>]/tasks`) -> ids of the tasks with a card directory there
 _card_task_listings = Recent(mffs_setting("TTL", 1.0), max_entries=10_000)
+
+
+def _index_cache_key(key: Tuple[Any, ...]) -> str:
+    """The disk cache's name for a done attempt's index: `index-` and the sha1 of where it is stored."""
+    import hashlib
+
+    return "index-" + hashlib.sha1("\0".join(map(str, key)).encode()).hexdigest()
 
 
 def disk_cache():
@@ -239,7 +249,8 @@ class FlowDatastore:
     def prefetch(self, shas: List[str]) -> None:
         """Fetch the blobs that are not cached yet in parallel (remote storage only), into the caches; each is
         decompressed and written to the disk cache on the thread that fetched it. Best effort: a failure here
-        only means the blobs are fetched again, one by one, when read (and fail then, for that artifact only)."""
+        only means the blobs are fetched again, one by one, when read (and fail then, for that artifact only);
+        so is a blob stored in more than PREFETCH_STORED_LIMIT bytes, of which no more is downloaded."""
         if not self.remote:
             return
         missing = {
@@ -250,7 +261,8 @@ class FlowDatastore:
         if not missing:
             return
         try:
-            found = self.storage.read_many(missing, then=lambda key, stored: self._prefetched(missing[key], stored))
+            found = self.storage.read_many(missing, then=lambda key, stored: self._prefetched(missing[key], stored),
+                                           max_bytes=PREFETCH_STORED_LIMIT)
         except OSError:  # the reads that follow fetch (and report) each blob themselves
             return
         for key, data in found.items():
@@ -345,8 +357,20 @@ class FlowDatastore:
         return tuple(self.task_key(run, step, task, "%d.%s" % (attempt, name)) for name in ("DONE.lock", "data.json"))
 
     def cached_index(self, run: str, step: str, task: str, attempt: int) -> Optional[dict]:
+        """A done attempt's index kept by this process or, for remote storage, by the disk cache; else None."""
+        key = (self.storage.root, self.flow, run, step, task, attempt)
         with _attempt_indexes_lock:
-            return _attempt_indexes.get((self.storage.root, self.flow, run, step, task, attempt))
+            index = _attempt_indexes.get(key)
+        if index is None and self.remote:
+            path = disk_cache().path(_index_cache_key(key))
+            try:
+                with open(path or "", "rb") as f:
+                    index = records.loads(f.read())
+            except (OSError, ValueError):  # not cached (or evicted meanwhile), or not ours to trust: read it
+                return None
+            with _attempt_indexes_lock:
+                _attempt_indexes[key] = index
+        return index
 
     def _keep_index(
         self, run: str, step: str, task: str, attempt: int, found: Dict[str, Optional[bytes]], keys: Tuple[str, str]
@@ -355,8 +379,11 @@ class FlowDatastore:
         if done is None or data is None:
             return None
         index = records.loads(data)
+        key = (self.storage.root, self.flow, run, step, task, attempt)
         with _attempt_indexes_lock:
-            _attempt_indexes[(self.storage.root, self.flow, run, step, task, attempt)] = index
+            _attempt_indexes[key] = index
+        if self.remote:  # a done attempt's index never changes: the next process reads it from disk
+            disk_cache().put_stream(_index_cache_key(key), [data])
         return index
 
     def log_keys(self, run: str, step: str, task: str, attempt: int, stream: str) -> List[str]:

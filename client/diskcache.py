@@ -1,4 +1,5 @@
-"""A persistent, size-bounded disk cache of immutable blobs keyed by their sha (content-addressed: never stale).
+"""A persistent, size-bounded disk cache of immutable blobs keyed by their sha (content-addressed: never stale), and
+of done attempts' indexes (`<A>.data.json`, never rewritten once `<A>.DONE.lock` exists) keyed by where they are.
 
 Files live at `<directory>/<key[:2]>/<key>` and hold the *decompressed* blob, so an offset read of a large
 `data.pickle` is a local `pread` instead of a new download. Several processes may share one directory:

@@ -16,8 +16,6 @@ if TYPE_CHECKING:  # imported when first needed
 
 
 Metadata = namedtuple("Metadata", ["name", "value", "created_at", "type", "task"])
-#: how many sibling tasks' copies of an artifact one read fetches ahead from remote storage
-PREFETCH_WINDOW = 64
 
 
 class MetaflowData:
@@ -68,19 +66,6 @@ class Task(MetaflowObject):
     @staticmethod
     def _id_of(record: dict) -> str:
         return record["task_id"]
-
-    def _peers(self) -> List["Task"]:
-        """This task and the ones a loop is likely to read next (at most PREFETCH_WINDOW): the next tasks of an
-        iterated step, or the end tasks of the next runs of an iterated flow when this is a run's end task."""
-        siblings = getattr(self, "_siblings", None)
-        if siblings:
-            return siblings[self._position : self._position + PREFETCH_WINDOW]
-        run = self.__dict__.get("_end_of")
-        runs = getattr(run, "_siblings", None)
-        if not runs:
-            return []
-        window = runs[run._position : run._position + PREFETCH_WINDOW]
-        return [end for end in (r.end_task for r in window) if end is not None]
 
     def _value(self, name: str, missing: Any) -> Any:
         try:

@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Benchmark of the client core over an S3 datastore against Metaflow's client on the same S3 server (issue #5).
+"""Benchmark of the client core over an S3 datastore against Metaflow's client on the same S3 server (issues #5, #18).
 
 The two patterns of scripts/bench_client.py ("Compare Runs" over many HelloFlow runs, "Analyze Foreach Results"
-over a wide WideFlow foreach), written as a user writes them, and on request (--patterns walk_run) what the mount
-reads to list the whole WideFlow run (mffs.tree, as `find RUN` over an S3 mount) against Metaflow's client listing
-every step, task and artifact and each task's exception; each run as a whole Python process:
+over a wide WideFlow foreach), written as a user writes them; Compare Runs spelled the other ways a user reaches a
+run's end-task artifact (`run["end"].task.data.x`, `run["end"].task["x"].data`, `Task(pathspec)` over a listing,
+`Step(pathspec).task`) and the mount's reads of `<run>/end/<task>/score/repr.txt` in glob order (mffs.tree, as the
+daemon reads, against Metaflow's client reading the same values); and on request (--patterns walk_run) what the
+mount reads to list the whole WideFlow run (as `find RUN` over an S3 mount) against Metaflow's client listing every
+step, task and artifact and each task's exception. Each run as a whole Python process:
 
   ours-cold       `from client import Flow`, a fresh mffs disk cache (MFFS_CACHE_DIR) for every repetition
   ours-warm       `from client import Flow`, one mffs disk cache populated by an untimed run beforehand
@@ -23,7 +26,7 @@ S3 request and wall times include the server's work. With --latency-ms N the cli
 here that holds every request N ms before passing it on (what a client sees of S3's time to first byte, which a
 local server lacks); the table then says so.
 
-    .venv/bin/python scripts/bench_s3.py                         # 100 tasks, 20 runs, 3 repetitions
+    .venv/bin/python scripts/bench_s3.py                         # 100 tasks, 40 runs, 3 repetitions
     .venv/bin/python scripts/bench_s3.py --latency-ms 20         # the same behind 20 ms of request latency
     .venv/bin/python scripts/bench_s3.py --tasks 1000 --runs 100 # the sizes of bench_client.py (long build)
     .venv/bin/python scripts/bench_s3.py --patterns walk_run --latency-ms 20   # the mount's listing of a run
@@ -87,10 +90,64 @@ results.sort()
 best = results[0]
 """,
 }
-PATTERNS = {pattern: {"client": sources["client"].format(module="client"),
-                      "metaflow": sources["client"].format(module="metaflow")}
-            for pattern, sources in bench_client.PATTERNS.items()}
+# Compare Runs spelled the other ways a user reaches a run's end-task artifact (issue #18). Each reads what
+# `run.data` does; the mount's reads of `<run>/end/<task>/score/repr.txt` go in glob order (oldest run first).
+ACCESS_PATHS = {
+    "end_task_data": """
+from {module} import Flow
+
+results = []
+for run in Flow("HelloFlow"):
+    if run.successful:
+        results.append((run.id, run["end"].task.data.score))
+best = max(results, key=lambda r: r[1])
+""",
+    "end_task_item": """
+from {module} import Flow
+
+results = [(run.id, run["end"].task["score"].data) for run in Flow("HelloFlow")]
+best = max(results, key=lambda r: r[1])
+""",
+    "task_pathspec": """
+from {module} import Flow, Task
+
+pathspecs = [run["end"].task.pathspec for run in Flow("HelloFlow")]
+results = [(pathspec.split("/")[1], Task(pathspec).data.score) for pathspec in pathspecs]
+best = max(results, key=lambda r: r[1])
+""",
+    "step_task": """
+from {module} import Flow, Step
+
+results = [(run.id, Step(run.pathspec + "/end").task.data.score) for run in Flow("HelloFlow")]
+best = max(results, key=lambda r: r[1])
+""",
+}
+TREE_END_SCORES = {
+    "client": """
+from mffs.tree import Tree
+
+tree = Tree()
+results = []
+for run in sorted(e.name for e in tree.list("/HelloFlow") if e.name.isdigit()):
+    for task in sorted(e.name for e in tree.list("/HelloFlow/%s/end" % run) if e.name.isdigit()):
+        results.append((run, float(tree.read_file("/HelloFlow/%s/end/%s/score/repr.txt" % (run, task)))))
+best = max(results, key=lambda r: r[1])
+""",
+    "metaflow": """
+from metaflow import Flow
+
+results = []
+for run in sorted(Flow("HelloFlow"), key=lambda run: run.id):
+    results.append((run.id, float(repr(run["end"].task.data.score))))
+best = max(results, key=lambda r: r[1])
+""",
+}
+PATTERNS = {pattern: {"client": source.format(module="client"), "metaflow": source.format(module="metaflow")}
+            for pattern, source in [(name, sources["client"]) for name, sources in bench_client.PATTERNS.items()]
+            + list(ACCESS_PATHS.items())}
+PATTERNS["tree_end_scores"] = TREE_END_SCORES
 PATTERNS["walk_run"] = WALK_RUN
+DEFAULT_PATTERNS = [*bench_client.PATTERNS, *ACCESS_PATHS, "tree_end_scores"]
 
 SPEEDUP_GOAL = 5.0  # metaflow-cold / ours-cold
 LOCAL_GOAL = 1.5  # ours-warm / ours-local
@@ -158,15 +215,20 @@ def build_s3_bench_datastore(server: MotoServer, tasks: int, runs: int) -> Path:
 
     datastores.RUN_TIMEOUT_S = max(datastores.RUN_TIMEOUT_S, 600 + 6 * tasks)
     return build_s3_datastore(server, "s3-foreach", {"n_tasks": tasks, "n_runs": runs},
-                              ["wideflow.py", "helloflow.py"], run_flows, "bench-%d-%d" % (tasks, runs))
+                              ["wideflow.py", "helloflow.py"], run_flows, bench_prefix(tasks, runs))
+
+
+def bench_prefix(tasks: int, runs: int) -> str:
+    return "bench-%d-%d" % (tasks, runs)
 
 
 class S3Bench:
     """Writes one program per pattern and client, and runs them in each variant's environment."""
 
-    def __init__(self, s3_parent: Path, local_parent: Path, endpoint_url: str, work: Path):
+    def __init__(self, s3_parent: Path, s3_root: str, local_parent: Path, endpoint_url: str, work: Path):
         self.work = work
         self.s3_env = dict(bench_client.base_env(s3_parent, work), **s3_environment(endpoint_url))
+        self.s3_env["METAFLOW_DATASTORE_SYSROOT_S3"] = s3_root  # the client reads no other root
         self.local_env = bench_client.base_env(local_parent, work)
         self.programs = {}
         for pattern, sources in PATTERNS.items():
@@ -229,18 +291,18 @@ def print_table(results: Dict[str, Dict[str, bench_client.Timing]], repeat: int)
         for label, numerator, denominator, goal in rows:
             wall = numerator.median_wall() / denominator.median_wall()
             cpu = numerator.median_cpu() / denominator.median_cpu()
-            # the goals are the issue's, for its two patterns (walk_run has none)
-            verdict = "" if goal is None or pattern not in bench_client.PATTERNS else ("ok" if goal(wall) else "MISSED")
+            # the goals are the issues', for every pattern but walk_run
+            verdict = "" if goal is None or pattern == "walk_run" else ("ok" if goal(wall) else "MISSED")
             print("%-16s %-26s %6.2fx %6.2fx  %s" % (pattern, label, wall, cpu, verdict))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=100, help="width of the foreach (default 100)")
-    parser.add_argument("--runs", type=int, default=20, help="number of HelloFlow runs to compare (default 20)")
+    parser.add_argument("--runs", type=int, default=40, help="number of HelloFlow runs to compare (default 40)")
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per variant (default 3)")
-    parser.add_argument("--patterns", nargs="+", choices=sorted(PATTERNS), default=list(bench_client.PATTERNS),
-                        help="default: the issue's two client patterns; walk_run is the mount's listing of a run")
+    parser.add_argument("--patterns", nargs="+", choices=sorted(PATTERNS), default=DEFAULT_PATTERNS,
+                        help="default: all but walk_run, the mount's listing of a run")
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="hold every request this long on its way to the server (default 0: none)")
     args = parser.parse_args(argv)
@@ -260,7 +322,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             proxy = LatencyProxy(server.port, args.latency_ms / 1000.0)
             endpoint_url = proxy.endpoint_url
             print("clients reach the server through a proxy adding %g ms to every request" % args.latency_ms)
-        bench = S3Bench(s3_parent, local_parent, endpoint_url, work)
+        s3_root = "s3://%s/%s" % (BUCKET, bench_prefix(args.tasks, args.runs))
+        bench = S3Bench(s3_parent, s3_root, local_parent, endpoint_url, work)
         results = {pattern: bench.measure(pattern, args.repeat) for pattern in args.patterns}
         print_table(results, args.repeat)
     finally:

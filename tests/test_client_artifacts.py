@@ -80,21 +80,32 @@ def test_values_known_by_sha_are_what_those_pickles_hold(protocol: int) -> None:
 
 def test_reading_an_artifact_in_a_loop_names_the_tasks_to_prefetch(clients: dict) -> None:
     """What a read prefetches on remote storage: from a task of an iterated step, the next tasks of the step; from
-    a run's end task reached by iterating runs, the end tasks of the next runs; nothing for a task looked up alone."""
+    a run's end task reached by iterating runs, the end tasks of the next runs; for a task looked up alone (also
+    `Flow.latest_run`, `Step.task`), nothing until the same artifact was read in another task of the step just
+    before: then the next ones that way."""
+    from client.peers import peer_tasks
+
     client = clients["client"]
     client.namespace(None)
     runs = list(client.Flow("FailFlow"))
     ends = [run.end_task for run in runs]
     assert len([end for end in ends if end is not None]) >= 2
     first = next(i for i, end in enumerate(ends) if end is not None)
-    assert [t.pathspec for t in ends[first]._peers()] == [end.pathspec for end in ends[first:] if end is not None]
+    expected = [tuple(end.path_components) for end in ends[first:] if end is not None]
+    assert peer_tasks(ends[first], "a") == expected
+    assert peer_tasks(runs[first]["end"].task, "b") == expected
 
     run = client.Flow("KitchenFlow").latest_run
     step = max(run, key=lambda s: len(list(s)))
     tasks = list(step)
-    assert len(tasks) >= 2
-    assert [t.pathspec for t in tasks[1]._peers()] == [t.pathspec for t in tasks[1:]]
-    assert client.Task(tasks[1].pathspec)._peers() == []
+    assert len(tasks) >= 3
+    components = [tuple(t.path_components) for t in tasks]
+    assert peer_tasks(tasks[1], "c") == components[1:]
+    # looked up alone, not iterated: the latest run's end task, a step's newest task
+    assert peer_tasks(run["end"].task, "e") == [] and peer_tasks(step.task, "e") == []
+    assert peer_tasks(client.Task(tasks[1].pathspec), "d") == []
+    assert peer_tasks(client.Task(tasks[2].pathspec), "d") == components[2:]
+    assert peer_tasks(client.Task(tasks[1].pathspec), "d") == components[1::-1]  # the loop went backwards
 
 
 def test_blob_size_is_the_stored_pickle_length(clients: dict, manifest: dict) -> None:

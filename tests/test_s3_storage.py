@@ -159,6 +159,28 @@ def test_read_many_of_one_key_and_of_none(s3_server, root):  # noqa: F811
     assert storage.read_many([]) == {}
 
 
+def test_read_many_up_to_a_size_reads_no_more_of_a_larger_object(s3_server, root):  # noqa: F811
+    objects = {"F/small": b"s" * 10, "F/exact": b"e" * 100, "F/large": b"l" * 5000}
+    put_many(s3_server, root, objects)
+    storage = S3Storage(root)
+    ranges = []
+
+    def note_range(params, **_):
+        ranges.append(params.get("Range"))
+
+    events = storage._client.meta.events
+    events.register("before-parameter-build.s3.GetObject", note_range)
+    try:
+        for keys in (list(objects) + ["F/missing"], ["F/large"]):
+            ranges.clear()
+            found = storage.read_many(keys, then=lambda key, data: data.upper(), max_bytes=100)
+            expected = {"F/small": b"S" * 10, "F/exact": b"E" * 100, "F/large": None, "F/missing": None}
+            assert found == {key: expected[key] for key in keys}
+            assert ranges == ["bytes=0-100"] * len(keys)
+    finally:
+        events.unregister("before-parameter-build.s3.GetObject", note_range)
+
+
 def test_open_random_access_matches_the_object(s3_server, root):  # noqa: F811
     body = random.Random(5).randbytes(3 * 1024 * 1024 + 123)
     put(s3_server, root, "F/big", body)

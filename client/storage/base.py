@@ -43,9 +43,10 @@ class Storage(ABC):
         """The whole object."""
 
     def read_many(
-        self, keys: Iterable[str], then: Optional[Callable[[str, bytes], Any]] = None
+        self, keys: Iterable[str], then: Optional[Callable[[str, bytes], Any]] = None, max_bytes: Optional[int] = None
     ) -> Dict[str, Any]:
-        """Several objects at once (backends with latency fetch them in parallel); None for missing keys.
+        """Several objects at once (backends with latency fetch them in parallel); None for missing keys, and for
+        objects longer than `max_bytes` when it is given (remote backends then read no more than that of them).
         `then(key, data)`, when given, is applied to each object found where it was fetched (on a backend's
         worker thread, so work such as decompressing and caching runs in parallel too) and its result is
         returned instead of the bytes."""
@@ -54,6 +55,8 @@ class Storage(ABC):
             try:
                 data = self.read(key)
             except FileNotFoundError:
+                data = None
+            if data is None or (max_bytes is not None and len(data) > max_bytes):
                 out[key] = None
                 continue
             out[key] = then(key, data) if then is not None else data

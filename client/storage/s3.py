@@ -1,7 +1,9 @@
-"""S3 storage through boto3: Metaflow's S3 datastore read with bounded timeouts, retries and parallelism.
+"""S3 storage through botocore: Metaflow's S3 datastore read with bounded timeouts, retries and parallelism.
 
-boto3 is imported only when an `S3Storage` is first used. One boto3 client per set of connection settings is shared
-by every root and thread (boto3 clients are thread-safe; sessions are not, so they are only touched under a lock).
+botocore is imported only when an `S3Storage` is first used. One botocore client per set of connection settings is
+shared by every root and thread (clients are thread-safe; sessions are not, so they are only touched under a lock).
+Credentials come from botocore's standard chain (environment, AWS_PROFILE and the shared files, instance roles...).
+boto3 is not needed: its session adds resources and transfer helpers a reader does not use.
 
 Settings (Metaflow's, as `client.config.setting` resolves them): S3_ENDPOINT_URL, S3_VERIFY_CERTIFICATE,
 DATATOOLS_CLIENT_PARAMS (extra boto3 client arguments; its "config" dict overrides ours). mffs's own (environment
@@ -53,8 +55,9 @@ def _settings() -> Dict[str, Any]:
 
 
 def _client_params(conf: Dict[str, Any]) -> Dict[str, Any]:
-    """boto3 `client('s3', **params)` arguments: Metaflow's DATATOOLS_CLIENT_PARAMS, endpoint and verify settings,
-    and our timeouts/retries unless the user's "config" sets them."""
+    """`create_client("s3", **params)` arguments (boto3's `client` takes the same): Metaflow's
+    DATATOOLS_CLIENT_PARAMS, endpoint and verify settings, and our timeouts/retries unless the user's "config" sets
+    them."""
     params = dict(setting("DATATOOLS_CLIENT_PARAMS", {}))
     endpoint = setting("S3_ENDPOINT_URL")
     if endpoint:
@@ -81,19 +84,44 @@ _pool: Optional[ThreadPoolExecutor] = None
 
 
 def _shared_client(params: Dict[str, Any]) -> Any:
-    """One boto3 S3 client per distinct set of parameters, shared process-wide (and its connection pool)."""
+    """One botocore S3 client per distinct set of parameters, shared process-wide (and its connection pool)."""
     cache_key = json.dumps(params, sort_keys=True, default=str)
     with _clients_lock:
         client = _clients.get(cache_key)
         if client is None:
-            import boto3
+            import botocore.session
             from botocore.config import Config
 
             kwargs = dict(params)
             kwargs["config"] = Config(**kwargs["config"])
-            client = boto3.session.Session().client("s3", **kwargs)
-            _clients[cache_key] = client
+            session = botocore.session.Session()
+            session.register_component("data_loader", _s3_loader(session.get_config_variable("data_path")))
+            client = _clients[cache_key] = session.create_client("s3", **kwargs)
         return client
+
+
+def _s3_loader(data_path: Optional[str]) -> Any:
+    """botocore's loader of its service models (searching the same places: botocore's data, ~/.aws/models and the
+    `data_path` setting), for an S3 client: it does not list the 400-odd services botocore ships to check that S3
+    is one, and parses with orjson (what `json` with ordered dicts does, three times faster)."""
+    import os
+
+    import orjson
+    from botocore import loaders
+
+    class Files(loaders.JSONFileLoader):
+        def _load_file(self, full_path: str, open_method: Callable) -> Any:
+            if not os.path.isfile(full_path):
+                return None
+            with open_method(full_path, "rb") as fp:
+                return orjson.loads(fp.read())
+
+    class S3Loader(loaders.Loader):
+        def list_available_services(self, type_name: str) -> List[str]:
+            return ["s3"]
+
+    paths = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)] if data_path else []
+    return S3Loader(extra_search_paths=paths, file_loader=Files())
 
 
 def _shared_pool(threads: int) -> ThreadPoolExecutor:
@@ -163,7 +191,7 @@ class S3Storage(Storage):
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     def _connection(self) -> Tuple[Any, _EndpointHealth]:
-        """The shared boto3 client and the health record of its endpoint, created on first use."""
+        """The shared botocore client and the health record of its endpoint, created on first use."""
         if self._client_obj is None:
             params = _client_params(self._conf)
             endpoint = params.get("endpoint_url") or "aws"
@@ -258,19 +286,21 @@ class S3Storage(Storage):
         return self._get(key)
 
     def read_many(
-        self, keys: Iterable[str], then: Optional[Callable[[str, bytes], Any]] = None
+        self, keys: Iterable[str], then: Optional[Callable[[str, bytes], Any]] = None, max_bytes: Optional[int] = None
     ) -> Dict[str, Any]:
         """Fetch the keys (and apply `then`, see Storage.read_many) in parallel on the shared bounded pool; None
-        for missing keys.
+        for missing keys, and for objects longer than `max_bytes` (of which one ranged GET reads max_bytes + 1).
 
         The first other failure cancels what has not started yet and is raised, so a dead server costs one
         request timeout, not one per key."""
         keys = list(dict.fromkeys(keys))
-        if len(keys) <= 1:
+        if len(keys) <= 1 and max_bytes is None:
             return super().read_many(keys, then)
 
         def fetch(key: str) -> Any:
-            data = self._get(key)
+            data = self._get(key, byte_range=(0, max_bytes) if max_bytes is not None else None)
+            if max_bytes is not None and len(data) > max_bytes:
+                return None
             return then(key, data) if then is not None else data
 
         pool = _shared_pool(self._conf["threads"])

@@ -162,15 +162,7 @@ class FaultProxy:
             _close_with_reset(sock)
 
     def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        accept_connections(self._listener, self._closed, self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
         mode = self._mode
@@ -226,6 +218,22 @@ class FaultProxy:
         finally:
             for sock in pair:
                 sock.close()
+
+
+def accept_connections(
+    listener: socket.socket, closed: threading.Event, serve: Callable[[socket.socket], None]
+) -> None:
+    """Hand every connection accepted on `listener` (with a timeout, so that `closed` is noticed) to `serve` on a
+    thread of its own, until `closed` is set or the listener is closed."""
+    while not closed.is_set():
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+        conn.settimeout(None)
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
 def _close_with_reset(sock: socket.socket) -> None:
