@@ -49,42 +49,28 @@ from scripts.make_scale_datastore import (  # noqa: E402
 from tests.support.datastores import load_manifest  # noqa: E402
 from tests.support.mount import mffs_command, mounted  # noqa: E402
 
-CLIENT_WALK = """
-import sys, time
-from metaflow import Run, namespace
-namespace(None)
-started, cpu = time.perf_counter(), time.process_time()
-for step in Run(sys.argv[1]):
-    for task in step:
-        task.metadata, task.finished, [artifact.id for artifact in task]
-print(time.perf_counter() - started, time.process_time() - cpu)
-"""
-CLIENT_CAT = """
-import sys, time
-from metaflow import Run, namespace
-namespace(None)
-started, cpu = time.perf_counter(), time.process_time()
-text = "".join(repr(task["square"].data) + "\\n" for task in Run(sys.argv[1])["%s"])
-print(time.perf_counter() - started, time.process_time() - cpu)
-""" % FOREACH_STEP
-CLIENT_LS_STEP = """
-import sys, time
-from metaflow import Run, namespace
-namespace(None)
-started, cpu = time.perf_counter(), time.process_time()
-listing = [(task.id, task.created_at) for task in Run(sys.argv[1])["%s"]]
-print(time.perf_counter() - started, time.process_time() - cpu)
-""" % FOREACH_STEP
-CLIENT_FLOW = """
-import sys, time
-from metaflow import Flow, namespace
-namespace(None)
-started, cpu = time.perf_counter(), time.process_time()
-flow = Flow(sys.argv[1])
-runs = list(flow)
-latest = flow.latest_successful_run.id
-print(time.perf_counter() - started, time.process_time() - cpu)
-"""
+
+def client_script(reads: str) -> str:
+    """A script timing `reads` (Metaflow client code using `argument`, in all namespaces) in a fresh process."""
+    return "\n".join([
+        "import sys, time",
+        "from metaflow import Flow, Run, namespace",
+        "namespace(None)",
+        "argument = sys.argv[1]",
+        "started, cpu = time.perf_counter(), time.process_time()",
+        reads,
+        "print(time.perf_counter() - started, time.process_time() - cpu)",
+    ])
+
+
+CLIENT_WALK = client_script(
+    "for step in Run(argument):\n"
+    "    for task in step:\n"
+    "        task.metadata, task.finished, [artifact.id for artifact in task]"
+)
+CLIENT_CAT = client_script('text = "".join(repr(task["square"].data) for task in Run(argument)["%s"])' % FOREACH_STEP)
+CLIENT_LS_STEP = client_script("listing = [(task.id, task.created_at) for task in Run(argument)[%r]]" % FOREACH_STEP)
+CLIENT_FLOW = client_script("flow = Flow(argument)\nruns = list(flow)\nlatest = flow.latest_successful_run.id")
 SAMPLE_INTERVAL_S = 0.25
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import pytest
 
@@ -29,8 +30,8 @@ def maker() -> ModuleType:
     return _maker()
 
 
-def _both_clients(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Metaflow's client and ours on `root`, all namespaces."""
+def _views(root: Path, monkeypatch: pytest.MonkeyPatch, view: Callable[[ModuleType], dict]) -> dict:
+    """`view(api)` with Metaflow's client and with ours on `root`, all namespaces: {"metaflow": ..., "client": ...}."""
     monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(root))
     monkeypatch.setenv("USER", "alice")
     reset_client_state()
@@ -38,10 +39,12 @@ def _both_clients(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
     import client
 
+    views = {}
     for api in (metaflow, client):
         api.metadata("local@%s" % root)
         api.namespace(None)
-    return {"metaflow": metaflow, "client": client}
+        views[api.__name__] = view(api)
+    return views
 
 
 def _task_view(task) -> dict:
@@ -59,14 +62,13 @@ def _task_view(task) -> dict:
 def test_foreach_clone_reads_the_same_in_both_clients(maker: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     parent = maker.build_foreach_clone(N_TASKS, workers=2, **SOURCE)
     wide = load_manifest(parent)["runs"]["wide"]
-    clients = _both_clients(parent, monkeypatch)
-    views = {}
-    for name, api in clients.items():
+
+    def view(api: ModuleType) -> dict:
         run = api.Run(wide["pathspec"])
         body = list(run["body"])
         by_index = {task.index: task for task in body}
         join = run["join"].task
-        views[name] = {
+        return {
             "count": len(body),
             "indexes": sorted(by_index),
             "ids": sorted(int(task.id) for task in body),
@@ -76,6 +78,8 @@ def test_foreach_clone_reads_the_same_in_both_clients(maker: ModuleType, monkeyp
             "items": run["start"].task.data.items,
             "successful": run.successful,
         }
+
+    views = _views(parent, monkeypatch, view)
     mf = views["metaflow"]
     assert mf["count"] == N_TASKS and mf["indexes"] == list(range(N_TASKS))
     assert mf["ids"] == list(range(wide["first_task_id"], wide["first_task_id"] + N_TASKS))
@@ -88,16 +92,17 @@ def test_foreach_clone_reads_the_same_in_both_clients(maker: ModuleType, monkeyp
 def test_runs_clone_reads_the_same_in_both_clients(maker: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     parent = maker.build_runs_clone(N_RUNS, workers=2, **SOURCE)
     runs = load_manifest(parent)["runs"]["runs"]
-    clients = _both_clients(parent, monkeypatch)
-    views = {}
-    for name, api in clients.items():
+
+    def view(api: ModuleType) -> dict:
         flow = api.Flow(runs["flow"])
-        views[name] = {
+        return {
             "order": [run.id for run in flow],
             "latest_successful": flow.latest_successful_run.id,
             "latest": flow.latest_run.id,
             "state": {run.id: (run.successful, run.finished, sorted(run.tags)) for run in flow},
         }
+
+    views = _views(parent, monkeypatch, view)
     mf = views["metaflow"]
     assert mf["order"] == runs["run_ids"][::-1]
     assert mf["latest_successful"] == runs["latest_successful_run_id"] != mf["latest"]
