@@ -11,7 +11,8 @@ manifest.json written last (its presence is the stamp: a directory without it is
             the join and end tasks after them; per task the `foreach-execution-path` (`body:<i>`) and
             `foreach-stack` (`items=<i>`) metadata and the `_foreach_stack` artifact (index i of N) rewritten,
             each `_foreach_stack` its own small blob; the start task's `items` (list(range(N))),
-            `_foreach_values` and `_foreach_num_splits` rewritten to N, wherever they are inherited. Every other
+            `_foreach_values` and `_foreach_num_splits` rewritten to N wherever they are inherited (with any artifact
+            holding the same value, e.g. the `width` parameter, which then reads N as it should). Every other
             file of body task i is copied from the source body task with index i mod n (so `square` of task i
             is the source's value for index i mod n, and the join's `total` is the source's). Blobs are shared:
             the source's are hard-linked, each new value is written once (content-addressed).
@@ -233,7 +234,7 @@ class ForeachCloner:
 
     def _rewrite_foreach_inputs(self) -> Dict[str, str]:
         """New blobs for the foreach's list, its string values and its width: {source key: new key}."""
-        start = self.source_run / "start" / "1"
+        start = next(iter(task_dirs(self.source_run / "start").values()))
         index = json.loads(next(start.glob("*.data.json")).read_text())
         values = {
             self.var: list(range(self.n_tasks)),

@@ -76,6 +76,7 @@ def test_foreach_clone_reads_the_same_in_both_clients(maker: ModuleType, monkeyp
             "join_parents": sorted(task.pathspec for task in join.parent_tasks),
             "join": join.id,
             "items": run["start"].task.data.items,
+            "width": run["end"].task.data.width,
             "successful": run.successful,
         }
 
@@ -84,7 +85,7 @@ def test_foreach_clone_reads_the_same_in_both_clients(maker: ModuleType, monkeyp
     assert mf["count"] == N_TASKS and mf["indexes"] == list(range(N_TASKS))
     assert mf["ids"] == list(range(wide["first_task_id"], wide["first_task_id"] + N_TASKS))
     assert mf["join"] == str(wide["join_task_id"]) and len(mf["join_parents"]) == N_TASKS
-    assert mf["items"] == list(range(N_TASKS)) and mf["successful"] is True
+    assert mf["items"] == list(range(N_TASKS)) and mf["width"] == N_TASKS and mf["successful"] is True
     assert [task["square"] for task in mf["tasks"]] == [0, 1, 4, 0, 1, 1]  # index i mod 3 of the source, squared
     assert views["client"] == mf
 
