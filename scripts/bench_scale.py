@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -291,8 +292,8 @@ def print_tables(task_results: List[dict], run_results: List[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", type=sizes, default=[1000], help="foreach sizes, e.g. 1000,10000,30000")
-    parser.add_argument("--runs", type=sizes, default=[500], help="run counts, e.g. 2000,10000")
+    parser.add_argument("--tasks", type=sizes, default=[1000], help="foreach sizes, e.g. 1000,10000,30000 (0: none)")
+    parser.add_argument("--runs", type=sizes, default=[500], help="run counts, e.g. 2000,10000 (0: none)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement (medians are shown)")
     parser.add_argument("--budget", type=float, default=1200, help="seconds one measurement may take")
     parser.add_argument("--memory-mb", type=int, default=256, help="the mount's memory budget, if it has one")
@@ -300,6 +301,7 @@ def main() -> None:
     parser.add_argument("--source-runs", type=int, default=SOURCE_RUNS)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unmount on the way out
     options = mount_options(args.memory_mb)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()

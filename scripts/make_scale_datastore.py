@@ -387,9 +387,10 @@ def build_runs_clone(n_runs: int, source_tasks: int = SOURCE_TASKS, source_runs:
 
 
 def sizes(text: str) -> List[int]:
-    """`1000,10k,30000` -> [1000, 10000, 30000]."""
-    return [int(float(part[:-1]) * 1000) if part.lower().endswith("k") else int(part)
-            for part in text.split(",") if part]
+    """`1000,10k,30000` -> [1000, 10000, 30000]; `0` or nothing -> []."""
+    counts = [int(float(part[:-1]) * 1000) if part.lower().endswith("k") else int(part)
+              for part in text.split(",") if part]
+    return [count for count in counts if count > 0]
 
 
 def main(argv: Iterator[str] = None) -> None:
