@@ -186,6 +186,7 @@ def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scra
 
     def keep(name: str, timing: Timing) -> None:
         samples.setdefault(name, []).append(timing)
+        print("  %d tasks, %s: %s" % (n_tasks, name, timing or "timeout"), file=sys.stderr, flush=True)
 
     def finds(mount, tree: ProcessTree) -> dict:
         return {"find": timed_on_mount("find %s" % run, mount, tree, budget),
@@ -202,6 +203,8 @@ def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scra
         for label, work in (("find", finds), ("cat", cat), ("ls_step", ls_step)):
             result = on_fresh_mount(parent, scratch, options, work)
             rss.setdefault(label, []).append(result.pop("peak_rss_mb"))
+            print("  %d tasks, %s mount: peak RSS %.0f MB" % (n_tasks, label, rss[label][-1]), file=sys.stderr,
+                  flush=True)
             for name, timing in result.items():
                 keep(name, timing)
         for name, script in (("mf_find", CLIENT_WALK), ("mf_cat", CLIENT_CAT), ("mf_ls_step", CLIENT_LS_STEP)):
