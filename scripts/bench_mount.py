@@ -31,7 +31,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -129,25 +129,25 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_shell(command: str, cwd: Path) -> Tuple[float, float]:
-    """(wall seconds, CPU seconds of the command's processes)"""
+def timed_shell(command: str, cwd: Path, timeout: Optional[float] = None) -> Tuple[float, float]:
+    """(wall seconds, CPU seconds of the command's processes); TimeoutExpired after `timeout` seconds."""
     started, cpu = time.perf_counter(), children_cpu()
-    subprocess.run(command, shell=True, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, shell=True, cwd=cwd, check=True, stdout=subprocess.DEVNULL, timeout=timeout)
     return time.perf_counter() - started, children_cpu() - cpu
 
 
-def timed_mount(command: str, mount) -> Tuple[float, float]:
+def timed_mount(command: str, mount, timeout: Optional[float] = None) -> Tuple[float, float]:
     """(wall seconds, CPU seconds of the command plus the mount's processes: daemon and readahead worker)"""
     daemon_cpu = mount.stats()["cpu_seconds"]
-    wall, cpu = timed_shell(command, mount.path)
+    wall, cpu = timed_shell(command, mount.path, timeout)
     return wall, cpu + mount.stats()["cpu_seconds"] - daemon_cpu
 
 
-def client_seconds(script: str, pathspec: str, root: Path) -> Tuple[float, float]:
+def client_seconds(script: str, pathspec: str, root: Path, timeout: Optional[float] = None) -> Tuple[float, float]:
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root), METAFLOW_CLIENT_CACHE_PATH=cache)
         out = subprocess.run([sys.executable, "-c", script, pathspec], env=env, check=True, capture_output=True,
-                             text=True)
+                             text=True, timeout=timeout)
     wall, cpu = out.stdout.split()
     return float(wall), float(cpu)
 

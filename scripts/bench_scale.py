@@ -1,0 +1,332 @@
+"""The mount at scale (issue #15), side by side with Metaflow's client in the same run.
+
+    .venv/bin/python scripts/bench_scale.py                                   # quick: 1000 tasks, 500 runs
+    .venv/bin/python scripts/bench_scale.py --tasks 1000,10000,30000 --runs 2000 --json out.json
+
+Datastores: scripts/make_scale_datastore.py (built once and cached: a real WideFlow run's foreach cloned to N
+tasks, a real HelloFlow run cloned to R runs). At each size, every mount measurement on a freshly started mount
+(`mffs mount MNT --datastore-root DS --all-namespaces`, as a user mounts) and every Metaflow measurement in a
+fresh process with an empty client cache:
+
+  find            `find RUN`  vs  Metaflow walking the run: every task's metadata, `finished` and artifact names
+  find again      `find RUN` once more on the same mount (goal: at most 1.2x the first)
+  cat repr.txt    `cat` of every body task's `square/repr.txt`  vs  repr(task["square"].data) for every body task
+  ls -l step      `ls -l RUN/body`  vs  Metaflow listing the step's tasks with their `created_at`
+  flow            `ls -l FLOW` + `readlink FLOW/latest_successful` over R runs  vs  `list(Flow(FLOW))` +
+                  `Flow(FLOW).latest_successful_run`
+
+Peak RSS of the mount = the sum of VmHWM of the daemon and every process it started (readahead worker, render
+workers), sampled from /proc during each measurement. Mount CPU = the command's CPU plus the CPU the daemon and its
+processes spent meanwhile (also from /proc). Each measurement has a time budget (--budget): past it, it is
+stopped and shown as "timeout". `--memory-mb` is passed to the mount only if `mffs mount --help` offers it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scripts.bench_mount import client_seconds, timed_shell  # noqa: E402
+from scripts.make_scale_datastore import (  # noqa: E402
+    FOREACH_STEP,
+    SOURCE_RUNS,
+    SOURCE_TASKS,
+    build_foreach_clone,
+    build_runs_clone,
+    sizes,
+)
+from tests.support.datastores import load_manifest  # noqa: E402
+from tests.support.mount import mffs_command, mounted  # noqa: E402
+
+
+def client_script(reads: str) -> str:
+    """A script timing `reads` (Metaflow client code using `argument`, in all namespaces) in a fresh process."""
+    return "\n".join([
+        "import sys, time",
+        "from metaflow import Flow, Run, namespace",
+        "namespace(None)",
+        "argument = sys.argv[1]",
+        "started, cpu = time.perf_counter(), time.process_time()",
+        reads,
+        "print(time.perf_counter() - started, time.process_time() - cpu)",
+    ])
+
+
+CLIENT_WALK = client_script(
+    "for step in Run(argument):\n"
+    "    for task in step:\n"
+    "        task.metadata, task.finished, [artifact.id for artifact in task]"
+)
+CLIENT_CAT = client_script('text = "".join(repr(task["square"].data) for task in Run(argument)["%s"])' % FOREACH_STEP)
+CLIENT_LS_STEP = client_script("listing = [(task.id, task.created_at) for task in Run(argument)[%r]]" % FOREACH_STEP)
+CLIENT_FLOW = client_script("flow = Flow(argument)\nruns = list(flow)\nlatest = flow.latest_successful_run.id")
+SAMPLE_INTERVAL_S = 0.25
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+Timing = Optional[Dict[str, float]]  # {"wall", "cpu"} or None after a timeout
+
+
+class ProcessTree:
+    """The daemon and its descendants, sampled from /proc: peak RSS (VmHWM of each process, added up) and CPU."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.peak_kb: Dict[int, int] = {}
+        self.cpu: Dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ProcessTree":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL_S):
+            self.sample()
+
+    def _descendants(self) -> List[int]:
+        parents: Dict[int, int] = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open("/proc/%s/stat" % name) as handle:
+                        fields = handle.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                parents[int(name)] = int(fields[1])
+        tree, frontier = [self.pid], [self.pid]
+        while frontier:
+            frontier = [pid for pid, parent in parents.items() if parent in frontier]
+            tree.extend(frontier)
+        return tree
+
+    def sample(self) -> None:
+        for pid in self._descendants():
+            try:
+                with open("/proc/%d/status" % pid) as handle:
+                    status = handle.read()
+                with open("/proc/%d/stat" % pid) as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+            self.peak_kb[pid] = max(self.peak_kb.get(pid, 0), hwm)
+            self.cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+    def peak_mb(self) -> float:
+        self.sample()
+        return sum(self.peak_kb.values()) / 1024
+
+    def cpu_seconds(self) -> float:
+        self.sample()
+        return sum(self.cpu.values())
+
+
+def timed_on_mount(command: str, mount, tree: ProcessTree, budget: float) -> Timing:
+    """The command in the mount's directory: wall seconds, and CPU of the command plus the mount's processes."""
+    cpu_before = tree.cpu_seconds()
+    try:
+        wall, cpu = timed_shell(command, mount.path, timeout=budget)
+    except subprocess.TimeoutExpired:
+        return None
+    return {"wall": wall, "cpu": cpu + tree.cpu_seconds() - cpu_before}
+
+
+def timed_client(script: str, argument: str, root: Path, budget: float) -> Timing:
+    try:
+        wall, cpu = client_seconds(script, argument, root, timeout=budget)
+    except subprocess.TimeoutExpired:
+        return None
+    return {"wall": wall, "cpu": cpu}
+
+
+def mount_options(memory_mb: Optional[int]) -> List[str]:
+    options = ["--all-namespaces"]
+    if memory_mb is not None:
+        help_text = subprocess.run(mffs_command("mount", "--help"), cwd=REPO, capture_output=True, text=True).stdout
+        if "--memory-mb" in help_text:
+            options += ["--memory-mb", str(memory_mb)]
+    return options
+
+
+def on_fresh_mount(root: Path, scratch: Path, options: List[str], work: Callable[[object, ProcessTree], dict]) -> dict:
+    """`work(mount, tree)` on a freshly started mount of `root`; adds the peak RSS of the mount's processes."""
+    env = dict(os.environ, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root))
+    mountpoint = Path(tempfile.mkdtemp(dir=scratch))
+    with mounted(mountpoint, "--datastore-root", str(root), *options, env=env) as mount:
+        with ProcessTree(mount.process.pid) as tree:
+            result = work(mount, tree)
+            result["peak_rss_mb"] = tree.peak_mb()
+    return result
+
+
+def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scratch: Path) -> dict:
+    parent = build_foreach_clone(n_tasks, args.source_tasks, args.source_runs)
+    run = load_manifest(parent)["runs"]["wide"]["pathspec"]
+    step = "%s/%s" % (run, FOREACH_STEP)
+    budget = args.budget
+    samples: Dict[str, List[Timing]] = {}
+    rss: Dict[str, List[float]] = {}
+
+    def keep(name: str, timing: Timing) -> None:
+        samples.setdefault(name, []).append(timing)
+        print("  %d tasks, %s: %s" % (n_tasks, name, timing or "timeout"), file=sys.stderr, flush=True)
+
+    def finds(mount, tree: ProcessTree) -> dict:
+        return {"find": timed_on_mount("find %s" % run, mount, tree, budget),
+                "find_again": timed_on_mount("find %s" % run, mount, tree, budget)}
+
+    def cat(mount, tree: ProcessTree) -> dict:
+        command = "cd %s && printf '%%s/square/repr.txt\\n' [0-9]* | xargs -d '\\n' cat" % step
+        return {"cat": timed_on_mount(command, mount, tree, budget)}
+
+    def ls_step(mount, tree: ProcessTree) -> dict:
+        return {"ls_step": timed_on_mount("ls -l %s" % step, mount, tree, budget)}
+
+    for _ in range(args.repeat):
+        for label, work in (("find", finds), ("cat", cat), ("ls_step", ls_step)):
+            result = on_fresh_mount(parent, scratch, options, work)
+            rss.setdefault(label, []).append(result.pop("peak_rss_mb"))
+            print("  %d tasks, %s mount: peak RSS %.0f MB" % (n_tasks, label, rss[label][-1]), file=sys.stderr,
+                  flush=True)
+            for name, timing in result.items():
+                keep(name, timing)
+        for name, script in (("mf_find", CLIENT_WALK), ("mf_cat", CLIENT_CAT), ("mf_ls_step", CLIENT_LS_STEP)):
+            keep(name, timed_client(script, run, parent, budget))
+    return {"tasks": n_tasks, "datastore": str(parent), "pathspec": run,
+            "timings": {name: median(values) for name, values in samples.items()},
+            "peak_rss_mb": {label: max(values) for label, values in rss.items()}}
+
+
+def bench_runs(n_runs: int, args: argparse.Namespace, options: List[str], scratch: Path) -> dict:
+    parent = build_runs_clone(n_runs, args.source_tasks, args.source_runs)
+    runs = load_manifest(parent)["runs"]["runs"]
+    flow = runs["flow"]
+    samples: Dict[str, List[Timing]] = {"flow": [], "mf_flow": []}
+    rss = []
+    latest = []
+
+    def listing(mount, tree: ProcessTree) -> dict:
+        timing = timed_on_mount("ls -l %s > /dev/null && readlink %s/latest_successful" % (flow, flow), mount,
+                                tree, args.budget)
+        latest.append(os.readlink(mount.path / flow / "latest_successful") if timing else None)
+        return {"flow": timing}
+
+    for _ in range(args.repeat):
+        result = on_fresh_mount(parent, scratch, options, listing)
+        rss.append(result["peak_rss_mb"])
+        samples["flow"].append(result["flow"])
+        samples["mf_flow"].append(timed_client(CLIENT_FLOW, flow, parent, args.budget))
+    expected = runs["latest_successful_run_id"]
+    if any(link is not None and Path(link).name != expected for link in latest):
+        print("WARNING: %s/latest_successful -> %s, expected %s" % (flow, latest, expected), file=sys.stderr)
+    return {"runs": n_runs, "datastore": str(parent), "flow": flow, "latest_successful": latest,
+            "timings": {name: median(values) for name, values in samples.items()}, "peak_rss_mb": max(rss)}
+
+
+def median(values: List[Timing]) -> Timing:
+    """Median wall and CPU of the runs that finished (None if any timed out: the budget was not enough)."""
+    if any(value is None for value in values):
+        return None
+    return {key: statistics.median(value[key] for value in values) for key in ("wall", "cpu")}
+
+
+def _seconds(timing: Timing, key: str = "wall") -> str:
+    return "timeout" if timing is None else "%.2f" % timing[key]
+
+
+def _ratio(numerator: Timing, denominator: Timing, key: str = "wall") -> str:
+    if numerator is None or denominator is None:
+        return "-"
+    return "%.2f" % (numerator[key] / denominator[key])
+
+
+def print_tables(task_results: List[dict], run_results: List[dict]) -> None:
+    rows = (("find RUN", "find", "mf_find"), ("find RUN again", "find_again", "mf_find"),
+            ("cat */square/repr.txt", "cat", "mf_cat"), ("ls -l STEP", "ls_step", "mf_ls_step"))
+    header = "%-8s %-22s %9s %9s %7s %9s %9s %7s" % (
+        "tasks", "measurement", "mount s", "mf s", "mf/mnt", "mount CPU", "mf CPU", "mf/mnt")
+    if task_results:
+        print(header)
+        for result in task_results:
+            timings = result["timings"]
+            for label, ours, theirs in rows:
+                print("%-8d %-22s %9s %9s %7s %9s %9s %7s" % (
+                    result["tasks"], label, _seconds(timings[ours]), _seconds(timings[theirs]),
+                    _ratio(timings[theirs], timings[ours]), _seconds(timings[ours], "cpu"),
+                    _seconds(timings[theirs], "cpu"), _ratio(timings[theirs], timings[ours], "cpu")))
+        print()
+        print("%-8s %14s %14s %14s %12s %12s %12s" % (
+            "tasks", "find again/1st", "find s/task", "mf s/task", "RSS find MB", "RSS cat MB", "RSS ls MB"))
+        for result in task_results:
+            timings, rss, n = result["timings"], result["peak_rss_mb"], result["tasks"]
+            per_task = "-" if timings["find"] is None else "%.6f" % (timings["find"]["wall"] / n)
+            mf_per_task = "-" if timings["mf_find"] is None else "%.6f" % (timings["mf_find"]["wall"] / n)
+            print("%-8d %14s %14s %14s %12.0f %12.0f %12.0f" % (
+                n, _ratio(timings["find_again"], timings["find"]), per_task, mf_per_task,
+                rss["find"], rss["cat"], rss["ls_step"]))
+    if run_results:
+        print()
+        print("%-8s %-38s %9s %9s %7s %9s %9s %7s %8s" % (
+            "runs", "measurement", "mount s", "mf s", "mf/mnt", "mount CPU", "mf CPU", "mf/mnt", "RSS MB"))
+        for result in run_results:
+            ours, theirs = result["timings"]["flow"], result["timings"]["mf_flow"]
+            print("%-8d %-38s %9s %9s %7s %9s %9s %7s %8.0f" % (
+                result["runs"], "ls -l FLOW + readlink latest_successful", _seconds(ours), _seconds(theirs),
+                _ratio(theirs, ours), _seconds(ours, "cpu"), _seconds(theirs, "cpu"), _ratio(theirs, ours, "cpu"),
+                result["peak_rss_mb"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=sizes, default=[1000], help="foreach sizes, e.g. 1000,10000,30000 (0: none)")
+    parser.add_argument("--runs", type=sizes, default=[500], help="run counts, e.g. 2000,10000 (0: none)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement (medians are shown)")
+    parser.add_argument("--budget", type=float, default=1200, help="seconds one measurement may take")
+    parser.add_argument("--memory-mb", type=int, default=256, help="the mount's memory budget, if it has one")
+    parser.add_argument("--source-tasks", type=int, default=SOURCE_TASKS)
+    parser.add_argument("--source-runs", type=int, default=SOURCE_RUNS)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unmount on the way out
+    options = mount_options(args.memory_mb)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print("commit %s, mount options %s, %s" % (commit, " ".join(options), started), flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as scratch:
+        task_results, run_results = [], []
+        for n_tasks in args.tasks:
+            task_results.append(bench_tasks(n_tasks, args, options, Path(scratch)))
+            print("%d tasks done" % n_tasks, file=sys.stderr, flush=True)
+        for n_runs in args.runs:
+            run_results.append(bench_runs(n_runs, args, options, Path(scratch)))
+            print("%d runs done" % n_runs, file=sys.stderr, flush=True)
+    print_tables(task_results, run_results)
+    if args.json:
+        report = json.dumps({"commit": commit, "mount_options": options, "tasks": task_results,
+                             "runs": run_results}, indent=2)
+        if args.json == "-":
+            print(report)
+        else:
+            Path(args.json).write_text(report)
+
+
+if __name__ == "__main__":
+    main()
