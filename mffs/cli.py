@@ -105,12 +105,10 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
         help="seconds before anything that can still change (running runs, run lists) is re-read (default 0.5)",
     )
     tuning.add_argument(
-        "--cache-entries", type=_count(1), default=50_000, metavar="N",
-        help="how many finished (immutable) files and directories to keep in memory (default 50000)",
-    )
-    tuning.add_argument(
-        "--content-cache-mb", type=_amount(0), default=64.0, metavar="MB",
-        help="memory for rendered file contents (JSON, logs, repr.txt, exports, cards, code files) (default 64)",
+        "--memory-mb", type=_count(32), default=256, metavar="MB",
+        help="memory for the mount's processes (the daemon and its readahead worker) and their caches of files, "
+        "directories, listings and metadata, whatever the size of the runs (default 256; untrusted values are "
+        "rendered in worker processes limited by --render-memory-mb)",
     )
     tuning.add_argument(
         "--render-threshold", type=_count(0), default=1 << 20, metavar="BYTES",
@@ -149,8 +147,7 @@ def tree_settings(args: argparse.Namespace, pathspec: Optional[str] = None) -> T
     return TreeSettings(
         pathspec=pathspec,
         refresh=args.refresh,
-        cache_entries=args.cache_entries,
-        content_cache_bytes=int(args.content_cache_mb * (1 << 20)),
+        memory_mb=args.memory_mb,
         render_threshold=args.render_threshold,
         repr_limit=args.repr_limit,
         trust_pickles=args.trust_pickles,
@@ -340,6 +337,11 @@ def cmd_mount(args: argparse.Namespace, argv: List[str]) -> None:
         _mount_in_background(args, argv)
         return
     _configure_logging(args.debug, args.log_file)
+    from .budget import MemoryBudget
+
+    # before the client is imported: it sizes its caches from the environment (an explicit setting wins)
+    for name, value in MemoryBudget.split(args.memory_mb).client_environment(worker=False).items():
+        os.environ.setdefault(name, value)
     tree = _build_tree(args, args.pathspec)
     from .fuse_ops import mount
 

@@ -377,16 +377,21 @@ class _Fuse(mfusepy.FUSE):
     as mfusepy does: libfuse keeps the whole listing and answers the kernel's follow-up reads itself, so that
     costs one callback per directory (the offset mode costs one more, for the empty read at the end).
 
-    The kernel never caches a listing, so every `find` or `ls` of a directory comes back here. A stable
-    directory's listing, once converted to what the filler takes (encoded names, C stat structs), is kept in an
-    LRU of `PREPARED_LISTINGS` directories: a repeated readdir only calls the filler (a warm `find` of a
-    1000-task run: half the Python time).
+    The kernel never caches a listing (libfuse 3.14's high-level opendir does not pass `cache_readdir` on), so
+    every `find` or `ls` of a directory comes back here. A stable directory's listing, once converted to what the
+    filler takes (encoded names, C stat structs), is kept in an LRU bounded by `MemoryBudget.prepared_listings`
+    (`PREPARED_ROW_BYTES` a row): a repeated readdir only calls the filler (a warm `find` of a 1000-task run: half
+    the Python time).
     """
 
-    PREPARED_LISTINGS = 20_000
+    #: estimated bytes of one prepared row (its tuple, name bytes, offset and, for a directory, its C stat)
+    PREPARED_ROW_BYTES = 400
 
     def __init__(self, operations: "MffsOperations", *args: Any, **kwargs: Any):
-        self._prepared: LRUCache = LRUCache(maxsize=self.PREPARED_LISTINGS)
+        self._prepared: LRUCache = LRUCache(
+            maxsize=operations.tree.settings.budget.prepared_listings,
+            getsizeof=lambda prepared: self.PREPARED_ROW_BYTES * (len(prepared[1]) + 1),
+        )
         self._prepared_lock = threading.Lock()
         super().__init__(operations, *args, **kwargs)
 

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from cachetools import LRUCache
 
@@ -44,6 +44,7 @@ import client
 
 from .sandbox import limit_memory, process_usage, read_frame, start_worker, write_frame
 from .tree import DIR, Dir, Entry, Stat, StepDir, Tree, TreeSettings, collect_garbage_for_caches, join
+from .tree.nodes import LISTING_ENTRY_BYTES
 
 log = logging.getLogger("mffs")
 
@@ -61,19 +62,26 @@ class _ListedStep:
 
 class Readahead:
     """The daemon's side: sends task paths to the worker and keeps the listings it sends back until the walk takes
-    them (a listing is handed out once: the front end keeps what it serves again; at most `max_listings`
-    directories are kept, the least recently received dropped first, for walks that stop)."""
+    them (a listing is handed out once: the front end keeps what it serves again, within its budget; the listings
+    waiting are bounded by `MemoryBudget.readahead_listings`, the least recently received dropped first, for walks
+    that stop). A walk that comes back to tasks read ahead before (a second `find`) gets them read ahead again."""
 
-    def __init__(self, tree: Tree, window: int, max_listings: int = 20_000):
+    def __init__(self, tree: Tree, window: int):
         self.tree, self.window = tree, window
         self._lock = threading.Lock()
-        self._listings: LRUCache = LRUCache(maxsize=max_listings)
+        self._listings: LRUCache = LRUCache(
+            maxsize=tree.settings.budget.readahead_listings,
+            getsizeof=lambda entries: LISTING_ENTRY_BYTES * (len(entries) + 1),
+        )
         self._pending: Dict[str, threading.Event] = {}
         self._ready = threading.Event()
         self._alive = True
         self._walk_reads_tasks = False
         self._steps: "weakref.WeakKeyDictionary[StepDir, _ListedStep]" = weakref.WeakKeyDictionary()
-        self._worker = start_worker("mffs.readahead", dataclasses.asdict(worker_settings(tree)))
+        settings = worker_settings(tree)
+        self._worker = start_worker(
+            "mffs.readahead", dataclasses.asdict(settings), settings.budget.client_environment(worker=True)
+        )
         threading.Thread(target=self._receive, name="mffs-readahead", daemon=True).start()
 
     def note_lookup_in_task(self) -> None:
@@ -103,8 +111,9 @@ class Readahead:
             self._send("".join(path + "\n" for path in paths))
 
     def _tasks_after(self, step: StepDir, task_path: str) -> List[str]:
-        """Paths of the (up to) `window` tasks listed after `task_path` in `step`, except those an earlier call
-        returned; [] until the step was listed. Called with the lock held."""
+        """Paths of the (up to) `window` tasks listed after `task_path` in `step`, except those an earlier call of
+        the same walk returned (a walk that went back, or a new one, starts afresh) and those still waiting to be
+        taken; [] until the step was listed. Called with the lock held."""
         listing = step.listing
         if listing is None:
             return []
@@ -114,9 +123,12 @@ class Readahead:
         position = listed.positions.get(task_path)
         if position is None:
             return []
-        start, end = max(position + 1, listed.handed_out), min(position + 1 + self.window, len(listing))
-        listed.handed_out = max(listed.handed_out, end)
-        return [entry.path for entry in listing[start:end] if entry.kind == DIR]
+        start, end = position + 1, min(position + 1 + self.window, len(listing))
+        if start <= listed.handed_out <= end:  # the walk goes on: what it was sent is on its way
+            start = listed.handed_out
+        listed.handed_out = end
+        return [entry.path for entry in listing[start:end]
+                if entry.kind == DIR and entry.path not in self._pending and entry.path not in self._listings]
 
     def listing(self, path: str) -> Optional[List[Entry]]:
         """Takes the listing of `path` if the worker built it (waiting for it if it is being built), else None."""
@@ -196,9 +208,11 @@ class Readahead:
 
 def worker_settings(tree: Tree) -> TreeSettings:
     """The settings of `tree` for the worker: the same tree, with the process's namespace and metadata provider
-    named (the worker's client starts from its own defaults), and no readahead of its own."""
+    named (the worker's client starts from its own defaults), no readahead of its own, and caches for a window of
+    tasks."""
     return dataclasses.replace(
-        tree.settings, namespace=tree.client.get_namespace(), metadata=tree.client.get_metadata(), readahead=0
+        tree.settings, namespace=tree.client.get_namespace(), metadata=tree.client.get_metadata(), readahead=0,
+        readahead_worker=True,
     )
 
 
@@ -226,10 +240,45 @@ def _task_listings(tree: Tree, task_path: str) -> List[_Listing]:
     return listings
 
 
+class _Requests:
+    """Task paths, one per line, read from the worker's stdin without a buffer that an exec would lose: the lines
+    read but not yet served are handed to the next process image (`left`)."""
+
+    def __init__(self, pending: List[str]):
+        self._lines = list(pending)
+        self._partial = b""
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            while self._lines:
+                yield self._lines.pop(0)
+            data = os.read(0, 1 << 16)
+            if not data:
+                return
+            *lines, self._partial = (self._partial + data).split(b"\n")
+            self._lines.extend(line.decode("utf-8", "surrogateescape") for line in lines)
+
+    def left(self) -> Optional[List[str]]:
+        """The lines read and not served yet; None while a line is only partly read."""
+        return None if self._partial else list(self._lines)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def main(argv: List[str]) -> None:
-    """The worker: `python -m mffs.readahead SETTINGS_JSON` (TreeSettings as JSON; started by Readahead)."""
+    """The worker: `python -m mffs.readahead SETTINGS_JSON [TASK_PATH ...]` (TreeSettings as JSON, then requests
+    read before the worker replaced its process image; started by Readahead).
+
+    The client keeps per-task state that its own caches bound by entry counts (a task's attempt index, metadata
+    listings), more than a window of tasks needs, so the worker's memory would grow with the walk: once its
+    resident size passes `MemoryBudget.worker_rss`, it replaces its process image (exec, same pipes) between two
+    requests and starts afresh, handing over the requests it has read."""
     logging.basicConfig(format="%(asctime)s %(name)s readahead %(levelname)s %(message)s")
-    out = os.fdopen(os.dup(1), "wb")
+    frames_fd = os.dup(1)
+    out = os.fdopen(frames_fd, "wb")
     os.dup2(2, 1)  # stray prints go to the log, not into the frames
     settings = TreeSettings(**json.loads(argv[0]))
     # what it loads is as untrusted as what the sandbox renders: a value that would exhaust memory ends this
@@ -238,9 +287,14 @@ def main(argv: List[str]) -> None:
     tree = Tree(client, settings)
     collect_garbage_for_caches()
     write_frame(out, (None, []))
-    for line in sys.stdin.buffer:
-        task_path = line.rstrip(b"\n").decode("utf-8", "surrogateescape")
+    requests = _Requests(argv[1:])
+    for task_path in requests:
         write_frame(out, (task_path, _task_listings(tree, task_path)))
+        left = requests.left()
+        if left is not None and _rss_bytes() > settings.budget.worker_rss:
+            out.flush()
+            os.dup2(frames_fd, 1)  # the frames pipe on stdout again, as the daemon started it
+            os.execv(sys.executable, [sys.executable, "-m", "mffs.readahead", argv[0], *left])
 
 
 if __name__ == "__main__":

@@ -77,15 +77,18 @@ class SandboxError(ExportError):
     """A value could not be rendered in the sandbox: it blew a limit, or failed to load or render there."""
 
 
-def start_worker(module: str, settings: Dict[str, Any]) -> "subprocess.Popen[bytes]":
+def start_worker(
+    module: str, settings: Dict[str, Any], environment: Optional[Dict[str, str]] = None
+) -> "subprocess.Popen[bytes]":
     """`python -m module SETTINGS_JSON` with pipes on stdin/stdout, importing this copy of mffs and client (wherever
-    the daemon was started from), in its own session (a Ctrl-C of a foreground mount is the daemon's to handle)."""
+    the daemon was started from), in its own session (a Ctrl-C of a foreground mount is the daemon's to handle);
+    `environment` adds to the daemon's."""
     python_path = os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-m", module, json.dumps(settings)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        env=dict(os.environ, PYTHONPATH=python_path, **_ONE_THREAD),
+        env=dict(os.environ, **(environment or {}), PYTHONPATH=python_path, **_ONE_THREAD),
         start_new_session=True,
     )
 

@@ -17,8 +17,8 @@ def test_help_documents_commands_and_options():
         assert command in top.stdout
     mount_help = run_mffs("mount", "--help").stdout
     for option in ("--namespace", "--all-namespaces", "--datastore-root", "--foreground", "--debug",
-                   "--allow-other", "--attr-ttl", "--readahead", "--threads", "--refresh", "--cache-entries",
-                   "--content-cache-mb", "--render-threshold", "--repr-limit", "--trust-pickles", "PATHSPEC"):
+                   "--allow-other", "--attr-ttl", "--readahead", "--threads", "--refresh", "--memory-mb",
+                   "--render-threshold", "--repr-limit", "--trust-pickles", "PATHSPEC"):
         assert option in mount_help, option
 
 
@@ -138,9 +138,8 @@ INVALID_VALUES = [
     ("--refresh", "soon", "invalid float value: 'soon'"),
     ("--attr-ttl", "-1", "must be at least 0"),
     ("--attr-ttl", "inf", "must be a finite number"),
-    ("--cache-entries", "0", "must be at least 1"),
-    ("--cache-entries", "1.5", "invalid int value: '1.5'"),
-    ("--content-cache-mb", "-64", "must be at least 0"),
+    ("--memory-mb", "16", "must be at least 32"),
+    ("--memory-mb", "1.5", "invalid int value: '1.5'"),
     ("--render-threshold", "-1", "must be at least 0"),
     ("--repr-limit", "-1", "must be at least 0"),
     ("--readahead", "-1", "must be at least 0"),

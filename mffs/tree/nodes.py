@@ -43,7 +43,7 @@ DIR, FILE, LINK = "dir", "file", "link"
 _NOT_FOUND_ERRORS = {"MetaflowNotFound", "MetaflowNamespaceMismatch", "MetaflowInvalidPathspec", "KeyError"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stat:
     kind: str
     size: int
@@ -52,7 +52,7 @@ class Stat:
     direct_io: bool = False  # read without the page cache: the size is unknown, or was unknown to the kernel
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """A name in a directory listing. Directories and links carry their `stat` (known without I/O once the node
     is built), so a front end can hand out their attributes with the listing; files only their kind, since a
@@ -110,6 +110,9 @@ def normalize(path: str) -> str:
 
 class Node:
     kind = ""
+    #: estimated bytes a cached node of this class keeps alive with what it holds (client objects, closures),
+    #: measured with tracemalloc over walks of a run (docs/benchmarks.md); listings add `LISTING_ENTRY_BYTES` each
+    footprint = 1_000
 
     def __init__(self, tree: "Tree", path: str, mtime: float, stable: bool):
         self.tree = tree
@@ -350,8 +353,14 @@ class StoredFile(File):
             return BytesReader(self._read())
 
 
+#: estimated bytes of one listing entry kept with its directory's node (an Entry, its strings, its Stat)
+LISTING_ENTRY_BYTES = 300
+
+
 class Dir(Node):
     kind = DIR
+    #: estimated bytes a directory keeps alive once listed, beyond its footprint and its listing's entries
+    listed_footprint = 0
 
     def __init__(self, tree: "Tree", path: str, mtime: float, stable: bool):
         super().__init__(tree, path, mtime, stable)

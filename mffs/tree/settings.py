@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..budget import MemoryBudget
 from ..sandbox import Limits
 
 #: the `namespace` that leaves the process's client namespace as it is
@@ -24,10 +25,10 @@ class TreeSettings:
     metadata: Optional[str] = None
     #: seconds before anything that can still change is re-read
     refresh: float = 0.5
-    #: stable nodes kept in memory
-    cache_entries: int = 50_000
-    #: memory for rendered file contents
-    content_cache_bytes: int = 64 << 20
+    #: memory for the mount's processes and their caches (`MemoryBudget`)
+    memory_mb: int = 256
+    #: the tree of a readahead worker (its caches hold a window of tasks: `MemoryBudget.worker_nodes`)
+    readahead_worker: bool = False
     #: artifacts whose pickle is larger have their repr.txt and exports sized only when opened
     render_threshold: int = 1 << 20
     #: steps with more tasks have their step.json sized only when opened
@@ -42,6 +43,10 @@ class TreeSettings:
     render_memory_mb: int = Limits.memory_mb
     render_cpu_seconds: float = Limits.cpu_seconds
     render_wall_seconds: float = Limits.wall_seconds
+
+    @property
+    def budget(self) -> MemoryBudget:
+        return MemoryBudget.split(self.memory_mb)
 
     @property
     def render_limits(self) -> Limits:

@@ -37,6 +37,7 @@ class TaskDir(Dir):
     """
 
     FILES = ("task.json", "metadata.json", "stdout.log", "stderr.log", "exception.txt")
+    listed_footprint = 23_000  # listing it loads its Task's metadata records (a few dozen small dicts)
 
     def __init__(self, tree: "Tree", path: str, task: Any, run_stable: bool):
         with client_errors(path):
@@ -170,6 +171,7 @@ class ArtifactDir(Dir):
     """
 
     FILES = ("repr.txt", "data.pickle", "meta.json")
+    footprint = 1_500
 
     def __init__(self, tree: "Tree", path: str, artifact: Any, stable: bool):
         with client_errors(path):

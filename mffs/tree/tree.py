@@ -3,8 +3,9 @@
 Stability. Every node says whether it is *stable*: its attributes, bytes and child names can no longer change.
 Everything under a finished run (`Run.finished`) is stable, and so is everything under a finished task
 (`Task.finished`) of a running run, and a code package. Flow-level nodes (flows, runs, tags, `latest*`) and the
-rest of an unfinished run are not. Stable nodes live in an LRU cache of `cache_entries` nodes; unstable ones in a
-TTL cache that expires after `refresh` seconds, so a running run is re-read from the backend at most once per
+rest of an unfinished run are not. Stable nodes live in an LRU cache bounded by the estimated bytes they keep alive
+(`Node.footprint`, plus their listings) to the share of `memory_mb` the budget gives it (`MemoryBudget`); unstable
+ones in a TTL cache that expires after `refresh` seconds, so a running run is re-read from the backend at most once per
 `refresh` per node and new tasks and growing logs show up within about one `refresh`. The FUSE adapter uses the
 same flag to decide what the kernel may cache (see mffs/fuse_ops.py).
 
@@ -36,7 +37,21 @@ from client.recent import Recent
 
 from .. import sandbox as sandbox_module
 from ..sandbox import Sandbox
-from .nodes import FILE, Dir, Entry, File, Node, Reader, RenderedFile, Stat, Symlink, client_errors, join, normalize
+from .nodes import (
+    FILE,
+    LISTING_ENTRY_BYTES,
+    Dir,
+    Entry,
+    File,
+    Node,
+    Reader,
+    RenderedFile,
+    Stat,
+    Symlink,
+    client_errors,
+    join,
+    normalize,
+)
 from .runs import FlowDir, RootDir, RunDir, StepDir, run_finished
 from .settings import KEEP_NAMESPACE, TreeSettings
 from .tasks import TaskDir
@@ -47,6 +62,8 @@ if TYPE_CHECKING:
 CONTROL_DIR = ".mffs"
 #: code packages (whole archives, typically a few MB) kept in memory for reading code/ files
 CODE_PACKAGES_KEPT = 4
+#: unstable nodes kept (each for `refresh` seconds at most)
+LIVE_NODES = 10_000
 #: the largest pickle whose value, when a scalar, is loaded and rendered in the daemon rather than the sandbox
 IN_PROCESS_SCALAR_BYTES = 4096
 
@@ -85,6 +102,13 @@ class ListingSource(Protocol):
         """What the source's process uses: pid, cpu_seconds, max_rss_kb."""
 
 
+def _node_bytes(node: Node) -> int:
+    listing = node.listing if isinstance(node, Dir) else None
+    if listing is None:
+        return node.footprint
+    return node.footprint + node.listed_footprint + LISTING_ENTRY_BYTES * len(listing)
+
+
 def collect_garbage_for_caches() -> None:
     """Garbage collection for a process whose Tree caches fill with tens of thousands of long-lived nodes and
     records while a walk runs: CPython's default thresholds (a collection every 700 allocations) scan them over and
@@ -116,9 +140,12 @@ class Tree:
         #: called with a path whose reported size changed from 0 to its exact size (deferred repr.txt)
         self.on_size_learned: Callable[[str], None] = lambda path: None
         self._lock = threading.Lock()
-        self._stable: LRUCache = LRUCache(maxsize=settings.cache_entries)
-        self._live = Recent(settings.refresh, settings.cache_entries)
-        self._content: LRUCache = LRUCache(maxsize=settings.content_cache_bytes, getsizeof=len)
+        budget = settings.budget
+        node_bytes = budget.worker_nodes if settings.readahead_worker else budget.nodes
+        # a node larger than the whole share (the listing of a huge step) still stays, alone
+        self._stable: LRUCache = LRUCache(maxsize=node_bytes, getsizeof=lambda node: min(_node_bytes(node), node_bytes))
+        self._live = Recent(settings.refresh, LIVE_NODES)
+        self._content: LRUCache = LRUCache(maxsize=0 if settings.readahead_worker else budget.content, getsizeof=len)
         self._code_packages: LRUCache = LRUCache(maxsize=CODE_PACKAGES_KEPT)
         self._code_lock = threading.Lock()
         self._started = time.time()
@@ -254,6 +281,7 @@ class Tree:
         with self._lock:
             return {
                 "stable_nodes": len(self._stable),
+                "stable_node_bytes": int(self._stable.currsize),
                 "live_nodes": len(self._live),
                 "content_bytes": int(self._content.currsize),
             }
@@ -330,6 +358,8 @@ class Tree:
                             item = Entry(item.name, item.path, item.kind, item.stat() if item.kind != FILE else None)
                         listing.append(item)
                     node.listing = listing
+                    if node.stable:
+                        self._remember(node)  # again, now counting its listing
         return listing
 
     def readlink(self, path: str) -> str:

@@ -1,0 +1,48 @@
+"""MemoryBudget: the mount's memory (`--memory-mb`) split between the caches of its processes.
+
+Its own module, importing nothing: the daemon sets the client's cache sizes from it before the client is imported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+#: what the daemon and its readahead worker take before caching anything (interpreters, imports, libfuse; peak RSS
+#: of the two measured after start-up: docs/benchmarks.md), left out of the share `MemoryBudget` splits
+BASE_MB = 80
+#: the readahead worker's part of BASE_MB
+WORKER_BASE_MB = 40
+#: the least share the caches get, whatever `memory_mb` says
+MIN_CACHE_MB = 16
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """`TreeSettings.memory_mb` split between the caches of the mount's processes, in bytes. Each cache is an LRU
+    bounded by the (estimated) bytes of what it holds, so memory follows the budget, not the size of a run."""
+
+    nodes: int  # the daemon's stable nodes (mffs/tree/tree.py)
+    content: int  # rendered file contents
+    prepared_listings: int  # listings converted for libfuse (mffs/fuse_ops.py)
+    readahead_listings: int  # listings the readahead worker sent that the walk has not taken yet
+    client_metadata: int  # the client's metadata cache in the daemon (MFFS_METADATA_CACHE_MB)
+    client_blobs: int  # the client's blob cache in the daemon (MFFS_BLOB_CACHE_MB)
+    worker_nodes: int  # the readahead worker's stable nodes: a window of tasks, not a walk
+    worker_client: int  # the readahead worker's client metadata and blob caches, each
+    worker_rss: int  # the worker's resident size above which it starts afresh (mffs/readahead.py)
+
+    @classmethod
+    def split(cls, memory_mb: int) -> "MemoryBudget":
+        share = max(memory_mb - BASE_MB, MIN_CACHE_MB) << 20
+        parts = {"nodes": 30, "content": 15, "prepared_listings": 15, "readahead_listings": 5,
+                 "client_metadata": 10, "client_blobs": 10, "worker_nodes": 9, "worker_client": 3}
+        sizes = {name: share * percent // 100 for name, percent in parts.items()}
+        worker_share = sizes["worker_nodes"] + 2 * sizes["worker_client"]
+        return cls(**sizes, worker_rss=(WORKER_BASE_MB << 20) + worker_share)
+
+    def client_environment(self, worker: bool) -> Dict[str, str]:
+        """The client's cache sizes for the daemon's or the worker's process, as the client reads them (whole MB,
+        at least 1: the client's caches refuse anything larger than their bound)."""
+        metadata, blobs = (self.worker_client, self.worker_client) if worker else (
+            self.client_metadata, self.client_blobs)
+        return {"MFFS_METADATA_CACHE_MB": str(max(metadata >> 20, 1)), "MFFS_BLOB_CACHE_MB": str(max(blobs >> 20, 1))}
