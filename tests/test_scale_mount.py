@@ -1,0 +1,76 @@
+"""The mount in bounded memory (issue #15): a walk of a wide run stays within `--memory-mb`, and walking it again
+reads no more from the backend than the first walk did. Sizes keep the suite fast; the figures at 10k-100k tasks
+come from the scale benchmarks (docs/benchmarks.md)."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Dict, Set
+
+import pytest
+
+from tests.support.datastores import build_foreach_datastore, load_manifest
+from tests.support.mount import mounted
+
+#: a small budget, so the caches must evict while the run is walked
+MEMORY_MB = 96
+
+
+@pytest.fixture(scope="module")
+def wide_run() -> tuple:
+    """(directory holding .metaflow, pathspec of a 100-task foreach run made by real Metaflow)"""
+    parent = build_foreach_datastore(100, 10)  # the benchmarks' small datastore: built once, then cached
+    return parent, load_manifest(parent)["runs"]["wide"]["pathspec"]
+
+
+def _process_tree(pid: int) -> Set[int]:
+    """`pid` and every process descending from it (the readahead worker, render workers), from /proc."""
+    parents: Dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as stat:
+                    parents[int(name)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # exited meanwhile
+    tree, grown = {pid}, True
+    while grown:
+        children = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grown = bool(children)
+    return tree
+
+
+def _proc_field(pids: Set[int], file_name: str, field: str) -> int:
+    """The sum of a /proc/PID/<file_name> field (`VmHWM:` of status, `syscr:` of io) over `pids`."""
+    total = 0
+    for pid in pids:
+        with open("/proc/%d/%s" % (pid, file_name)) as info:
+            total += next(int(line.split()[1]) for line in info if line.startswith(field))
+    return total
+
+
+def _walk(mount, pathspec: str) -> list:
+    return subprocess.run(["find", pathspec], cwd=mount.path, check=True, capture_output=True, text=True
+                          ).stdout.splitlines()
+
+
+def test_walks_stay_within_the_memory_budget_and_a_second_reads_no_more(wide_run, tmp_path: Path):
+    root, pathspec = wide_run
+    env = dict(os.environ, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root))
+    with mounted(tmp_path / "mnt", "--datastore-root", str(root), "--all-namespaces",
+                 "--memory-mb", str(MEMORY_MB), env=env) as mount:
+        processes = _process_tree(mount.process.pid)
+        assert len(processes) == 2  # the daemon and its readahead worker
+        reads_before = _proc_field(processes, "io", "syscr:")
+        first = _walk(mount, pathspec)
+        reads_first = _proc_field(processes, "io", "syscr:") - reads_before
+        second = _walk(mount, pathspec)
+        reads_second = _proc_field(processes, "io", "syscr:") - reads_before - reads_first
+        peak_kb = _proc_field(_process_tree(mount.process.pid), "status", "VmHWM:")
+        assert _process_tree(mount.process.pid) == processes
+    assert len(first) > 100 * 5 and second == first
+    # every read system call of the mount's processes: the backend's files, and /dev/fuse for the requests
+    assert reads_second <= reads_first
+    assert peak_kb <= MEMORY_MB * 1024
