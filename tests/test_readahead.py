@@ -92,7 +92,7 @@ def test_the_worker_lists_the_next_task_as_the_walk_would(tree, client_env, task
     tree.list(tasks[0])
     assert tree.listing_source.listing(tasks[2]) is None  # the window is 1: only the next task was asked for
     assert tree.listing(tasks[1]) == (True, plain.list(tasks[1]))  # waits for the worker
-    assert tree.cached(tasks[1]).listing is None  # served as the worker built it, not built here
+    assert tree.cached(tasks[1]) is None  # served as the worker built it: no node built here
     subdirectories = [entry.path for entry in plain.list(tasks[1]) if entry.kind == DIR]
     assert subdirectories
     for path in subdirectories:  # they came with it
@@ -109,10 +109,10 @@ def test_no_reading_ahead_while_the_walk_looks_into_tasks(tree, client_env, task
     tree.list(os.path.dirname(tasks[0]))
     tree.list(tasks[0])  # asks for tasks[1]
     tree.stat(tasks[0] + "/task.json")
-    assert tree.listing(tasks[1])[0] and tree.cached(tasks[1]).listing is None  # from the worker
+    assert tree.listing(tasks[1])[0] and tree.cached(tasks[1]) is None  # from the worker
     assert tree.listing_source.listing(tasks[2]) is None  # not asked for: the walk looked into tasks[0]
     tree.list(tasks[2])  # built here; nothing looked up since tasks[1]: reading ahead again
-    assert tree.listing(tasks[3])[0] and tree.cached(tasks[3]).listing is None
+    assert tree.listing(tasks[3])[0] and tree.cached(tasks[3]) is None
 
 
 def test_only_a_task_listing_answers_whether_the_walk_looked_into_tasks(tree, client_env, tasks):
@@ -122,7 +122,7 @@ def test_only_a_task_listing_answers_whether_the_walk_looked_into_tasks(tree, cl
     subdirectories = [entry.path for entry in tree.list(tasks[1]) if entry.kind == DIR]  # asks for tasks[2]
     tree.stat(tasks[1] + "/task.json")
     assert tree.listing(subdirectories[0])[0] and tree.cached(subdirectories[0]) is None  # from the worker
-    assert tree.listing(tasks[2])[0] and tree.cached(tasks[2]).listing is None
+    assert tree.listing(tasks[2])[0] and tree.cached(tasks[2]) is None
     assert tree.listing_source.listing(tasks[3]) is None  # not asked for: the walk looked into tasks[1]
 
 
@@ -166,7 +166,7 @@ def test_the_worker_builds_the_tree_the_daemon_has(client_env, tasks, manifest):
         tree.list(os.path.dirname(local[0]))
         tree.list(local[0])
         assert tree.listing(local[1]) == (True, plain.list(local[1]))
-        assert tree.cached(local[1]).listing is None
+        assert tree.cached(local[1]) is None
         for entry in plain.list(local[1]):
             if entry.kind == DIR:
                 assert tree.listing(entry.path) == (True, plain.list(entry.path))

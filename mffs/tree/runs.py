@@ -7,11 +7,11 @@ files and steps without code/ (code/ answers EIO).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 from .. import render
 from .code import CODE_DIR, CodeArchive, CodeDir
-from .nodes import Dir, Node, RenderedFile, Symlink, built_nodes, client_errors, epoch_mtime, join
+from .nodes import DIR, Dir, Entry, Node, RenderedFile, Stat, Symlink, built_nodes, client_errors, epoch_mtime, join
 from .tasks import TaskDir
 
 if TYPE_CHECKING:
@@ -263,11 +263,21 @@ class StepDir(Dir):
             eager=lambda: sum(1 for _ in step) <= tree.settings.step_json_eager_tasks,
         )
 
-    def children(self) -> List[Node]:
+    def entries(self) -> List[Union[Node, Entry]]:
+        """step.json and an Entry with its stat for each task, as TaskDir would give it: no node (nor client object)
+        is kept per task of a step that may have 100,000; a task's node is built when looked up."""
         with client_errors(self.path):
             tasks = list(self.step)
-        task_dirs = built_nodes(lambda t: TaskDir(self.tree, join(self.path, t.id), t, self.stable), tasks)
-        return [self._step_json()] + task_dirs
+        listing: List[Union[Node, Entry]] = [self._step_json()]
+        for task in tasks:
+            path = join(self.path, task.id)
+            try:
+                with client_errors(path):
+                    mtime = epoch_mtime(task.created_at)
+            except OSError:
+                continue  # logged: as `built_nodes` leaves out a task whose node cannot be built
+            listing.append(Entry(task.id, path, DIR, Stat(DIR, 0, mtime, self.stable)))
+        return listing
 
     def child(self, name: str) -> Node:
         if name == "step.json":

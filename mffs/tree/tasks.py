@@ -37,6 +37,7 @@ class TaskDir(Dir):
     """
 
     FILES = ("task.json", "metadata.json", "stdout.log", "stderr.log", "exception.txt")
+    footprint = 2_000  # with its Task
     listed_footprint = 23_000  # listing it loads its Task's metadata records (a few dozen small dicts)
 
     def __init__(self, tree: "Tree", path: str, task: Any, run_stable: bool):
