@@ -388,9 +388,10 @@ class _Fuse(mfusepy.FUSE):
     PREPARED_ROW_BYTES = 400
 
     def __init__(self, operations: "MffsOperations", *args: Any, **kwargs: Any):
+        limit = operations.tree.settings.budget.prepared_listings
+        # a listing larger than the whole share (a step of 100,000 tasks, read in thousands of chunks) stays, alone
         self._prepared: LRUCache = LRUCache(
-            maxsize=operations.tree.settings.budget.prepared_listings,
-            getsizeof=lambda prepared: self.PREPARED_ROW_BYTES * (len(prepared[1]) + 1),
+            maxsize=limit, getsizeof=lambda prepared: min(self.PREPARED_ROW_BYTES * (len(prepared[1]) + 1), limit)
         )
         self._prepared_lock = threading.Lock()
         super().__init__(operations, *args, **kwargs)
