@@ -74,7 +74,7 @@ class CachingProvider(MetadataProvider):
             return value
         value = fetch()
         with self._lock:
-            if keep(value):
+            if keep(value) and _approx_size(value) <= self._immutable.maxsize:  # the LRU refuses larger ones
                 self._immutable[key] = value
                 self._fresh.pop(key)
             else:
