@@ -24,3 +24,13 @@ def test_short_lived_answers_are_read_again_after_the_ttl(local_root: Path, mani
     assert provider.runs(flow) == runs and len(reads) == 1
     now[0] = 1.0
     assert provider.runs(flow) == runs and len(reads) == 2
+
+
+def test_an_answer_larger_than_the_cache_is_served_not_refused(local_root: Path, manifest: dict) -> None:
+    """The task list of a huge step may be larger than the whole immutable cache (a small mount budget): it is
+    served and kept for the TTL, never refused with an error."""
+    run = manifest["runs"]["kitchen"]
+    provider = CachingProvider(LocalMetadataProvider(os.path.join(local_root, ".metaflow")), max_bytes=100)
+    provider.mark_run_final(run["flow"], run["run_id"])  # its step list is kept for good, if it fits
+    steps = provider.steps(run["flow"], run["run_id"])
+    assert steps and provider.steps(run["flow"], run["run_id"]) == steps
