@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict
 
-#: what the daemon and its readahead worker take before caching anything (interpreters, imports, libfuse; peak RSS
-#: of the two measured after start-up: docs/benchmarks.md), left out of the share `MemoryBudget` splits
+#: what the daemon and its readahead worker take before caching anything (interpreters, imports, libfuse; see
+#: docs/benchmarks.md), left out of the share `MemoryBudget` splits
 BASE_MB = 80
 #: the readahead worker's part of BASE_MB
 WORKER_BASE_MB = 40

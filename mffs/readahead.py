@@ -217,8 +217,8 @@ def worker_settings(tree: Tree) -> TreeSettings:
 
 
 def _stat_fields(stat: Stat) -> tuple:
-    """`Stat(*fields)` gives it back; `dataclasses.astuple` would deep-copy each field (a tenth of the worker's
-    time)."""
+    """`Stat(*fields)` gives it back; `dataclasses.astuple` would deep-copy each field (its cost:
+    docs/benchmarks.md)."""
     return (stat.kind, stat.size, stat.mtime, stat.stable, stat.direct_io)
 
 
