@@ -385,7 +385,7 @@ class _Fuse(mfusepy.FUSE):
     """
 
     #: estimated bytes of one prepared row (its tuple, name bytes, offset and, for a directory, its C stat)
-    PREPARED_ROW_BYTES = 400
+    PREPARED_ROW_BYTES = 450
 
     def __init__(self, operations: "MffsOperations", *args: Any, **kwargs: Any):
         limit = operations.tree.settings.budget.prepared_listings
@@ -430,14 +430,18 @@ class _Fuse(mfusepy.FUSE):
         path = path_bytes.decode(self.encoding, self.errors)
         stable, items = self.operations.readdir(path, fh)
         with_offsets = any(stat is not None for _, _, stat in items)
+        # one C array holds the listing's stat structs (a struct object and a pointer object per entry took twice
+        # the memory: docs/benchmarks.md); each row points into it, and keeps it alive
+        stats = (mfusepy.c_stat * sum(stat is not None for _, _, stat in items))() if with_offsets else None
+        filled = 0
         rows = []
         for position, (name, kind, stat) in enumerate(items, 1):
             name_bytes = name.encode(self.encoding, self.errors)
             entry_offset = ctypes.c_int64(position) if with_offsets else _NO_OFFSET
             if with_offsets and stat is not None:
-                st = mfusepy.c_stat()
-                self.operations.fill_stat(st, stat)
-                rows.append((name_bytes, ctypes.pointer(st), entry_offset, _FUSE_FILL_DIR_PLUS))
+                self.operations.fill_stat(stats[filled], stat)
+                rows.append((name_bytes, ctypes.byref(stats, filled * _STAT_SIZE), entry_offset, _FUSE_FILL_DIR_PLUS))
+                filled += 1
             else:
                 rows.append((name_bytes, _TYPE_ONLY_STATS[kind], entry_offset, 0))
         prepared = (with_offsets, rows, stable)
@@ -458,6 +462,7 @@ def _type_only_stat(mode: int) -> Any:
 #: stat pointer, a c_int64 offset, an int for the flags; the buffer is wrapped once per callback).
 _RawFiller = ctypes.CFUNCTYPE(ctypes.c_int)
 _NO_OFFSET = ctypes.c_int64(0)
+_STAT_SIZE = ctypes.sizeof(mfusepy.c_stat)
 
 #: libfuse copies the stat it is given: one per file type serves every entry listed without attributes (tens of
 #: thousands)
