@@ -49,6 +49,8 @@ from .tree.nodes import LISTING_ENTRY_BYTES
 log = logging.getLogger("mffs")
 
 WAIT_SECONDS = 5.0
+#: tasks a worker's process image lists before it may replace itself (see `main`)
+MIN_TASKS_PER_IMAGE = 256
 _Listing = Tuple[str, List[Tuple[str, str, Optional[tuple]]]]  # directory path, [(name, kind, stat fields)]
 
 
@@ -294,10 +296,11 @@ def main(argv: List[str]) -> None:
     collect_garbage_for_caches()
     write_frame(out, (None, []))
     requests = _Requests(argv[1:])
-    for task_path in requests:
+    for served, task_path in enumerate(requests, 1):
         write_frame(out, (task_path, _task_listings(tree, task_path)))
         left = requests.left()
-        if left is not None and _rss_bytes() > settings.budget.worker_rss:
+        # never for a budget below what a fresh image takes: an exec per request would only slow the walk down
+        if left is not None and served >= MIN_TASKS_PER_IMAGE and _rss_bytes() > settings.budget.worker_rss:
             out.flush()
             os.dup2(frames_fd, 1)  # the frames pipe on stdout again, as the daemon started it
             os.execv(sys.executable, [sys.executable, "-m", "mffs.readahead", argv[0], *left])

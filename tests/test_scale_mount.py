@@ -1,6 +1,7 @@
 """The mount in bounded memory (issue #15): a walk of a wide run stays within `--memory-mb`, and walking it again
-reads no more from the backend than the first walk did. Sizes keep the suite fast; the figures at 10k-100k tasks
-come from the scale benchmarks (docs/benchmarks.md)."""
+reads no more from the backend than the first walk did. A 500-task clone of a small real run
+(scripts/make_scale_datastore.py, built in seconds and cached) keeps the suite fast; the figures at 10k-100k tasks
+come from scripts/bench_scale.py (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import os
@@ -10,8 +11,11 @@ from typing import Dict, Set
 
 import pytest
 
-from tests.support.datastores import build_foreach_datastore, load_manifest
+from scripts.make_scale_datastore import build_foreach_clone
+from tests.support.datastores import load_manifest
 from tests.support.mount import mounted
+
+TASKS = 500
 
 #: a small budget, so the caches must evict while the run is walked
 MEMORY_MB = 96
@@ -19,8 +23,8 @@ MEMORY_MB = 96
 
 @pytest.fixture(scope="module")
 def wide_run() -> tuple:
-    """(directory holding .metaflow, pathspec of a 100-task foreach run made by real Metaflow)"""
-    parent = build_foreach_datastore(100, 10)  # the benchmarks' small datastore: built once, then cached
+    """(directory holding .metaflow, pathspec of a `TASKS`-task foreach run cloned from one made by real Metaflow)"""
+    parent = build_foreach_clone(TASKS, source_tasks=3, source_runs=1)
     return parent, load_manifest(parent)["runs"]["wide"]["pathspec"]
 
 
@@ -70,7 +74,7 @@ def test_walks_stay_within_the_memory_budget_and_a_second_reads_no_more(wide_run
         reads_second = _proc_field(processes, "io", "syscr:") - reads_before - reads_first
         peak_kb = _proc_field(_process_tree(mount.process.pid), "status", "VmHWM:")
         assert _process_tree(mount.process.pid) == processes
-    assert len(first) > 100 * 5 and second == first
+    assert len(first) > TASKS * 5 and second == first
     # every read system call of the mount's processes: the backend's files, and /dev/fuse for the requests
     assert reads_second <= reads_first
     assert peak_kb <= MEMORY_MB * 1024
