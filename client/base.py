@@ -118,7 +118,10 @@ class MetaflowObject:
         return self._is_in_namespace(get_namespace())
 
     def _is_in_namespace(self, ns: Optional[str]) -> bool:
-        return ns is None or ns in self.tags
+        if ns is None:
+            return True
+        user, system = self._tag_lists()
+        return ns in system or ns in user
 
     # -- identity --------------------------------------------------------------------------------------------
     @property
