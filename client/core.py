@@ -225,8 +225,6 @@ class Flow(MetaflowObject):
         return self._filtered_children(*tags)  # type: ignore[return-value]
 
 
-
-
 class Metaflow:
     """The root: every flow with at least one run in the current namespace (in the provider's order)."""
 
