@@ -9,8 +9,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import pytest
 
@@ -187,3 +189,43 @@ def test_moto_verifying_signatures_accepts_awkward_keys_and_session_tokens(
 
 def _keys(access_key: dict) -> Dict[str, str]:
     return {"aws_access_key_id": access_key["AccessKeyId"], "aws_secret_access_key": access_key["SecretAccessKey"]}
+
+
+class RegionalBucket(BaseHTTPRequestHandler):
+    """A stand-in S3 whose bucket lives in eu-west-1: requests signed for another region get S3's 301 with the
+    bucket's region, as AWS answers them."""
+
+    scopes: List[str] = []
+
+    def do_GET(self) -> None:
+        scope = self.headers.get("authorization", "").partition("Credential=")[2].split("/")[2]
+        self.scopes.append(scope)
+        status, body = (200, b"from eu-west-1") if scope == "eu-west-1" else (
+            301, b"<Error><Code>PermanentRedirect</Code><Message>elsewhere</Message></Error>")
+        self.send_response(status)
+        self.send_header("x-amz-bucket-region", "eu-west-1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_bucket_in_another_region_is_followed_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RegionalBucket)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for name, value in dict(CREDENTIALS, AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=os.devnull,
+                                AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+                                METAFLOW_S3_ENDPOINT_URL="http://127.0.0.1:%d" % server.server_address[1]).items():
+            monkeypatch.setenv(name, value)
+        storage = S3Storage("s3://regional/p")
+        assert isinstance(storage._client, s3_http.S3HttpClient)
+        assert storage.read("a") == b"from eu-west-1"
+        assert storage.read("b") == b"from eu-west-1"
+        assert RegionalBucket.scopes == ["us-east-1", "eu-west-1", "eu-west-1"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -130,9 +130,24 @@ def _error_details(response: Response) -> Tuple[str, str]:
     return "", http.client.responses.get(response.status, "")
 
 
+def _bucket_region(response: Response) -> Optional[str]:
+    """The region S3 says the bucket is in, when it refuses a request sent to or signed for another one (301
+    PermanentRedirect, 400 AuthorizationHeaderMalformed: the header, or the error's Region element)."""
+    if response.status not in (301, 307, 400):
+        return None
+    region = response.headers.get("x-amz-bucket-region")
+    if not region and response.body:
+        try:
+            region = parse_xml(response.body).findtext("Region")
+        except Exception:  # noqa: BLE001 -- not an S3 error document
+            return None
+    return region if region and all(c.isalnum() or c == "-" for c in region) else None
+
+
 class S3HttpClient:
     """Signed S3 requests to one endpoint (path-style `https://host/bucket/key` for a custom endpoint, virtual-hosted
-    `https://bucket.s3.<region>.amazonaws.com/key` for AWS), one keep-alive connection per thread."""
+    `https://bucket.s3.<region>.amazonaws.com/key` for AWS), one keep-alive connection per thread and host. A bucket
+    in another region than the configured one is followed there, as botocore does."""
 
     def __init__(self, endpoint_url: Optional[str], region: str, credentials: Credentials, verify: object,
                  connect_timeout: float, read_timeout: float, max_attempts: int):
@@ -145,6 +160,7 @@ class S3HttpClient:
         self.max_attempts = max(1, int(max_attempts))
         self._local = threading.local()
         self._ssl_context = None
+        self._bucket_regions: Dict[str, str] = {}  # buckets found in another region than `region`
 
     # -- operations -------------------------------------------------------------------------------------------
 
@@ -177,14 +193,13 @@ class S3HttpClient:
 
     # -- transport --------------------------------------------------------------------------------------------
 
-    def _target(self, bucket: str, key: str) -> Tuple[str, str, str]:
+    def _target(self, bucket: str, key: str, region: str) -> Tuple[str, str, str]:
         """(scheme, host[:port], URI-encoded path) of an object or bucket request."""
         encoded_key = quote(key, safe="/~")
         if self.endpoint_url:
             url = urlsplit(self.endpoint_url)
             return url.scheme, url.netloc, "%s/%s" % (url.path.rstrip("/"), bucket) + ("/" + encoded_key if key else "")
-        host = "%s.s3.amazonaws.com" % bucket if self.region == "us-east-1" else "%s.s3.%s.amazonaws.com" % (
-            bucket, self.region)
+        host = "%s.s3.amazonaws.com" % bucket if region == "us-east-1" else "%s.s3.%s.amazonaws.com" % (bucket, region)
         return "https", host, "/" + encoded_key
 
     def request(self, operation: str, method: str, bucket: str, key: str, query: List[Tuple[str, str]],
@@ -201,29 +216,38 @@ class S3HttpClient:
 
     def _request(self, operation: str, method: str, bucket: str, key: str, query: List[Tuple[str, str]],
                  headers: Dict[str, str]) -> Response:
-        scheme, host, path = self._target(bucket, key)
-        target = path + ("?" + "&".join("%s=%s" % (quote(k, safe="~"), quote(v, safe="~")) for k, v in query)
-                         if query else "")
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
+            region = self._bucket_regions.get(bucket, self.region)
+            scheme, host, path = self._target(bucket, key, region)
+            target = path + ("?" + "&".join("%s=%s" % (quote(k, safe="~"), quote(v, safe="~")) for k, v in query)
+                             if query else "")
             signed = dict(headers)
-            signed.update(authorization_headers(self.credentials, self.region, method, host, path, query, headers))
+            signed.update(authorization_headers(self.credentials, region, method, host, path, query, headers))
             try:
                 response = self._send(scheme, host, method, target, signed)
             except (OSError, http.client.HTTPException) as exc:
-                if attempt == self.max_attempts:
+                if attempt >= self.max_attempts:
                     raise S3TransportError("%s %s://%s%s failed: %s: %s" % (
                         operation, scheme, host, path, type(exc).__name__, exc)) from None
             else:
                 if response.status < 300:
                     return response
                 code, message = _error_details(response)
+                moved_to = _bucket_region(response)
+                if moved_to and moved_to != region and bucket not in self._bucket_regions:
+                    # As botocore's region redirector: the bucket lives in another region than the configured
+                    # one; remember it and send the request there, without counting an attempt.
+                    self._bucket_regions[bucket] = moved_to
+                    attempt -= 1
+                    continue
                 retry = response.status in _RETRY_STATUS or code in _RETRY_CODES
-                if not retry or attempt == self.max_attempts:
+                if not retry or attempt >= self.max_attempts:
                     raise S3ResponseError(response.status, code, "An error occurred (%s) when calling the %s "
                                           "operation (attempts: %d): %s" % (code or response.status, operation,
                                                                             attempt, message))
             time.sleep(random.random() * min(2 ** (attempt - 1), _MAX_BACKOFF))
-        raise AssertionError("unreachable")
 
     def _send(self, scheme: str, host: str, method: str, target: str, headers: Dict[str, str]) -> Response:
         connections = getattr(self._local, "connections", None)
