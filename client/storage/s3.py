@@ -21,14 +21,15 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 from cachetools import LRUCache
 
 from ..config import mffs_setting, setting
 from .base import Storage, check_key
-from .s3_http import Response, S3HttpClient, S3ResponseError, S3TransportError, notify
-from .s3_profile import fast_settings
+
+if TYPE_CHECKING:  # s3_http is imported at the first request: a process reading only the disk cache needs none of it
+    from .s3_http import Response
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ _pool: Optional[ThreadPoolExecutor] = None
 def _shared_client(params: Dict[str, Any], bucket: str, body_attempts: int) -> Any:
     """One S3 client per distinct set of parameters, shared process-wide (and its connections): our own HTTP client
     when `s3_profile.fast_settings` knows the configuration, else botocore's."""
+    from .s3_http import S3HttpClient
+    from .s3_profile import fast_settings
+
     fast = fast_settings(bucket, params)
     cache_key = json.dumps([params, fast], sort_keys=True, default=str)
     with _clients_lock:
@@ -127,6 +131,8 @@ class _BotocoreClient:
 
     def _call(self, operation: str, request: Callable[[], T], params: Dict[str, str]) -> T:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+        from .s3_http import S3ResponseError, S3TransportError, notify
 
         notify("before", operation, params)
         try:
@@ -181,6 +187,8 @@ class _BotocoreClient:
 
 
 def _response(response: Dict[str, Any], body: bytes) -> Response:
+    from .s3_http import Response
+
     metadata = response["ResponseMetadata"]
     return Response(metadata.get("HTTPStatusCode", 200), dict(metadata.get("HTTPHeaders", {})), body)
 
@@ -297,6 +305,8 @@ class S3Storage(Storage):
 
     def _call(self, what: str, key: str, request: Callable[[], T]) -> T:
         """Run one S3 request (the client retries it within its bounds) and map failures to built-in OSErrors."""
+        from .s3_http import S3ResponseError, S3TransportError
+
         url = self.url(key)
         health = self._connection()[1]
         health.check(url)
