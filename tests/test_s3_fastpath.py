@@ -51,7 +51,7 @@ def test_static_configurations_get_the_fast_client(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", [
     "credential_process", "role_arn", "sso", "partial_env", "unknown_env", "no_region", "dotted_bucket",
-    "client_params", "adaptive_retries", "missing_profile", "no_credentials",
+    "directory_bucket", "client_params", "adaptive_retries", "missing_profile", "no_credentials",
 ])
 def test_other_configurations_go_to_botocore(case: str, tmp_path: Path) -> None:
     keys = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -72,6 +72,8 @@ def test_other_configurations_go_to_botocore(case: str, tmp_path: Path) -> None:
         del env["AWS_DEFAULT_REGION"]
     elif case == "dotted_bucket":
         bucket = "my.bucket"
+    elif case == "directory_bucket":
+        bucket = "data--usw2-az1--x-s3"
     elif case == "client_params":
         params["aws_access_key_id"] = "AKID"
     elif case == "adaptive_retries":

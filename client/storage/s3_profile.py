@@ -115,7 +115,8 @@ def fast_settings(bucket: str, params: Dict[str, Any], environ: Optional[Dict[st
         if not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", str(endpoint)):
             return None
         region = region or "us-east-1"
-    elif not region or not re.match(r"^[a-z0-9-]+$", region) or not _VIRTUAL_HOSTABLE_BUCKET.match(bucket):
+    elif not region or not re.match(r"^[a-z0-9-]+$", region) or not _VIRTUAL_HOSTABLE_BUCKET.match(bucket) \
+            or bucket.endswith("--x-s3"):  # an S3 Express directory bucket: zonal endpoints, session auth
         return None
     # botocore's verify: the parameter, else its ca_bundle setting (AWS_CA_BUNDLE), else its default bundle.
     verify = params["verify"] if params.get("verify") is not None else env.get("AWS_CA_BUNDLE") or True
