@@ -231,3 +231,40 @@ def test_a_bucket_in_another_region_is_followed_there(monkeypatch: pytest.Monkey
     finally:
         server.shutdown()
         server.server_close()
+
+
+class ClosesWhenIdle(BaseHTTPRequestHandler):
+    """A stand-in S3 that answers with HTTP/1.1 keep-alive, then closes the connection (as S3 does to an idle
+    one) without saying so."""
+
+    protocol_version = "HTTP/1.1"
+    requests = 0
+
+    def do_GET(self) -> None:
+        type(self).requests += 1
+        body = b"object %d" % type(self).requests
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_connection_the_server_closed_is_replaced_without_using_an_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ClosesWhenIdle)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for name, value in dict(CREDENTIALS, AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=os.devnull,
+                                AWS_SHARED_CREDENTIALS_FILE=os.devnull, MFFS_S3_MAX_ATTEMPTS="0",
+                                METAFLOW_S3_ENDPOINT_URL="http://127.0.0.1:%d" % server.server_address[1]).items():
+            monkeypatch.setenv(name, value)
+        storage = S3Storage("s3://idle/p")
+        assert storage._client.max_attempts == 1
+        assert [storage.read(key) for key in "abc"] == [b"object 1", b"object 2", b"object 3"]
+    finally:
+        server.shutdown()
+        server.server_close()

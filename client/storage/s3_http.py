@@ -259,26 +259,37 @@ class S3HttpClient:
             time.sleep(random.random() * min(2 ** (attempt - 1), _MAX_BACKOFF))
 
     def _send(self, scheme: str, host: str, method: str, target: str, headers: Dict[str, str]) -> Response:
+        """One HTTP exchange on this thread's connection to `host`. A kept-alive connection the server closed
+        while idle (S3 does after a few seconds) fails at once; the request then goes out again on a new one,
+        not counted as an attempt (GET and HEAD are idempotent)."""
+        import http.client
+
         connections = getattr(self._local, "connections", None)
         if connections is None:
             connections = self._local.connections = {}
         connection = connections.get((scheme, host))
         if connection is None:
             connection = connections[(scheme, host)] = self._connect(scheme, host)
-        try:
-            if connection.sock is None:
-                connection.connect()
-                connection.sock.settimeout(self.read_timeout)
-            connection.request(method, target, headers=headers)
-            raw = connection.getresponse()
-            body = raw.read()
-            result = Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, body)
+        while True:
+            reused = connection.sock is not None
+            try:
+                if not reused:
+                    connection.connect()
+                    connection.sock.settimeout(self.read_timeout)
+                connection.request(method, target, headers=headers)
+                raw = connection.getresponse()
+                body = raw.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                connection.close()
+                if reused:
+                    continue
+                raise
+            except BaseException:
+                connection.close()  # a new connection for the next attempt
+                raise
             if raw.will_close:
                 connection.close()
-            return result
-        except BaseException:
-            connection.close()  # a new connection for the next attempt
-            raise
+            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, body)
 
     def _connect(self, scheme: str, host: str) -> http.client.HTTPConnection:
         import http.client
