@@ -4,6 +4,7 @@ that moto (verifying signatures, IAM on) accepts its SigV4 signatures for awkwar
 that a configuration it does not know (a credential process) still reads through botocore."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import textwrap
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -214,23 +215,30 @@ class RegionalBucket(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_bucket_in_another_region_is_followed_there(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RegionalBucket)
+@contextlib.contextmanager
+def stand_in_s3(handler: type, monkeypatch: pytest.MonkeyPatch, **settings: str) -> Iterator[None]:
+    """A stand-in S3 server on 127.0.0.1 answering with `handler`, this process's S3 settings pointing at it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         for name, value in dict(CREDENTIALS, AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=os.devnull,
-                                AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+                                AWS_SHARED_CREDENTIALS_FILE=os.devnull, **settings,
                                 METAFLOW_S3_ENDPOINT_URL="http://127.0.0.1:%d" % server.server_address[1]).items():
             monkeypatch.setenv(name, value)
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_bucket_in_another_region_is_followed_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    with stand_in_s3(RegionalBucket, monkeypatch):
         storage = S3Storage("s3://regional/p")
         assert isinstance(storage._client, s3_http.S3HttpClient)
         assert storage.read("a") == b"from eu-west-1"
         assert storage.read("b") == b"from eu-west-1"
         assert RegionalBucket.scopes == ["us-east-1", "eu-west-1", "eu-west-1"]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class ClosesWhenIdle(BaseHTTPRequestHandler):
@@ -254,17 +262,7 @@ class ClosesWhenIdle(BaseHTTPRequestHandler):
 
 
 def test_a_connection_the_server_closed_is_replaced_without_using_an_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ClosesWhenIdle)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        for name, value in dict(CREDENTIALS, AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=os.devnull,
-                                AWS_SHARED_CREDENTIALS_FILE=os.devnull, MFFS_S3_MAX_ATTEMPTS="0",
-                                METAFLOW_S3_ENDPOINT_URL="http://127.0.0.1:%d" % server.server_address[1]).items():
-            monkeypatch.setenv(name, value)
+    with stand_in_s3(ClosesWhenIdle, monkeypatch, MFFS_S3_MAX_ATTEMPTS="0"):
         storage = S3Storage("s3://idle/p")
         assert storage._client.max_attempts == 1
         assert [storage.read(key) for key in "abc"] == [b"object 1", b"object 2", b"object 3"]
-    finally:
-        server.shutdown()
-        server.server_close()
