@@ -90,7 +90,18 @@ def test_a_response_with_a_document_type_is_refused() -> None:
     bomb = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><Error><Code>&a;</Code></Error>'
     with pytest.raises(s3_http.S3TransportError):
         s3_http.parse_xml(bomb)
+    with pytest.raises(s3_http.S3TransportError):
+        s3_http.parse_xml(b"<Error><Code>cut off")
     assert s3_http.parse_xml(b"<Error><Code>NoSuchKey</Code></Error>").findtext("Code") == "NoSuchKey"
+
+
+def test_the_signed_host_is_the_one_http_client_sends() -> None:
+    """http.client leaves the scheme's default port out of Host:, so the signature must too."""
+    for endpoint, host, path in (("https://minio.example:443/base/", "minio.example", "/base/b/k%20y"),
+                                 ("http://h:80", "h", "/b/k%20y"),
+                                 ("http://127.0.0.1:9000", "127.0.0.1:9000", "/b/k%20y")):
+        client = s3_http.S3HttpClient(endpoint, "us-east-1", s3_http.Credentials("a", "s"), True, 1, 1, 1)
+        assert client._target("b", "k y", "us-east-1")[1:] == (host, path)
 
 
 def run_reader(script: str, env: Dict[str, str], tmp_path: Path) -> dict:

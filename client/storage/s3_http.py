@@ -16,9 +16,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 if TYPE_CHECKING:
     import http.client  # imported when the first request is sent: its email parsers cost 15 ms
+    from xml.etree.ElementTree import Element
 
 EMPTY_PAYLOAD_SHA256 = hashlib.sha256(b"").hexdigest()
-_NAMESPACE = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _META_PREFIX = "x-amz-meta-"
 # botocore's standard retry mode: these status codes and error codes are retried, with exponential backoff.
 _RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -76,11 +76,11 @@ def _sign(key: bytes, text: str) -> bytes:
 
 def authorization_headers(
     credentials: Credentials, region: str, method: str, host: str, path: str, query: List[Tuple[str, str]],
-    headers: Dict[str, str], now: Optional[float] = None,
+    headers: Dict[str, str],
 ) -> Dict[str, str]:
     """The SigV4 headers (Authorization and the x-amz-* ones it signs) for a request without a body. `path` is the
     already URI-encoded path as sent; `headers` are the other headers to sign (lower-case names)."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     signed = dict(headers, host=host)
     signed["x-amz-content-sha256"] = EMPTY_PAYLOAD_SHA256
     signed["x-amz-date"] = stamp
@@ -106,7 +106,7 @@ def authorization_headers(
     return out
 
 
-def parse_xml(body: bytes) -> "object":
+def parse_xml(body: bytes) -> Element:
     """An S3 XML document as an ElementTree element, namespaces stripped. A response is untrusted input: a
     document type declaration (the only way to define entities) is refused."""
     import xml.etree.ElementTree as ElementTree
@@ -114,8 +114,11 @@ def parse_xml(body: bytes) -> "object":
     if b"<!DOCTYPE" in body.upper():
         raise S3TransportError("refused an S3 response with a document type declaration")
     parser = ElementTree.XMLParser()
-    parser.feed(body)
-    root = parser.close()
+    try:
+        parser.feed(body)
+        root = parser.close()
+    except ElementTree.ParseError as exc:
+        raise S3TransportError("unparsable S3 response: %s" % exc) from None
     for element in root.iter():
         if isinstance(element.tag, str) and element.tag.startswith("{"):
             element.tag = element.tag.rpartition("}")[2]
@@ -205,7 +208,10 @@ class S3HttpClient:
         encoded_key = quote(key, safe="/~")
         if self.endpoint_url:
             url = urlsplit(self.endpoint_url)
-            return url.scheme, url.netloc, "%s/%s" % (url.path.rstrip("/"), bucket) + ("/" + encoded_key if key else "")
+            host = url.netloc  # as http.client sends it in Host: without the scheme's default port
+            host = host[:-len(":443")] if url.scheme == "https" and host.endswith(":443") else host
+            host = host[:-len(":80")] if url.scheme == "http" and host.endswith(":80") else host
+            return url.scheme, host, "%s/%s" % (url.path.rstrip("/"), bucket) + ("/" + encoded_key if key else "")
         host = "%s.s3.amazonaws.com" % bucket if region == "us-east-1" else "%s.s3.%s.amazonaws.com" % (bucket, region)
         return "https", host, "/" + encoded_key
 

@@ -112,7 +112,7 @@ def fast_settings(bucket: str, params: Dict[str, Any], environ: Optional[Dict[st
     endpoint = params.get("endpoint_url")
     region = params.get("region_name") or env.get("AWS_DEFAULT_REGION") or merged.get("region")
     if endpoint:
-        if not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", str(endpoint)):
+        if not re.match(r"^https?://[^/?#@]+(/[^?#]*)?$", str(endpoint)):
             return None
         region = region or "us-east-1"
     elif not region or not re.match(r"^[a-z0-9-]+$", region) or not _VIRTUAL_HOSTABLE_BUCKET.match(bucket) \
