@@ -24,7 +24,8 @@ medians reported. Goals: metaflow-cold / ours-cold >= 5x; ours-warm / ours-local
 Note the server is moto (a Python process on the same 2 cores), so every request costs far more CPU than a real
 S3 request and wall times include the server's work. With --latency-ms N the clients reach moto through a proxy
 here that holds every request N ms before passing it on (what a client sees of S3's time to first byte, which a
-local server lacks); the table then says so.
+local server lacks); the table then says so. Before the patterns, the CPU a process spends until its first GET is
+answered, with our S3 client and with botocore's (--first-get N repetitions).
 
     .venv/bin/python scripts/bench_s3.py                         # 100 tasks, 40 runs, 3 repetitions
     .venv/bin/python scripts/bench_s3.py --latency-ms 20         # the same behind 20 ms of request latency
@@ -263,6 +264,35 @@ class S3Bench:
         return bench_client.measure_variants(self.run, VARIANTS, check_answers, pattern, repeat)
 
 
+FIRST_GET = """
+import sys, time
+from client.storage.s3 import S3Storage
+storage = S3Storage(sys.argv[1])
+storage.read("bench-first-get")
+print(time.process_time(), type(storage._client).__name__, "botocore" in sys.modules)
+"""
+
+
+def first_get_cpu(bench: S3Bench, s3_root: str, repeat: int) -> None:
+    """Process CPU from start to the first GET answered, our S3 client against botocore (which a client parameter
+    the fast path does not implement selects), interleaved; what a cold run pays before its first request."""
+    program = bench.work / "first_get.py"
+    program.write_text(FIRST_GET)
+    clients = {"ours": ({}, "S3HttpClient False"),
+               "botocore": ({"METAFLOW_DATATOOLS_CLIENT_PARAMS": '{"use_ssl": false}'}, "_BotocoreClient True")}
+    cpu: Dict[str, list] = {name: [] for name in clients}
+    for _ in range(repeat):
+        for name, (extra, expected) in clients.items():
+            env = dict(bench.s3_env, PYTHONPATH=str(REPO), **extra)
+            seconds, used = bench_client.run_child([sys.executable, str(program), s3_root], env, bench.work
+                                                   ).stdout.split(None, 1)
+            if used.strip() != expected:
+                raise AssertionError("%s: the first GET went through %s" % (name, used))
+            cpu[name].append(float(seconds))
+    print("CPU from process start to the first GET answered, median of %d: %s" % (repeat, ", ".join(
+        "%s %.3f s" % (name, sorted(values)[len(values) // 2]) for name, values in cpu.items())))
+
+
 def check_answers(pattern: str, answers: Dict[str, str]) -> dict:
     answers = dict(answers)
     local = answers.pop("ours-local")
@@ -305,6 +335,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="default: all but walk_run, the mount's listing of a run")
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="hold every request this long on its way to the server (default 0: none)")
+    parser.add_argument("--first-get", type=int, default=7, metavar="N",
+                        help="repetitions of the CPU-until-the-first-GET measurement (default 7; 0: skip)")
     args = parser.parse_args(argv)
 
     server = MotoServer()
@@ -324,6 +356,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("clients reach the server through a proxy adding %g ms to every request" % args.latency_ms)
         s3_root = "s3://%s/%s" % (BUCKET, bench_prefix(args.tasks, args.runs))
         bench = S3Bench(s3_parent, s3_root, local_parent, endpoint_url, work)
+        if args.first_get:
+            server.client().put_object(Bucket=BUCKET, Key=s3_root.split("/", 3)[3] + "/bench-first-get", Body=b"x")
+            first_get_cpu(bench, s3_root, args.first_get)
         results = {pattern: bench.measure(pattern, args.repeat) for pattern in args.patterns}
         print_table(results, args.repeat)
     finally:

@@ -193,14 +193,14 @@ def test_a_missing_blob_fails_that_artifact_only(
 CARD_LISTS_SCRIPT = """
 import json
 from client import Run, namespace
-from client.storage import s3
+from client.storage import s3_http
 namespace(None)
 run = Run(sys.argv[1])
-run["end"].task["name"].data  # the shared boto3 client exists from here on
+run["end"].task["name"].data
 card_lists = []
-for s3_client in s3._clients.values():
-    s3_client.meta.events.register(
-        "before-parameter-build.s3.ListObjectsV2", lambda params, **_: card_lists.append(params["Prefix"]))
+s3_http.request_hooks.append(
+    lambda stage, operation, params: stage == "before" and operation == "ListObjectsV2"
+    and card_lists.append(params["Prefix"]))
 cards = {task.pathspec: task.cards().names for step in run for task in step}
 print(json.dumps({"cards": cards, "card_lists": [p for p in card_lists if "/mf.cards/" in p],
                   "steps": len(list(run))}), flush=True)
@@ -239,15 +239,14 @@ def test_card_directories_are_listed_per_step_not_per_task(
 INDEX_PREFETCH_SCRIPT = """
 import json
 from client import Run, namespace
-from client.storage import s3
+from client.storage import s3_http
 namespace(None)
 step = max(Run(sys.argv[1]), key=lambda step: len(list(step)))
 tasks = list(step)
-first = {a.id: a.type_name for a in tasks[0]}  # the shared boto3 client exists from here on
+first = {a.id: a.type_name for a in tasks[0]}
 gets = []
-for s3_client in s3._clients.values():
-    s3_client.meta.events.register(
-        "before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
+s3_http.request_hooks.append(
+    lambda stage, operation, params: stage == "before" and operation == "GetObject" and gets.append(params["Key"]))
 types = [{a.id: a.type_name for a in task} for task in tasks[1:]]
 print(json.dumps({"tasks": len(tasks), "types": [first] + types,
                   "index_gets": [key for key in gets if key.endswith((".data.json", ".DONE.lock"))]}), flush=True)

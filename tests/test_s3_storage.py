@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from client.storage import s3_http
 from client.storage.s3 import S3Storage
 from tests.support.s3server import BUCKET, MotoServer, fault_proxy, s3_env, s3_server  # noqa: F401
 
@@ -39,36 +40,27 @@ def put_many(server: MotoServer, root: str, objects: dict) -> None:
 
 
 class RequestCounter:
-    """Counts S3 requests (per operation) and the most requests in flight at once, via botocore's event hooks on
-    the storage's own client."""
+    """Counts S3 requests (per operation) and the most requests in flight at once, via the hooks every S3 client
+    of the storage (ours or botocore's) calls."""
 
     def __init__(self, storage: S3Storage):
         self.calls = {}
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        events = storage._client.meta.events
-        events.register("before-call.s3", self._before)
-        events.register("after-call.s3", self._after)
-        events.register("after-call-error.s3", self._after)
-        self._unregister = lambda: (
-            events.unregister("before-call.s3", self._before),
-            events.unregister("after-call.s3", self._after),
-            events.unregister("after-call-error.s3", self._after),
-        )
+        s3_http.request_hooks.append(self._hook)
 
-    def _before(self, model, **_):
+    def _hook(self, stage, operation, params):
         with self._lock:
-            self.calls[model.name] = self.calls.get(model.name, 0) + 1
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-
-    def _after(self, **_):
-        with self._lock:
-            self.in_flight -= 1
+            if stage == "before":
+                self.calls[operation] = self.calls.get(operation, 0) + 1
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            else:
+                self.in_flight -= 1
 
     def close(self):
-        self._unregister()
+        s3_http.request_hooks.remove(self._hook)
 
 
 @pytest.fixture
@@ -165,11 +157,11 @@ def test_read_many_up_to_a_size_reads_no_more_of_a_larger_object(s3_server, root
     storage = S3Storage(root)
     ranges = []
 
-    def note_range(params, **_):
-        ranges.append(params.get("Range"))
+    def note_range(stage, operation, params):
+        if stage == "before" and operation == "GetObject":
+            ranges.append(params.get("Range"))
 
-    events = storage._client.meta.events
-    events.register("before-parameter-build.s3.GetObject", note_range)
+    s3_http.request_hooks.append(note_range)
     try:
         for keys in (list(objects) + ["F/missing"], ["F/large"]):
             ranges.clear()
@@ -178,7 +170,7 @@ def test_read_many_up_to_a_size_reads_no_more_of_a_larger_object(s3_server, root
             assert found == {key: expected[key] for key in keys}
             assert ranges == ["bytes=0-100"] * len(keys)
     finally:
-        events.unregister("before-parameter-build.s3.GetObject", note_range)
+        s3_http.request_hooks.remove(note_range)
 
 
 def test_open_random_access_matches_the_object(s3_server, root):  # noqa: F811
@@ -329,7 +321,7 @@ def test_throttling_becomes_eio_after_retries_with_a_log_line(
     assert info.value.errno == errno.EIO
     assert "SlowDown" in str(info.value)
     assert any("SlowDown" in record.getMessage() for record in caplog.records)
-    assert counter.calls == {"GetObject": 1}  # one call, retried inside botocore...
+    assert counter.calls == {"GetObject": 1}  # one call, retried inside the client...
     fault_proxy.mode = "forward"
     assert storage.read("F/x") == b"x"  # ...and the server answered, so no fail-fast window
 

@@ -1,9 +1,11 @@
-"""S3 storage through botocore: Metaflow's S3 datastore read with bounded timeouts, retries and parallelism.
+"""S3 storage: Metaflow's S3 datastore read with bounded timeouts, retries and parallelism.
 
-botocore is imported only when an `S3Storage` is first used. One botocore client per set of connection settings is
-shared by every root and thread (clients are thread-safe; sessions are not, so they are only touched under a lock).
-Credentials come from botocore's standard chain (environment, AWS_PROFILE and the shared files, instance roles...).
-boto3 is not needed: its session adds resources and transfer helpers a reader does not use.
+One S3 client per set of connection settings is shared by every root and thread. When the credentials are static
+(the environment's keys, or a plain profile of the shared files) and the endpoint is known, it is our own
+(`s3_http`, standard library only: botocore's imports cost 0.1 s before the first request); otherwise botocore's,
+created when an `S3Storage` is first used, with botocore's standard credential chain (roles, SSO, credential
+processes, instance and container credentials...). boto3 is not needed: its session adds resources and transfer
+helpers a reader does not use.
 
 Settings (Metaflow's, as `client.config.setting` resolves them): S3_ENDPOINT_URL, S3_VERIFY_CERTIFICATE,
 DATATOOLS_CLIENT_PARAMS (extra boto3 client arguments; its "config" dict overrides ours). mffs's own (environment
@@ -19,12 +21,15 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 from cachetools import LRUCache
 
 from ..config import mffs_setting, setting
 from .base import Storage, check_key
+
+if TYPE_CHECKING:  # s3_http is imported at the first request: a process reading only the disk cache needs none of it
+    from .s3_http import Response
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +88,109 @@ _clients_lock = threading.Lock()
 _pool: Optional[ThreadPoolExecutor] = None
 
 
-def _shared_client(params: Dict[str, Any]) -> Any:
-    """One botocore S3 client per distinct set of parameters, shared process-wide (and its connection pool)."""
-    cache_key = json.dumps(params, sort_keys=True, default=str)
+def _shared_client(params: Dict[str, Any], bucket: str, body_attempts: int) -> Any:
+    """One S3 client per distinct set of parameters, shared process-wide (and its connections): our own HTTP client
+    when `s3_profile.fast_settings` knows the configuration, else botocore's."""
+    from .s3_http import S3HttpClient
+    from .s3_profile import fast_settings
+
+    fast = fast_settings(bucket, params)
+    cache_key = json.dumps([params, fast], sort_keys=True, default=str)
     with _clients_lock:
         client = _clients.get(cache_key)
         if client is None:
-            import botocore.session
-            from botocore.config import Config
-
-            kwargs = dict(params)
-            kwargs["config"] = Config(**kwargs["config"])
-            session = botocore.session.Session()
-            session.register_component("data_loader", _s3_loader(session.get_config_variable("data_path")))
-            client = _clients[cache_key] = session.create_client("s3", **kwargs)
+            if fast is not None:
+                client = S3HttpClient(**fast._asdict())
+            else:
+                client = _BotocoreClient(_botocore_client(params), body_attempts)
+            _clients[cache_key] = client
         return client
+
+
+def _botocore_client(params: Dict[str, Any]) -> Any:
+    import botocore.session
+    from botocore.config import Config
+
+    kwargs = dict(params)
+    kwargs["config"] = Config(**kwargs["config"])
+    session = botocore.session.Session()
+    session.register_component("data_loader", _s3_loader(session.get_config_variable("data_path")))
+    return session.create_client("s3", **kwargs)
+
+
+class _CredentialsError(Exception):
+    """botocore found no usable credentials."""
+
+
+class _BotocoreClient:
+    """botocore's S3 client behind `S3HttpClient`'s interface: the same operations, results and errors."""
+
+    def __init__(self, client: Any, max_attempts: int):
+        self.botocore = client
+        self.max_attempts = max_attempts
+
+    def _call(self, operation: str, request: Callable[[], T], params: Dict[str, str]) -> T:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+        from .s3_http import S3ResponseError, S3TransportError, notify
+
+        notify("before", operation, params)
+        try:
+            return request()
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            raise S3ResponseError(status, code, str(exc)) from None
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise _CredentialsError(str(exc)) from None
+        except BotoCoreError as exc:
+            raise S3TransportError(str(exc)) from None
+        finally:
+            notify("after", operation, params)
+
+    def get_object(self, bucket: str, key: str, byte_range: Optional[str] = None,
+                   if_match: Optional[str] = None) -> Response:
+        from botocore.exceptions import HTTPClientError
+
+        kwargs = {"Bucket": bucket, "Key": key}
+        if byte_range is not None:
+            kwargs["Range"] = byte_range
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+
+        def request() -> Response:
+            # botocore retries the request but not a body read cut midway; retry that here within the same bound.
+            for attempt in range(1, self.max_attempts + 1):
+                response = self.botocore.get_object(**kwargs)
+                try:
+                    data = response["Body"].read()
+                except HTTPClientError:
+                    if attempt == self.max_attempts:
+                        raise
+                    continue
+                return _response(response, data)
+            raise AssertionError("unreachable")
+
+        return self._call("GetObject", request, kwargs)
+
+    def head_object(self, bucket: str, key: str) -> Response:
+        kwargs = {"Bucket": bucket, "Key": key}
+        return self._call("HeadObject", lambda: _response(self.botocore.head_object(**kwargs), b""), kwargs)
+
+    def list_pages(self, bucket: str, prefix: str, delimiter: str) -> Iterator[Tuple[List[str], List[str]]]:
+        kwargs = {"Bucket": bucket, "Prefix": prefix, "Delimiter": delimiter}
+        while True:
+            page = self._call("ListObjectsV2", lambda args=kwargs: self.botocore.list_objects_v2(**args), kwargs)
+            yield [p["Prefix"] for p in page.get("CommonPrefixes", ())], [o["Key"] for o in page.get("Contents", ())]
+            if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
+                return
+            kwargs = dict(kwargs, ContinuationToken=page["NextContinuationToken"])
+
+
+def _response(response: Dict[str, Any], body: bytes) -> Response:
+    from .s3_http import Response
+
+    metadata = response["ResponseMetadata"]
+    return Response(metadata.get("HTTPStatusCode", 200), dict(metadata.get("HTTPHeaders", {})), body)
 
 
 def _s3_loader(data_path: Optional[str]) -> Any:
@@ -191,13 +284,13 @@ class S3Storage(Storage):
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     def _connection(self) -> Tuple[Any, _EndpointHealth]:
-        """The shared botocore client and the health record of its endpoint, created on first use."""
+        """The shared S3 client (ours or botocore's) and the health record of its endpoint, created on first use."""
         if self._client_obj is None:
             params = _client_params(self._conf)
             endpoint = params.get("endpoint_url") or "aws"
             with _clients_lock:
                 self._health_obj = _health.setdefault(endpoint, _EndpointHealth(self._conf["failfast_seconds"]))
-            self._client_obj = _shared_client(params)
+            self._client_obj = _shared_client(params, self.bucket, self._conf["max_attempts"])
         return self._client_obj, self._health_obj
 
     @property
@@ -211,16 +304,16 @@ class S3Storage(Storage):
         return self.prefix + "/" + key if key else self.prefix
 
     def _call(self, what: str, key: str, request: Callable[[], T]) -> T:
-        """Run one S3 request (botocore retries it within its bounds) and map failures to built-in OSErrors."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+        """Run one S3 request (the client retries it within its bounds) and map failures to built-in OSErrors."""
+        from .s3_http import S3ResponseError, S3TransportError
 
         url = self.url(key)
         health = self._connection()[1]
         health.check(url)
         try:
             result = request()
-        except ClientError as exc:
-            code, status = _error_code(exc)
+        except S3ResponseError as exc:
+            code, status = exc.code, exc.status
             health.succeeded()  # the server answered
             if code == "NoSuchBucket":
                 raise FileNotFoundError(errno.ENOENT, "No such S3 bucket: %s" % self.bucket, url) from None
@@ -232,9 +325,9 @@ class S3Storage(Storage):
                 raise OSError(errno.ESTALE, "S3 object changed while it was being read", url) from None
             log.warning("S3 %s %s failed after %d attempts: %s", what, url, self._conf["max_attempts"], exc)
             raise OSError(errno.EIO, "S3 %s failed after retries: %s" % (what, exc), url) from None
-        except (NoCredentialsError, PartialCredentialsError) as exc:
+        except _CredentialsError as exc:
             raise PermissionError(errno.EACCES, "No usable AWS credentials: %s" % exc, url) from None
-        except BotoCoreError as exc:
+        except S3TransportError as exc:
             health.failed(str(exc))
             log.warning("S3 %s %s failed after %d attempts: %s", what, url, self._conf["max_attempts"], exc)
             raise OSError(errno.EIO, "S3 %s failed: %s" % (what, exc), url) from None
@@ -243,40 +336,21 @@ class S3Storage(Storage):
 
     def _get(self, key: str, byte_range: Optional[Tuple[int, int]] = None, etag: Optional[str] = None) -> bytes:
         """GET the object or the inclusive byte range; reading the body is part of the bounded retried request."""
-        from botocore.exceptions import HTTPClientError
-
-        kwargs: Dict[str, Any] = {"Bucket": self.bucket, "Key": self._s3_key(key)}
-        if byte_range is not None:
-            kwargs["Range"] = "bytes=%d-%d" % byte_range
-        if etag is not None:
-            kwargs["IfMatch"] = etag
-
-        def request() -> bytes:
-            # botocore retries the request but not a body read cut midway; retry that here within the same bound.
-            for attempt in range(1, self._conf["max_attempts"] + 1):
-                response = self._client.get_object(**kwargs)
-                try:
-                    data = response["Body"].read()
-                except HTTPClientError:
-                    if attempt == self._conf["max_attempts"]:
-                        raise
-                    continue
-                if byte_range is None:
-                    self._remember_attributes(key, response)
-                return data
-            raise AssertionError("unreachable")
-
-        return self._call("GET", key, request)
-
-    def _head(self, key: str) -> Dict[str, Any]:
+        range_header = "bytes=%d-%d" % byte_range if byte_range is not None else None
         response = self._call(
-            "HEAD", key, lambda: self._client.head_object(Bucket=self.bucket, Key=self._s3_key(key))
+            "GET", key, lambda: self._client.get_object(self.bucket, self._s3_key(key), range_header, etag)
         )
+        if byte_range is None:
+            self._remember_attributes(key, response)
+        return response.body
+
+    def _head(self, key: str) -> Response:
+        response = self._call("HEAD", key, lambda: self._client.head_object(self.bucket, self._s3_key(key)))
         self._remember_attributes(key, response)
         return response
 
-    def _remember_attributes(self, key: str, response: Dict[str, Any]) -> None:
-        attributes = _parse_attributes(response.get("Metadata"))
+    def _remember_attributes(self, key: str, response: Response) -> None:
+        attributes = _parse_attributes(response.metadata())
         with self._attributes_lock:
             self._attributes[key] = attributes
 
@@ -318,11 +392,11 @@ class S3Storage(Storage):
         return out
 
     def open(self, key: str) -> BinaryIO:
-        response = self._head(key)
-        return S3ObjectReader(self, key, int(response["ContentLength"]), response.get("ETag"))
+        headers = self._head(key).headers
+        return S3ObjectReader(self, key, int(headers["content-length"]), headers.get("etag"))
 
     def size(self, key: str) -> int:
-        return int(self._head(key)["ContentLength"])
+        return int(self._head(key).headers["content-length"])
 
     def exists(self, key: str) -> bool:
         """Whether an object with exactly this key exists ("directories" are not objects in S3)."""
@@ -336,14 +410,11 @@ class S3Storage(Storage):
         prefix = self._s3_key(key)
         prefix = prefix + "/" if prefix else ""
         names = set()
-        paginator = self._client.get_paginator("list_objects_v2")
 
         def request() -> None:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-                for common in page.get("CommonPrefixes", ()):
-                    names.add(common["Prefix"][len(prefix):].rstrip("/"))
-                for obj in page.get("Contents", ()):
-                    names.add(obj["Key"][len(prefix):])
+            for common_prefixes, keys in self._client.list_pages(self.bucket, prefix, "/"):
+                names.update(common[len(prefix):].rstrip("/") for common in common_prefixes)
+                names.update(name[len(prefix):] for name in keys)
 
         self._call("LIST", key, request)
         names.discard("")
@@ -353,7 +424,7 @@ class S3Storage(Storage):
         with self._attributes_lock:
             if key in self._attributes:
                 return self._attributes[key]
-        return _parse_attributes(self._head(key).get("Metadata"))
+        return _parse_attributes(self._head(key).metadata())
 
 
 def _parse_attributes(metadata: Optional[Dict[str, str]]) -> Optional[dict]:
