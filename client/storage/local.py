@@ -23,7 +23,7 @@ OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: the same through links, to learn where a path leads
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-#: directories remembered as checked, per root (a bound on memory only: forgetting costs one lstat each)
+#: directories remembered as checked, per root (a bound on memory only: forgetting costs a system call each)
 _MAX_CHECKED_DIRS = 200_000
 _DOTS = (".", "..")
 #: the levels of a datastore that are wide (flows, runs, tasks): from the second directory asked for at one of them
