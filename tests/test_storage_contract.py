@@ -25,8 +25,10 @@ from client.storage import SCHEMES, UnknownScheme, get_storage, split_scheme, st
 from client.storage.base import OutsideDatastore, Storage
 from tests.support.s3server import BUCKET, MotoServer, s3_env, s3_server  # noqa: F401
 
-#: the parts of the standard datastore copied: a whole flow, and the directory of a blob of over 1 MB
-COPIED = ("HelloFlow", "FailFlow/data/73")
+#: the flow of the standard datastore copied whole
+COPIED_FLOW = "HelloFlow"
+#: the flow whose largest blob (over 1 MB: streamed reads) is copied with its directory
+LARGE_BLOB_FLOW = "FailFlow"
 #: fixtures returning a datastore root that holds `Objects`; one per backend
 ROOT_FIXTURES = ["local_copy_root", "s3_copy_root"]
 MISSING_KEYS = ["HelloFlow/no-such-run/0.data.json", "HelloFlow/data/00/" + "0" * 40, "no-such-flow", "HelloFlow/x/"]
@@ -64,9 +66,18 @@ def _attribute_file(key: str) -> bool:
 def copied_tree(local_root: Path, tmp_path_factory) -> Path:
     """A `.metaflow` holding the copied parts of the standard datastore."""
     root = tmp_path_factory.mktemp("storage-contract") / ".metaflow"
-    for part in COPIED:
+    for part in (COPIED_FLOW, _large_blob_directory(local_root / ".metaflow")):
         shutil.copytree(local_root / ".metaflow" / part, root / part)
     return root
+
+
+def _large_blob_directory(metaflow: Path) -> str:
+    """The `<F>/data/<xx>` directory of LARGE_BLOB_FLOW's largest blob, looked up: its sha is not the same in every
+    build of the standard datastore (one built under another MFFS_TESTDATA_DIR had another)."""
+    blobs = [p for p in (metaflow / LARGE_BLOB_FLOW / "data").glob("*/*") if not p.name.endswith("_meta")]
+    largest = max(blobs, key=lambda p: p.stat().st_size)
+    assert largest.stat().st_size > 1 << 20, "the standard datastore's largest %s blob is under 1 MB" % LARGE_BLOB_FLOW
+    return str(largest.parent.relative_to(metaflow))
 
 
 @pytest.fixture(scope="module")
