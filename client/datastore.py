@@ -67,12 +67,27 @@ class BlobCache:
 blob_cache = BlobCache(mffs_setting("BLOB_CACHE_MB", 256) * 2**20)
 _disk_cache = None
 _CHUNK = 2**20
-_attempt_indexes: LRUCache = LRUCache(maxsize=20_000)
+#: done attempts' indexes by (root, flow, run, step, task, attempt), bounded in estimated bytes (`_index_size`)
+_attempt_indexes: LRUCache = LRUCache(maxsize=int(mffs_setting("INDEX_CACHE_MB", 64.0) * 2**20),
+                                      getsizeof=lambda index: _index_size(index))
 _attempt_indexes_lock = threading.Lock()
 #: (root, flow) -> FlowDatastore: stateless but for its storage, shared (a race only builds an equal one)
 _datastores: dict = {}
 #: (card root, `<F>/runs/<R>[/steps/<S>]/tasks`) -> ids of the tasks with a card directory there
 _card_task_listings = Recent(mffs_setting("TTL", 1.0), max_entries=10_000)
+
+
+def _index_size(index: Any) -> int:
+    """A parsed index's memory, estimated: about 800 bytes an artifact (its name, sha and info dict)."""
+    objects = index.get("objects") if isinstance(index, dict) else None
+    return 256 + 800 * (len(objects) if isinstance(objects, dict) else 0)
+
+
+def _keep_attempt_index(key: Tuple[Any, ...], index: Any) -> None:
+    """Keep a parsed index in memory unless it is larger than the whole cache (then it is read again when asked)."""
+    if _index_size(index) <= _attempt_indexes.maxsize:
+        with _attempt_indexes_lock:
+            _attempt_indexes[key] = index
 
 
 def _index_cache_key(key: Tuple[Any, ...]) -> str:
@@ -368,8 +383,7 @@ class FlowDatastore:
                     index = records.loads(f.read())
             except (OSError, ValueError):  # not cached (or evicted meanwhile), or not ours to trust: read it
                 return None
-            with _attempt_indexes_lock:
-                _attempt_indexes[key] = index
+            _keep_attempt_index(key, index)
         return index
 
     def _keep_index(
@@ -380,8 +394,7 @@ class FlowDatastore:
             return None
         index = records.loads(data)
         key = (self.storage.root, self.flow, run, step, task, attempt)
-        with _attempt_indexes_lock:
-            _attempt_indexes[key] = index
+        _keep_attempt_index(key, index)
         if self.remote:  # a done attempt's index never changes: the next process reads it from disk
             disk_cache().put_stream(_index_cache_key(key), [data])
         return index

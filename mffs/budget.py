@@ -27,22 +27,24 @@ class MemoryBudget:
     readahead_listings: int  # listings the readahead worker sent that the walk has not taken yet
     client_metadata: int  # the client's metadata cache in the daemon (MFFS_METADATA_CACHE_MB)
     client_blobs: int  # the client's blob cache in the daemon (MFFS_BLOB_CACHE_MB)
+    client_indexes: int  # the client's parsed attempt indexes in the daemon (MFFS_INDEX_CACHE_MB)
     worker_nodes: int  # the readahead worker's stable nodes: a window of tasks, not a walk
-    worker_client: int  # the readahead worker's client metadata and blob caches, each
+    worker_client: int  # the readahead worker's client metadata, blob and index caches, each
     worker_rss: int  # the worker's resident size above which it starts afresh (mffs/readahead.py)
 
     @classmethod
     def split(cls, memory_mb: int) -> "MemoryBudget":
         share = max(memory_mb - BASE_MB, MIN_CACHE_MB) << 20
-        parts = {"nodes": 30, "content": 15, "prepared_listings": 15, "readahead_listings": 5,
-                 "client_metadata": 10, "client_blobs": 10, "worker_nodes": 9, "worker_client": 3}
+        parts = {"nodes": 30, "content": 12, "prepared_listings": 15, "readahead_listings": 5,
+                 "client_metadata": 10, "client_blobs": 7, "client_indexes": 3, "worker_nodes": 9, "worker_client": 3}
         sizes = {name: share * percent // 100 for name, percent in parts.items()}
-        worker_share = sizes["worker_nodes"] + 2 * sizes["worker_client"]
+        worker_share = sizes["worker_nodes"] + 3 * sizes["worker_client"]  # its metadata, blob and index caches
         return cls(**sizes, worker_rss=(WORKER_BASE_MB << 20) + worker_share)
 
     def client_environment(self, worker: bool) -> Dict[str, str]:
         """The client's cache sizes for the daemon's or the worker's process, as the client reads them (whole MB,
         at least 1: the client's caches refuse anything larger than their bound)."""
-        metadata, blobs = (self.worker_client, self.worker_client) if worker else (
-            self.client_metadata, self.client_blobs)
-        return {"MFFS_METADATA_CACHE_MB": str(max(metadata >> 20, 1)), "MFFS_BLOB_CACHE_MB": str(max(blobs >> 20, 1))}
+        sizes = {"METADATA": self.client_metadata, "BLOB": self.client_blobs, "INDEX": self.client_indexes}
+        if worker:
+            sizes = dict.fromkeys(sizes, self.worker_client)
+        return {"MFFS_%s_CACHE_MB" % name: str(max(size >> 20, 1)) for name, size in sizes.items()}
