@@ -67,10 +67,6 @@ class BlobCache:
 blob_cache = BlobCache(mffs_setting("BLOB_CACHE_MB", 256) * 2**20)
 _disk_cache = None
 _CHUNK = 2**20
-#: done attempts' indexes by (root, flow, run, step, task, attempt), bounded in estimated bytes (`_index_size`)
-_attempt_indexes: LRUCache = LRUCache(maxsize=int(mffs_setting("INDEX_CACHE_MB", 64.0) * 2**20),
-                                      getsizeof=lambda index: _index_size(index))
-_attempt_indexes_lock = threading.Lock()
 #: (root, flow) -> FlowDatastore: stateless but for its storage, shared (a race only builds an equal one)
 _datastores: dict = {}
 #: (card root, `<F>/runs/<R>[/steps/<S>]/tasks`) -> ids of the tasks with a card directory there
@@ -81,6 +77,11 @@ def _index_size(index: Any) -> int:
     """A parsed index's memory, estimated: about 800 bytes an artifact (its name, sha and info dict)."""
     objects = index.get("objects") if isinstance(index, dict) else None
     return 256 + 800 * (len(objects) if isinstance(objects, dict) else 0)
+
+
+#: done attempts' indexes by (root, flow, run, step, task, attempt), bounded in estimated bytes
+_attempt_indexes: LRUCache = LRUCache(maxsize=int(mffs_setting("INDEX_CACHE_MB", 64.0) * 2**20), getsizeof=_index_size)
+_attempt_indexes_lock = threading.Lock()
 
 
 def _keep_attempt_index(key: Tuple[Any, ...], index: Any) -> None:
@@ -507,6 +508,13 @@ class AllowedRoots:
             entry = cls._memo[id(provider)] = (provider, cls(provider.datastore_root()))
         return entry[1]
 
+    @classmethod
+    def confine(cls, root: str, provider: Any) -> str:
+        """`of(provider).check(root)`, with a root already allowed answered at once: asked for every artifact read."""
+        entry = cls._memo.get(id(provider))
+        answer = entry[1]._answers.get(root) if entry is not None else None
+        return answer if type(answer) is str else cls.of(provider).check(root)
+
     def _allows(self, normal: Optional[str]) -> bool:
         return normal is not None and (
             normal in self.exact or any(normal == r or normal.startswith(r + "/") for r in self.below)
@@ -561,9 +569,7 @@ def _unknown_scheme(url: str) -> Optional[str]:
 def confine_root(root: str, provider: Any) -> str:
     """`root`, a datastore root named by a record of the metadata `provider`, when the user allows reading it (see
     AllowedRoots); else OutsideDatastore. Every datastore root the client reads comes through here."""
-    entry = AllowedRoots._memo.get(id(provider))  # asked for every artifact read: an allowed root answered at once
-    answer = entry[1]._answers.get(root) if entry is not None else None
-    return answer if type(answer) is str else AllowedRoots.of(provider).check(root)
+    return AllowedRoots.confine(root, provider)
 
 
 def read_url(url: str, provider: Any) -> bytes:
