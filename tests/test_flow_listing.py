@@ -18,6 +18,8 @@ import pytest
 
 import client
 from mffs.tree import DIR, Tree
+from mffs.tree import tree as tree_module
+from mffs.tree.runs import FlowDir
 from tests.conftest import reset_client_state
 from tests.support.mount import mounted
 
@@ -166,6 +168,24 @@ def test_listing_the_flow_reads_a_bounded_number_of_files_per_run(both, monkeypa
     tree.readlink("/%s/latest_successful" % FLOW)
     assert len(entries) == RUNS + len(LINKS)
     assert calls.count <= 3 * RUNS  # each end task: about 12 per run
+
+
+def test_a_flow_larger_than_the_cache_of_live_nodes_is_listed_once(both, monkeypatch):
+    """The runs of a listed flow are entries kept with the flow's node, not nodes in the tree's cache of live
+    nodes: a flow with more runs than that cache holds keeps its node and links, and `readlink latest_successful`,
+    a second listing and the runs' lookups that follow `ls -l` reuse the listing."""
+    monkeypatch.setattr(tree_module, "LIVE_NODES", RUNS)
+    tree = Tree(client, namespace=None)
+    entries = tree.list("/" + FLOW)
+    assert tree.cache_info()["live_nodes"] < 10
+    listings = []
+    original = FlowDir._runs
+    monkeypatch.setattr(FlowDir, "_runs", lambda node: listings.append(node.path) or original(node))
+    assert tree.readlink("/%s/latest_successful" % FLOW) in [entry.name for entry in entries]
+    assert tree.list("/" + FLOW) == entries
+    for entry in entries[:50]:
+        assert tree.stat(entry.path).mtime == entry.stat.mtime
+    assert listings == []
 
 
 @pytest.mark.fuse

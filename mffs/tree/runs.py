@@ -7,7 +7,7 @@ files and steps without code/ (code/ answers EIO).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from .. import render
 from .code import CODE_DIR, CodeArchive, CodeDir
@@ -59,6 +59,9 @@ class FlowDir(Dir):
             mtime = epoch_mtime(flow.created_at)
         super().__init__(tree, path, mtime, stable=False)
         self.flow = flow
+        # what the last listing showed: run id -> (run, mtime), and the links it made
+        self._listed: Dict[str, Tuple[Any, float]] = {}
+        self._links: Dict[str, Symlink] = {}
 
     def _runs(self) -> List[Any]:
         with client_errors(self.path):
@@ -79,21 +82,44 @@ class FlowDir(Dir):
                 continue
         return None
 
-    def children(self) -> List[Node]:
+    def entries(self) -> List[Union[Node, Entry]]:
+        """latest, latest_successful and tags/ as nodes; the runs as entries, remembered with this node for
+        `child`: a listing of 10,000 runs builds no node per run, nor floods the tree's cache of live nodes (which
+        would push out this directory and its links before the `readlink` that follows `ls -l`)."""
         runs = self._runs()
-        nodes: List[Node] = []
+        nodes: List[Union[Node, Entry]] = []
+        links = {}
         if runs:
-            nodes.append(self._link("latest", runs[0]))
+            links["latest"] = self._link("latest", runs[0])
             successful = self._latest_successful(runs)
             if successful is not None:
-                nodes.append(self._link("latest_successful", successful))
+                links["latest_successful"] = self._link("latest_successful", successful)
+        nodes.extend(links.values())
         nodes.append(TagsDir(self.tree, join(self.path, "tags"), self.mtime, self.flow))
-        nodes.extend(built_nodes(lambda run: ListedRunDir(self.tree, join(self.path, run.id), run), runs))
+        listed = {}
+        for run in runs:
+            path = join(self.path, run.id)
+            try:
+                with client_errors(path):
+                    stat = Stat(DIR, 0, epoch_mtime(run.created_at), False)
+            except OSError:
+                continue  # logged: one bad record hides only its own entry
+            listed[run.id] = (run, stat.mtime)
+            nodes.append(Entry(run.id, path, DIR, stat))
+        self._listed, self._links = listed, links
         return nodes
+
+    def children(self) -> List[Node]:
+        return [self.child(item.name) if isinstance(item, Entry) else item for item in self.entries()]
 
     def child(self, name: str) -> Node:
         if name == "tags":
             return TagsDir(self.tree, join(self.path, name), self.mtime, self.flow)
+        if name in self._links:
+            return self._links[name]
+        if name in self._listed:
+            run, mtime = self._listed[name]
+            return ListedRunDir(self.tree, join(self.path, name), run, mtime)
         with client_errors(join(self.path, name)):
             if name == "latest":
                 run = self.flow.latest_run
@@ -112,9 +138,10 @@ class ListedRunDir(Dir):
     the RunDir is built once the run itself is listed or a name in it looked up, and from then on this node is as
     stable as the RunDir is."""
 
-    def __init__(self, tree: "Tree", path: str, run: Any):
-        with client_errors(path):
-            mtime = epoch_mtime(run.created_at)
+    def __init__(self, tree: "Tree", path: str, run: Any, mtime: Optional[float] = None):
+        if mtime is None:
+            with client_errors(path):
+                mtime = epoch_mtime(run.created_at)
         super().__init__(tree, path, mtime, stable=False)
         self.run = run
         self._run_dir: Optional[RunDir] = None
