@@ -137,6 +137,12 @@ class MetaflowObject:
         return _created_at(self._object)
 
     @property
+    def created_epoch(self) -> float:
+        """`created_at` in seconds since the epoch, without building a datetime (not in Metaflow's client: what a
+        file system's mtime needs, for every entry of a listing)."""
+        return self._object["ts_epoch"] / 1000.0
+
+    @property
     def parent(self) -> Optional["MetaflowObject"]:
         if self._PARENT is None:
             return None

@@ -7,7 +7,7 @@ files and steps without code/ (code/ answers EIO).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from .. import render
 from .code import CODE_DIR, CodeArchive, CodeDir
@@ -59,8 +59,8 @@ class FlowDir(Dir):
             mtime = epoch_mtime(flow.created_at)
         super().__init__(tree, path, mtime, stable=False)
         self.flow = flow
-        # what the last listing showed: run id -> (run, mtime), and the links it made
-        self._listed: Dict[str, Tuple[Any, float]] = {}
+        # what the last listing showed: run id -> run, and the links it made
+        self._listed: Dict[str, Any] = {}
         self._links: Dict[str, Symlink] = {}
 
     def _runs(self) -> List[Any]:
@@ -68,8 +68,7 @@ class FlowDir(Dir):
             return list(self.flow)
 
     def _link(self, name: str, run: Any) -> Symlink:
-        with client_errors(self.path):
-            return Symlink(self.tree, join(self.path, name), epoch_mtime(run.created_at), False, run.id)
+        return Symlink(self.tree, join(self.path, name), run.created_epoch, False, run.id)
 
     def _latest_successful(self, runs: List[Any]) -> Optional[Any]:
         """Flow.latest_successful_run, skipping the runs whose `_success` cannot be read (logged)."""
@@ -96,17 +95,9 @@ class FlowDir(Dir):
                 links["latest_successful"] = self._link("latest_successful", successful)
         nodes.extend(links.values())
         nodes.append(TagsDir(self.tree, join(self.path, "tags"), self.mtime, self.flow))
-        listed = {}
-        for run in runs:
-            path = join(self.path, run.id)
-            try:
-                with client_errors(path):
-                    stat = Stat(DIR, 0, epoch_mtime(run.created_at), False)
-            except OSError:
-                continue  # logged: one bad record hides only its own entry
-            listed[run.id] = (run, stat.mtime)
-            nodes.append(Entry(run.id, path, DIR, stat))
-        self._listed, self._links = listed, links
+        path = self.path
+        nodes.extend(Entry(run.id, join(path, run.id), DIR, Stat(DIR, 0, run.created_epoch, False)) for run in runs)
+        self._listed, self._links = {run.id: run for run in runs}, links
         return nodes
 
     def children(self) -> List[Node]:
@@ -118,8 +109,7 @@ class FlowDir(Dir):
         if name in self._links:
             return self._links[name]
         if name in self._listed:
-            run, mtime = self._listed[name]
-            return ListedRunDir(self.tree, join(self.path, name), run, mtime)
+            return ListedRunDir(self.tree, join(self.path, name), self._listed[name])
         with client_errors(join(self.path, name)):
             if name == "latest":
                 run = self.flow.latest_run
@@ -138,11 +128,8 @@ class ListedRunDir(Dir):
     the RunDir is built once the run itself is listed or a name in it looked up, and from then on this node is as
     stable as the RunDir is."""
 
-    def __init__(self, tree: "Tree", path: str, run: Any, mtime: Optional[float] = None):
-        if mtime is None:
-            with client_errors(path):
-                mtime = epoch_mtime(run.created_at)
-        super().__init__(tree, path, mtime, stable=False)
+    def __init__(self, tree: "Tree", path: str, run: Any):
+        super().__init__(tree, path, run.created_epoch, stable=False)
         self.run = run
         self._run_dir: Optional[RunDir] = None
 
@@ -193,7 +180,7 @@ class TagDir(Dir):
     def children(self) -> List[Node]:
         with client_errors(self.path):
             return [
-                Symlink(self.tree, join(self.path, run.id), epoch_mtime(run.created_at), False, "../../" + run.id)
+                Symlink(self.tree, join(self.path, run.id), run.created_epoch, False, "../../" + run.id)
                 for run in self.flow.runs(self.tag)
             ]
 
