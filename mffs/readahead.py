@@ -14,7 +14,8 @@ while the daemon answers the walk (`find` over a 1000-task run: see docs/benchma
 
 The front end attaches a Readahead to its Tree (`Tree.attach`, mffs/cli.py with `--readahead TASKS`); the tree
 hands it the listings the walk asks for and tells it which task directories the walk lists. The worker is the same
-code with the same settings (`worker_settings`), started with the mount and ended when its requests pipe closes
+code with the same settings (`worker_settings`), started by the first walk that lists a task of a finished step
+(not with the mount: its start-up would take a core from the first requests) and ended when its requests pipe closes
 (`Tree.close` closes the Readahead), so it never outlives the daemon. Only listings of stable directories (a finished
 run) are read ahead, so the worker's answer is the one the daemon would have built. Errors are left to the walk:
 a task the worker could not list comes back empty and the walk builds it, meeting and reporting the error itself.
@@ -80,11 +81,19 @@ class Readahead:
         self._alive = True
         self._walk_reads_tasks = False
         self._steps: "weakref.WeakKeyDictionary[StepDir, _ListedStep]" = weakref.WeakKeyDictionary()
-        settings = worker_settings(tree)
-        self._worker = start_worker(
-            "mffs.readahead", dataclasses.asdict(settings), settings.budget.client_environment(worker=True)
-        )
-        threading.Thread(target=self._receive, name="mffs-readahead", daemon=True).start()
+        # started by the first walk that lists a task (its start-up would take a core from a fresh mount's first
+        # requests, an `ls` of a flow, which it does not serve)
+        self._worker: Optional["subprocess.Popen[bytes]"] = None
+
+    def _start(self) -> "subprocess.Popen[bytes]":
+        """The worker, started if it was not. Called with the lock held."""
+        if self._worker is None:
+            settings = worker_settings(self.tree)
+            self._worker = start_worker(
+                "mffs.readahead", dataclasses.asdict(settings), settings.budget.client_environment(worker=True)
+            )
+            threading.Thread(target=self._receive, args=(self._worker,), name="mffs-readahead", daemon=True).start()
+        return self._worker
 
     def note_lookup_in_task(self) -> None:
         """A name inside a task directory was looked up (a file stat'ed or opened, a directory entered without its
@@ -106,11 +115,12 @@ class Readahead:
         with self._lock:
             if not self._alive:  # checked with the lock held: `_stop` releases only the waits it sees
                 return
+            worker = self._start()
             paths = self._tasks_after(step, task_path)
             for path in paths:
                 self._pending[path] = threading.Event()
         if paths:
-            self._send("".join(path + "\n" for path in paths))
+            self._send(worker, "".join(path + "\n" for path in paths))
 
     def _tasks_after(self, step: StepDir, task_path: str) -> List[str]:
         """Paths of the (up to) `window` tasks listed after `task_path` in `step`, except those an earlier call of
@@ -147,39 +157,51 @@ class Readahead:
         return entries
 
     def wait_ready(self, timeout: float) -> bool:
-        """Whether the worker is up (waiting at most `timeout` seconds). Until then, the walk does not wait for it."""
+        """Starts the worker if no walk did, and tells whether it is up (waiting at most `timeout` seconds). Until
+        then, the walk does not wait for it."""
+        with self._lock:
+            if self._alive:
+                self._start()
         return self._ready.wait(timeout)
 
     def close(self) -> None:
         """End the worker (it exits when its requests pipe closes)."""
         self._stop(None)
+        with self._lock:
+            worker = self._worker
+        if worker is None:
+            return
         try:
-            self._worker.stdin.close()
+            worker.stdin.close()
         except OSError:
             pass
         try:
-            self._worker.wait(WAIT_SECONDS)
+            worker.wait(WAIT_SECONDS)
         except subprocess.TimeoutExpired:
-            self._worker.kill()
-            self._worker.wait()
+            worker.kill()
+            worker.wait()
 
     def usage(self) -> Dict[str, Any]:
-        """The worker's pid, CPU seconds and peak RSS (from /proc; zeros once it has exited)."""
-        return process_usage(self._worker.pid)
+        """The worker's pid, CPU seconds and peak RSS (from /proc; zeros once it has exited; no pid before it
+        started)."""
+        worker = self._worker
+        if worker is None:
+            return {"pid": None, "cpu_seconds": 0.0, "max_rss_kb": 0}
+        return process_usage(worker.pid)
 
-    def _send(self, text: str) -> None:
+    def _send(self, worker: "subprocess.Popen[bytes]", text: str) -> None:
         try:
-            self._worker.stdin.write(text.encode("utf-8", "surrogateescape"))
-            self._worker.stdin.flush()
+            worker.stdin.write(text.encode("utf-8", "surrogateescape"))
+            worker.stdin.flush()
         except (OSError, ValueError) as exc:  # the worker is gone: the walk builds its own listings
             self._stop("cannot reach the readahead worker: %s" % exc)
 
-    def _receive(self) -> None:
-        stream = self._worker.stdout
+    def _receive(self, worker: "subprocess.Popen[bytes]") -> None:
+        stream = worker.stdout
         while True:
             frame = read_frame(stream)
             if frame is None:
-                self._stop("the readahead worker exited (code %s)" % self._worker.poll())
+                self._stop("the readahead worker exited (code %s)" % worker.poll())
                 return
             task_path, listings = marshal.loads(frame)
             if task_path is None:

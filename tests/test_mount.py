@@ -336,11 +336,12 @@ def _ended(pid: int, timeout: float) -> bool:
 
 def test_the_readahead_worker_ends_with_the_daemon(client_env, tmp_path):
     with mounted(tmp_path / "a", "--datastore-root", str(client_env)) as mount:
-        worker = mount.stats()["readahead_worker"]["pid"]
+        assert mount.stats()["readahead_worker"]["pid"] is None  # started by the first walk that lists a task
+        worker = mount.readahead_pid()
         assert terminate(mount, signal.SIGTERM) == 0
         assert _ended(worker, 0)  # the daemon ended it before exiting
     with mounted(tmp_path / "b", "--datastore-root", str(client_env)) as mount:
-        worker = mount.stats()["readahead_worker"]["pid"]
+        worker = mount.readahead_pid()
         assert terminate(mount, signal.SIGKILL) == -signal.SIGKILL
         assert _ended(worker, 10)  # its requests pipe closed with the daemon
 

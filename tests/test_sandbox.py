@@ -367,7 +367,7 @@ def test_values_are_unchanged_through_the_sandbox(client_env, manifest):
 def test_the_readahead_worker_runs_under_the_memory_limit(hostile, tmp_path):
     root, _ = hostile
     with mounted(tmp_path / "mnt", "--datastore-root", str(root), "--all-namespaces", *LIMIT_OPTIONS) as mount:
-        pid = mount.stats()["readahead_worker"]["pid"]
+        pid = mount.readahead_pid()
 
         def address_space_limit() -> str:
             limits = Path("/proc/%d/limits" % pid).read_text().splitlines()

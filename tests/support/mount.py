@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -92,6 +93,14 @@ class Mount:
 
     def calls(self, name: str) -> int:
         return self.stats()["calls"].get(name, 0)
+
+    def readahead_pid(self) -> int:
+        """The readahead worker's pid, once a walk started it: walks the mount until one lists a task."""
+        for _ in os.walk(self.path):
+            pid = self.stats()["readahead_worker"]["pid"]
+            if pid is not None:
+                return pid
+        raise AssertionError("no task listed in %s started the readahead worker" % self.path)
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
