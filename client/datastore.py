@@ -38,6 +38,10 @@ def _gzip_size_bound(length: int) -> int:
     return length + 5 * (length // 16384 + 1) + 1024
 
 
+#: the most stored bytes fetched per blob to learn its length before it is read (`DataArtifact.blob_size`): a gzip
+#: file of SIZE_INFLATE_LIMIT bytes
+SIZE_FETCH_LIMIT = _gzip_size_bound(SIZE_INFLATE_LIMIT)
+
 _HEX_DIGITS = "0123456789abcdef"
 
 
@@ -145,17 +149,20 @@ class FlowDatastore:
 
     # -- content-addressed blobs -------------------------------------------------------------------------------
     def stored_blob_size(self, sha: str) -> Optional[int]:
-        """The serialized length of a blob of local storage, from its file alone: the file's size for a raw pickle;
-        for a gzip file, the length it inflates to when that is at most `SIZE_INFLATE_LIMIT` (inflated to
-        learn it, and kept in the blob cache for the read that usually follows). Never gzip's trailer alone: a
-        hostile file's says anything (and only mod 2**32, of the last member). None when the file cannot tell
-        (remote storage, a larger gzip file), or is missing."""
-        path = None if self.remote else self.storage.local_path(self.blob_key(sha))
-        if path is None:
-            return None
+        """The serialized length of a blob known without a request: its bytes in the blob cache or, for remote
+        storage, in the disk cache (a read or a prefetch has fetched it); for local storage, from its file alone:
+        the file's size for a raw pickle; for a gzip file, the length it inflates to when that is at most
+        `SIZE_INFLATE_LIMIT` (inflated to learn it, and kept in the blob cache for the read that usually follows).
+        Never gzip's trailer alone: a hostile file's says anything (and only mod 2**32, of the last member). None
+        when none of these tells (remote storage before the blob is fetched, a larger gzip file), or is missing."""
         data = blob_cache.get(sha)
         if data is not None:
             return len(data)
+        if self.remote:
+            return self._size_on_disk(sha)
+        path = self.storage.local_path(self.blob_key(sha))
+        if path is None:
+            return None
         try:
             fd = os.open(path, OPEN_FLAGS)
         except OSError:  # missing, or a link (ELOOP): the blob's read tells, and confines it
@@ -188,6 +195,13 @@ class FlowDatastore:
         if stored[:2] != _GZIP_MAGIC:
             return stored if len(stored) <= limit and stored[:1] == _PICKLE_PROTO else None
         return self._inflate_at_most(sha, stored, limit)
+
+    @staticmethod
+    def _size_on_disk(sha: str) -> Optional[int]:
+        try:
+            return os.stat(disk_cache().path(sha) or "").st_size
+        except OSError:  # not cached, or evicted by another process meanwhile
+            return None
 
     def _small_cached_on_disk(self, sha: str, limit: int) -> Optional[bytes]:
         try:
@@ -262,11 +276,11 @@ class FlowDatastore:
         except FileNotFoundError:  # evicted by another process meanwhile
             return None
 
-    def prefetch(self, shas: List[str]) -> None:
+    def prefetch(self, shas: List[str], max_stored: int = PREFETCH_STORED_LIMIT) -> None:
         """Fetch the blobs that are not cached yet in parallel (remote storage only), into the caches; each is
         decompressed and written to the disk cache on the thread that fetched it. Best effort: a failure here
         only means the blobs are fetched again, one by one, when read (and fail then, for that artifact only);
-        so is a blob stored in more than PREFETCH_STORED_LIMIT bytes, of which no more is downloaded."""
+        so is a blob stored in more than `max_stored` bytes, of which no more is downloaded."""
         if not self.remote:
             return
         missing = {
@@ -278,7 +292,7 @@ class FlowDatastore:
             return
         try:
             found = self.storage.read_many(missing, then=lambda key, stored: self._prefetched(missing[key], stored),
-                                           max_bytes=PREFETCH_STORED_LIMIT)
+                                           max_bytes=max_stored)
         except OSError:  # the reads that follow fetch (and report) each blob themselves
             return
         for key, data in found.items():
