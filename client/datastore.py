@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
 from cachetools import LRUCache
 
 from . import records
+from .blobcache import BlobCache
 from .config import find_local_root, mffs_setting, setting
 from .recent import Recent
 from .storage import LOCAL_SCHEME, UnknownScheme, get_storage, normal_root, split_scheme
@@ -48,24 +49,6 @@ _HEX_DIGITS = "0123456789abcdef"
 def is_sha(sha: object) -> bool:
     """Whether a record's sha is one: 40 lowercase hex digits (blob keys and disk cache files are named by it)."""
     return isinstance(sha, str) and len(sha) == 40 and not sha.strip(_HEX_DIGITS)
-
-
-class BlobCache:
-    """Decompressed blobs by sha, shared by every datastore of the process, bounded in bytes."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._lru: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=len)
-        self._lock = threading.Lock()
-
-    def get(self, sha: str) -> Optional[bytes]:
-        with self._lock:
-            return self._lru.get(sha)
-
-    def put(self, sha: str, data: bytes) -> None:
-        if len(data) <= self.max_bytes // 8:  # one large blob must not flush everything else
-            with self._lock:
-                self._lru[sha] = data
 
 
 blob_cache = BlobCache(mffs_setting("BLOB_CACHE_MB", 256) * 2**20)
@@ -277,38 +260,34 @@ class FlowDatastore:
             return None
 
     def prefetch(self, shas: List[str], max_stored: int = PREFETCH_STORED_LIMIT) -> None:
-        """Fetch the blobs that are not cached yet in parallel (remote storage only), into the caches; each is
-        decompressed and written to the disk cache on the thread that fetched it. Best effort: a failure here
-        only means the blobs are fetched again, one by one, when read (and fail then, for that artifact only);
-        so is a blob stored in more than `max_stored` bytes, of which no more is downloaded."""
+        """Start fetching the blobs that are not cached nor being fetched yet, in parallel (remote storage only,
+        whose backend has `start_reads`), into the caches, and return: a read of one of them waits for that blob
+        alone (`BlobCache.get`). Each is decompressed and written to the disk cache on the thread that fetched
+        it. Best effort: a failure here only means the blob is fetched again when read (and fails then, for that
+        artifact only); so is a blob stored in more than `max_stored` bytes, of which no more is downloaded."""
         if not self.remote:
             return
         missing = {
             self.blob_key(sha): sha
             for sha in shas
-            if is_sha(sha) and blob_cache.get(sha) is None and not disk_cache().path(sha)
+            if is_sha(sha) and not blob_cache.fetching(sha, max_stored) and blob_cache.get(sha, wait=False) is None
+            and not disk_cache().path(sha)
         }
-        if not missing:
-            return
-        try:
-            found = self.storage.read_many(missing, then=lambda key, stored: self._prefetched(missing[key], stored),
-                                           max_bytes=max_stored)
-        except OSError:  # the reads that follow fetch (and report) each blob themselves
-            return
-        for key, data in found.items():
-            if data is not None:
-                blob_cache.put(missing[key], data)
+        started = self.storage.start_reads(
+            missing, then=lambda key, stored: self._prefetched(missing[key], stored), max_bytes=max_stored)
+        for key, future in started.items():
+            blob_cache.track(missing[key], future, max_stored)
 
-    def _prefetched(self, sha: str, stored: bytes) -> Optional[bytes]:
-        """A prefetched blob's bytes, inflated only when they are at most `PREFETCH_INFLATE_LIMIT` long: prefetching
+    def _prefetched(self, sha: str, stored: bytes) -> None:
+        """Cache a prefetched blob, inflated only when it is at most `PREFETCH_INFLATE_LIMIT` long: prefetching
         runs, on several threads, in whatever process reads (the mount's daemon) for blobs nobody asked for yet,
         and a small hostile file can inflate to gigabytes. A larger blob is fetched again when it is read."""
         if stored[:2] != _GZIP_MAGIC:
-            return self._decompress(sha, stored)
+            blob_cache.put(sha, self._decompress(sha, stored))
+            return
         data = self._inflate_at_most(sha, stored, PREFETCH_INFLATE_LIMIT)
         if data is not None:
             disk_cache().put_stream(sha, [data])
-        return data
 
     def open_blob(self, sha: str) -> BinaryIO:
         """A stream of an artifact blob's serialized bytes, decompressed on the fly (for large blobs); from remote

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
+from client.blobcache import BlobCache
 from client.peers import ReadHistory, window
 from tests.support import walk
 from tests.support.datastores import load_manifest
@@ -160,3 +162,28 @@ def test_the_window_follows_the_direction_of_the_reads() -> None:
     assert window(ids, "99", "98") == ["99"]
     assert window(ids, "99", None) == ids[36:][::-1]  # a loop that starts at the last id goes back
     assert window(ids, "x", None) == []
+
+
+def test_a_read_of_a_blob_being_prefetched_waits_for_that_blob_alone() -> None:
+    from concurrent.futures import Future
+
+    cache = BlobCache(1 << 20)
+    first, second = Future(), Future()
+    cache.track("a", first, 100)
+    cache.track("b", second, 100)
+    assert cache.fetching("a", 100) and not cache.fetching("a", 101)  # a larger read is another fetch
+    assert cache.get("a", wait=False) is None
+
+    def fetched() -> None:
+        cache.put("a", b"blob")
+        first.set_result(None)
+
+    threading.Timer(0.05, fetched).start()
+    assert cache.get("a") == b"blob"  # waited for its fetch, not for "b"'s
+    assert not cache.fetching("a", 0) and cache.fetching("b", 0)
+    second.set_exception(OSError("failed"))  # a failed fetch: the read fetches (and reports) the blob itself
+    assert cache.get("b") is None and not cache.fetching("b", 0)
+    done = Future()
+    done.set_result(None)
+    cache.track("c", done, 100)  # ended before it was noted: nothing to wait for
+    assert not cache.fetching("c", 0)
