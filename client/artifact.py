@@ -178,15 +178,15 @@ class DataArtifact(MetaflowObject):
     # -- for the filesystem view: raw bytes without unpickling ---------------------------------------------------
     @functools.cached_property
     def blob_size(self) -> Optional[int]:
-        """Length of the serialized (pickle) bytes, known without unpickling and without inflating more than
-        `SIZE_INFLATE_LIMIT` bytes (kept: a blob never changes, and the mount asks once per file of the artifact's
-        directory): the blob's own size (local storage; a cached blob), else, from remote storage, the blob's
-        when it is stored in at most SIZE_FETCH_LIMIT bytes (fetched with the same blob of the tasks a loop reads
-        next, as a read does: the render at stat that usually follows then needs no request, nor does the size
-        need the attempt's index), else the size its attempt's index records, else the blob's when it inflates
-        within the limit; None when none of these tells (a larger blob without a recorded size: the mount then
-        shows size 0 until the file is read). Stored sizes are not trusted further than that: the gzip trailer of
-        a hostile blob can say anything."""
+        """Length of the serialized (pickle) bytes, known without unpickling (kept: a blob never changes, and the
+        mount asks once per file of the artifact's directory): the blob's own size (local storage, inflating at
+        most `SIZE_INFLATE_LIMIT` bytes; a cached blob), else, from remote storage, the blob's when it is stored
+        in at most SIZE_FETCH_LIMIT bytes (fetched with the same blob of the tasks a loop reads next, and inflated
+        within a prefetch's bound, as a read does: the render at stat that usually follows then needs no request,
+        nor does the size need the attempt's index), else the size its attempt's index records, else the blob's
+        when it inflates within `SIZE_INFLATE_LIMIT`; None when none of these tells (a larger blob without a
+        recorded size: the mount then shows size 0 until the file is read). Stored sizes are not trusted further
+        than that: the gzip trailer of a hostile blob can say anything."""
         ds = self._datastore()
         stored = ds.stored_blob_size(self.sha)
         if stored is None and ds.remote:
