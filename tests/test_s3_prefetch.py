@@ -123,6 +123,8 @@ def test_a_loop_over_runs_reads_in_few_round_trips(
     assert dict(answers) == values and len(answers) == RUNS
     blob_gets = [r.path for r in request_log.requests if r.method == "GET" and "/HelloFlow/data/" in r.path]
     assert len(blob_gets) == len(set(blob_gets)) >= RUNS  # each run's blob once (and a few shared ones)
+    # the files' sizes come from the blobs: no attempt index is read (main read each run's: 78 more requests)
+    assert not any(r.path.endswith(".data.json") for r in request_log.requests)
     bound = TREE_BOUND if path.startswith("tree") else CLIENT_BOUND
     assert request_log.waves() <= bound, sorted((r.started, r.method, r.path) for r in request_log.requests)
 
