@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO, List, Optional, Tuple
 
 from .base import MetaflowObject
 from .context import get_trust_pickles
-from .datastore import SIZE_INFLATE_LIMIT, FlowDatastore, blob_cache, confine_root, disk_cache, root_of_location
+from .datastore import (
+    SIZE_FETCH_LIMIT,
+    SIZE_INFLATE_LIMIT,
+    FlowDatastore,
+    blob_cache,
+    confine_root,
+    disk_cache,
+    root_of_location,
+)
 from .exceptions import MetaflowInternalError, MetaflowNotFound
 from .peers import Components, peer_tasks
 from .values import (
@@ -77,14 +85,18 @@ class DataArtifact(MetaflowObject):
         except Exception:  # noqa: BLE001 - the guess reads other tasks' records, which may be missing or corrupt
             return []
 
+    def _peer_shas(self) -> List[str]:
+        """The blobs of this artifact in the tasks of `_peer_tasks` (its own among them); empty: no guess."""
+        attempt = self._attempt
+        records = [self._provider.artifact(*t, self.id, attempt=attempt) for t in self._peer_tasks()]
+        return [r["sha"] for r in records if r is not None]
+
     def _prefetch_for_siblings(self, ds: FlowDatastore) -> None:
         """Reading artifact X of a task that a loop reached: fetch X of the tasks the loop reaches next too, in
         parallel, since such loops read the same artifact from each (remote storage only)."""
         if not ds.remote or blob_cache.get(self.sha) is not None or disk_cache().path(self.sha):
             return
-        attempt = self._attempt
-        records = [self._provider.artifact(*t, self.id, attempt=attempt) for t in self._peer_tasks()]
-        ds.prefetch([r["sha"] for r in records if r is not None])
+        ds.prefetch(self._peer_shas())
 
     def load(self, trusted: Optional[bool] = None) -> Any:
         """The value; `trusted=False` loads only allow-listed data types (see client.unpickle), None follows
@@ -166,13 +178,20 @@ class DataArtifact(MetaflowObject):
     # -- for the filesystem view: raw bytes without unpickling ---------------------------------------------------
     @functools.cached_property
     def blob_size(self) -> Optional[int]:
-        """Length of the serialized (pickle) bytes, known without unpickling and without inflating more than
-        `SIZE_INFLATE_LIMIT` bytes (kept: a blob never changes, and the mount asks once per file of the artifact's
-        directory): the stored blob's own size (local storage), else the size its attempt's index records, else
-        the blob's when it inflates within the limit; None when none of these tells (a larger blob without a
+        """Length of the serialized (pickle) bytes, known without unpickling (kept: a blob never changes, and the
+        mount asks once per file of the artifact's directory): the blob's own size (local storage, inflating at
+        most `SIZE_INFLATE_LIMIT` bytes; a cached blob), else, from remote storage, the blob's when it is stored
+        in at most SIZE_FETCH_LIMIT bytes (fetched with the same blob of the tasks a loop reads next, and inflated
+        within a prefetch's bound, as a read does: the render at stat that usually follows then needs no request,
+        nor does the size need the attempt's index), else the size its attempt's index records, else the blob's
+        when it inflates within `SIZE_INFLATE_LIMIT`; None when none of these tells (a larger blob without a
         recorded size: the mount then shows size 0 until the file is read). Stored sizes are not trusted further
         than that: the gzip trailer of a hostile blob can say anything."""
-        stored = self._datastore().stored_blob_size(self.sha)
+        ds = self._datastore()
+        stored = ds.stored_blob_size(self.sha)
+        if stored is None and ds.remote:
+            ds.prefetch(self._peer_shas() or [self.sha], max_stored=SIZE_FETCH_LIMIT)
+            stored = ds.stored_blob_size(self.sha)
         if stored is not None:
             return stored
         info = self._own_info()

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Dict, FrozenSet, List, Optional, Tuple, Union
 from cachetools import LRUCache
 
 from . import records
+from .blobcache import BlobCache
 from .config import find_local_root, mffs_setting, setting
 from .recent import Recent
 from .storage import LOCAL_SCHEME, UnknownScheme, get_storage, normal_root, split_scheme
@@ -38,30 +39,16 @@ def _gzip_size_bound(length: int) -> int:
     return length + 5 * (length // 16384 + 1) + 1024
 
 
+#: the most stored bytes fetched per blob to learn its length before it is read (`DataArtifact.blob_size`): a gzip
+#: file of SIZE_INFLATE_LIMIT bytes
+SIZE_FETCH_LIMIT = _gzip_size_bound(SIZE_INFLATE_LIMIT)
+
 _HEX_DIGITS = "0123456789abcdef"
 
 
 def is_sha(sha: object) -> bool:
     """Whether a record's sha is one: 40 lowercase hex digits (blob keys and disk cache files are named by it)."""
     return isinstance(sha, str) and len(sha) == 40 and not sha.strip(_HEX_DIGITS)
-
-
-class BlobCache:
-    """Decompressed blobs by sha, shared by every datastore of the process, bounded in bytes."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._lru: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=len)
-        self._lock = threading.Lock()
-
-    def get(self, sha: str) -> Optional[bytes]:
-        with self._lock:
-            return self._lru.get(sha)
-
-    def put(self, sha: str, data: bytes) -> None:
-        if len(data) <= self.max_bytes // 8:  # one large blob must not flush everything else
-            with self._lock:
-                self._lru[sha] = data
 
 
 blob_cache = BlobCache(mffs_setting("BLOB_CACHE_MB", 256) * 2**20)
@@ -145,17 +132,20 @@ class FlowDatastore:
 
     # -- content-addressed blobs -------------------------------------------------------------------------------
     def stored_blob_size(self, sha: str) -> Optional[int]:
-        """The serialized length of a blob of local storage, from its file alone: the file's size for a raw pickle;
-        for a gzip file, the length it inflates to when that is at most `SIZE_INFLATE_LIMIT` (inflated to
-        learn it, and kept in the blob cache for the read that usually follows). Never gzip's trailer alone: a
-        hostile file's says anything (and only mod 2**32, of the last member). None when the file cannot tell
-        (remote storage, a larger gzip file), or is missing."""
-        path = None if self.remote else self.storage.local_path(self.blob_key(sha))
-        if path is None:
-            return None
+        """The serialized length of a blob known without a request: its bytes in the blob cache or, for remote
+        storage, in the disk cache (a read or a prefetch has fetched it); for local storage, from its file alone:
+        the file's size for a raw pickle; for a gzip file, the length it inflates to when that is at most
+        `SIZE_INFLATE_LIMIT` (inflated to learn it, and kept in the blob cache for the read that usually follows).
+        Never gzip's trailer alone: a hostile file's says anything (and only mod 2**32, of the last member). None
+        when none of these tells (remote storage before the blob is fetched, a larger gzip file), or is missing."""
         data = blob_cache.get(sha)
         if data is not None:
             return len(data)
+        if self.remote:
+            return self._size_on_disk(sha)
+        path = self.storage.local_path(self.blob_key(sha))
+        if path is None:
+            return None
         try:
             fd = os.open(path, OPEN_FLAGS)
         except OSError:  # missing, or a link (ELOOP): the blob's read tells, and confines it
@@ -188,6 +178,13 @@ class FlowDatastore:
         if stored[:2] != _GZIP_MAGIC:
             return stored if len(stored) <= limit and stored[:1] == _PICKLE_PROTO else None
         return self._inflate_at_most(sha, stored, limit)
+
+    @staticmethod
+    def _size_on_disk(sha: str) -> Optional[int]:
+        try:
+            return os.stat(disk_cache().path(sha) or "").st_size
+        except OSError:  # not cached, or evicted by another process meanwhile
+            return None
 
     def _small_cached_on_disk(self, sha: str, limit: int) -> Optional[bytes]:
         try:
@@ -262,39 +259,35 @@ class FlowDatastore:
         except FileNotFoundError:  # evicted by another process meanwhile
             return None
 
-    def prefetch(self, shas: List[str]) -> None:
-        """Fetch the blobs that are not cached yet in parallel (remote storage only), into the caches; each is
-        decompressed and written to the disk cache on the thread that fetched it. Best effort: a failure here
-        only means the blobs are fetched again, one by one, when read (and fail then, for that artifact only);
-        so is a blob stored in more than PREFETCH_STORED_LIMIT bytes, of which no more is downloaded."""
+    def prefetch(self, shas: List[str], max_stored: int = PREFETCH_STORED_LIMIT) -> None:
+        """Start fetching the blobs that are not cached nor being fetched yet, in parallel (remote storage only,
+        whose backend has `start_reads`), into the caches, and return: a read of one of them waits for that blob
+        alone (`BlobCache.get`). Each is decompressed and written to the disk cache on the thread that fetched
+        it. Best effort: a failure here only means the blob is fetched again when read (and fails then, for that
+        artifact only); so is a blob stored in more than `max_stored` bytes, of which no more is downloaded."""
         if not self.remote:
             return
         missing = {
             self.blob_key(sha): sha
             for sha in shas
-            if is_sha(sha) and blob_cache.get(sha) is None and not disk_cache().path(sha)
+            if is_sha(sha) and not blob_cache.fetching(sha, max_stored) and blob_cache.get(sha, wait=False) is None
+            and not disk_cache().path(sha)
         }
-        if not missing:
-            return
-        try:
-            found = self.storage.read_many(missing, then=lambda key, stored: self._prefetched(missing[key], stored),
-                                           max_bytes=PREFETCH_STORED_LIMIT)
-        except OSError:  # the reads that follow fetch (and report) each blob themselves
-            return
-        for key, data in found.items():
-            if data is not None:
-                blob_cache.put(missing[key], data)
+        started = self.storage.start_reads(
+            missing, then=lambda key, stored: self._prefetched(missing[key], stored), max_bytes=max_stored)
+        for key, future in started.items():
+            blob_cache.track(missing[key], future, max_stored)
 
-    def _prefetched(self, sha: str, stored: bytes) -> Optional[bytes]:
-        """A prefetched blob's bytes, inflated only when they are at most `PREFETCH_INFLATE_LIMIT` long: prefetching
+    def _prefetched(self, sha: str, stored: bytes) -> None:
+        """Cache a prefetched blob, inflated only when it is at most `PREFETCH_INFLATE_LIMIT` long: prefetching
         runs, on several threads, in whatever process reads (the mount's daemon) for blobs nobody asked for yet,
         and a small hostile file can inflate to gigabytes. A larger blob is fetched again when it is read."""
         if stored[:2] != _GZIP_MAGIC:
-            return self._decompress(sha, stored)
+            blob_cache.put(sha, self._decompress(sha, stored))
+            return
         data = self._inflate_at_most(sha, stored, PREFETCH_INFLATE_LIMIT)
         if data is not None:
             disk_cache().put_stream(sha, [data])
-        return data
 
     def open_blob(self, sha: str) -> BinaryIO:
         """A stream of an artifact blob's serialized bytes, decompressed on the fly (for large blobs); from remote

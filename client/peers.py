@@ -62,12 +62,17 @@ def _newest_first(records: Sequence[dict], id_field: str) -> List[str]:
 
 
 def window(ids: Sequence[str], current: str, previous: Optional[str]) -> List[str]:
-    """`current` and the ids after it, at most PREFETCH_WINDOW, in the direction the reads went from `previous`
-    (forward, unless `previous` is listed after `current`)."""
+    """`current` and the ids after it, at most PREFETCH_WINDOW, in the direction the reads went from `previous`:
+    forward, unless `previous` is listed after `current`, or, before a previous read, `current` is the last id (a
+    loop from the other end: the oldest run first, as a glob sorts run ids)."""
     if current not in ids:
         return []
     at = ids.index(current)
-    if previous is not None and previous in ids and ids.index(previous) > at:
+    if previous is None:
+        backward = at == len(ids) - 1
+    else:
+        backward = previous in ids and ids.index(previous) > at
+    if backward:
         return list(ids[max(0, at - PREFETCH_WINDOW + 1) : at + 1])[::-1]
     return list(ids[at : at + PREFETCH_WINDOW])
 

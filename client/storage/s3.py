@@ -370,26 +370,34 @@ class S3Storage(Storage):
         keys = list(dict.fromkeys(keys))
         if len(keys) <= 1 and max_bytes is None:
             return super().read_many(keys, then)
-
-        def fetch(key: str) -> Any:
-            data = self._get(key, byte_range=(0, max_bytes) if max_bytes is not None else None)
-            if max_bytes is not None and len(data) > max_bytes:
-                return None
-            return then(key, data) if then is not None else data
-
-        pool = _shared_pool(self._conf["threads"])
-        futures: Dict[Future, str] = {pool.submit(fetch, key): key for key in keys}
+        futures: Dict[Future, str] = {future: key for key, future in self.start_reads(keys, then, max_bytes).items()}
         out: Dict[str, Any] = {}
         for future in as_completed(futures):
             try:
                 out[futures[future]] = future.result()
-            except FileNotFoundError:
-                out[futures[future]] = None
             except BaseException:
                 for other in futures:
                     other.cancel()
                 raise
         return out
+
+    def start_reads(
+        self, keys: Iterable[str], then: Optional[Callable[[str, bytes], Any]] = None, max_bytes: Optional[int] = None
+    ) -> Dict[str, Future]:
+        """`read_many` started on the shared bounded pool, without waiting: per key, a Future of its answer there
+        (or of its error). After a transport failure the others fail fast (`_EndpointHealth`)."""
+
+        def fetch(key: str) -> Any:
+            try:
+                data = self._get(key, byte_range=(0, max_bytes) if max_bytes is not None else None)
+            except FileNotFoundError:
+                return None
+            if max_bytes is not None and len(data) > max_bytes:
+                return None
+            return then(key, data) if then is not None else data
+
+        pool = _shared_pool(self._conf["threads"])
+        return {key: pool.submit(fetch, key) for key in dict.fromkeys(keys)}
 
     def open(self, key: str) -> BinaryIO:
         headers = self._head(key).headers
