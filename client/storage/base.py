@@ -15,7 +15,10 @@ Errors are built-in exceptions, so every layer above maps them mechanically:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterable, List, Optional
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 class OutsideDatastore(PermissionError):
@@ -61,6 +64,14 @@ class Storage(ABC):
                 continue
             out[key] = then(key, data) if then is not None else data
         return out
+
+    def start_reads(
+        self, keys: Iterable[str], then: Optional[Callable[[str, bytes], Any]] = None, max_bytes: Optional[int] = None
+    ) -> Dict[str, "Future"]:
+        """`read_many` started in the background (a remote backend's prefetch), without waiting: per key, a Future
+        of its answer. None started here: a backend without background reads reads each object when it is asked
+        for (a prefetch is best effort)."""
+        return {}
 
     @abstractmethod
     def open(self, key: str) -> BinaryIO:
