@@ -261,7 +261,7 @@ class FlowDatastore:
 
     def prefetch(self, shas: List[str], max_stored: int = PREFETCH_STORED_LIMIT) -> None:
         """Start fetching the blobs that are not cached nor being fetched yet, in parallel (remote storage only,
-        whose backend has `start_reads`), into the caches, and return: a read of one of them waits for that blob
+        through its `start_reads`), into the caches, and return: a read of one of them waits for that blob
         alone (`BlobCache.get`). Each is decompressed and written to the disk cache on the thread that fetched
         it. Best effort: a failure here only means the blob is fetched again when read (and fails then, for that
         artifact only); so is a blob stored in more than `max_stored` bytes, of which no more is downloaded."""
