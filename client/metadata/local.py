@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, List, Optional
+from typing import Callable, FrozenSet, List, Optional
 
 from .. import records
 from ..config import mffs_setting
@@ -33,6 +33,44 @@ from .base import (
 )
 
 MAX_ATTEMPTS = 6  # as in Metaflow: attempts 0..5
+#: tasks whose `_meta` listing and attempt are remembered (for the TTL): the questions about one task come together
+#: (a listing of it asks several), and a walk of a large run must not keep a listing per task it passed
+TASKS_REMEMBERED = 1_000
+
+
+class _MetaNames:
+    """The file names of a task's `_meta` directory, in directory order, searched by prefix in C: a task's listing
+    asks for several fields and its artifacts, and a Python scan of its forty-odd names for each cost more than
+    reading the file found. The names are joined with NUL, which no file name holds."""
+
+    __slots__ = ("names", "_text", "_set")
+
+    def __init__(self, names: List[str]):
+        self.names = names
+        self._text = "\0" + "\0".join(names) + "\0"
+        self._set: Optional[FrozenSet[str]] = None
+
+    def starting(self, prefix: str) -> List[str]:
+        """The names that start with `prefix`, in directory order."""
+        text, found = self._text, []
+        start = text.find("\0" + prefix)
+        while start >= 0:
+            end = text.index("\0", start + 1)
+            found.append(text[start + 1 : end])
+            start = text.find("\0" + prefix, end)
+        return found
+
+    def field(self, field_name: str) -> List[str]:
+        """The names `sysmeta_<field_name>_<digits>.json` (a name whose rest is not just digits belongs to a longer
+        field, e.g. attempt_ok for attempt)."""
+        prefix = "sysmeta_%s_" % field_name
+        start = len(prefix)
+        return [n for n in self.starting(prefix) if n.endswith(".json") and n[start:-5].isdigit()]
+
+    def __contains__(self, name: str) -> bool:
+        if self._set is None:
+            self._set = frozenset(self.names)
+        return name in self._set
 
 
 def _exists(path: str) -> bool:
@@ -52,9 +90,9 @@ class LocalMetadataProvider(MetadataProvider):
         self._storage: Optional[Storage] = get_storage(root) if root is not None else None
         ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
         # meta dir -> attempt: reading two artifacts of a task probes its attempt once
-        self._attempts = Recent(ttl)
-        # meta dir -> file names: several fields of one task cost one listing
-        self._listings = Recent(ttl)
+        self._attempts = Recent(ttl, TASKS_REMEMBERED)
+        # meta dir -> _MetaNames: several fields of one task cost one listing
+        self._listings = Recent(ttl, TASKS_REMEMBERED)
 
     def info(self) -> str:
         if self.root is None:
@@ -144,12 +182,12 @@ class LocalMetadataProvider(MetadataProvider):
         """The key of a task's `_meta` directory."""
         return "%s/%s/%s/%s/_meta" % (flow, run, step, task)
 
-    def _listing(self, flow: str, run: str, step: str, task: str) -> List[str]:
+    def _listing(self, flow: str, run: str, step: str, task: str) -> _MetaNames:
         """A task's `_meta` file names, remembered for the TTL (several fields of one task: one listing)."""
         if self.root is None:
-            return []
+            return _MetaNames([])
         meta_dir = self._meta_dir(flow, run, step, task)
-        return self._listings.get(meta_dir, lambda: self._storage.list(meta_dir))
+        return self._listings.get(meta_dir, lambda: _MetaNames(self._storage.list(meta_dir)))
 
     def _default_attempt(self, meta_dir: str) -> Optional[int]:
         """The attempt Metaflow shows by default: the latest one that finished. Metaflow reads the value of the
@@ -161,7 +199,7 @@ class LocalMetadataProvider(MetadataProvider):
     def _latest_attempt_with_artifacts(self, meta_dir: str) -> Optional[int]:
         names = self._listings.fresh(meta_dir)
         if names is not None:  # listed anyway (to list artifacts): no stat needed
-            exists, prefix = set(names).__contains__, ""
+            exists, prefix = names.__contains__, ""
         else:
             exists, prefix = _exists, "%s/%s/" % (self.root, meta_dir)
         for attempt in range(MAX_ATTEMPTS - 1, -1, -1):
@@ -180,7 +218,7 @@ class LocalMetadataProvider(MetadataProvider):
                 return []
         prefix, internal = "%d_artifact_" % attempt, "%d_artifact__" % attempt
         return self._records(self._artifact, meta_dir, [
-            n for n in names if n.startswith(prefix) and n.endswith(".json") and not n.startswith(internal)])
+            n for n in names.starting(prefix) if n.endswith(".json") and not n.startswith(internal)])
 
     def _records(self, make: Callable[[dict], dict], meta_dir: str, names: List[str]) -> List[dict]:
         """`make(record)` of each file `names` of `meta_dir` (a bad record is left out, logged)."""
@@ -213,19 +251,11 @@ class LocalMetadataProvider(MetadataProvider):
             raise bad_record(self._path(key), exc) from exc
 
     def task_metadata(self, flow: str, run: str, step: str, task: str) -> List[dict]:
-        names = self._listing(flow, run, step, task)
-        return self._events(flow, run, step, task, [n for n in names if n.startswith("sysmeta_")])
+        return self._events(flow, run, step, task, self._listing(flow, run, step, task).starting("sysmeta_"))
 
     def task_metadata_field(self, flow: str, run: str, step: str, task: str, field_name: str) -> List[dict]:
-        """The events of one field."""
-        # File names are sysmeta_<field>_<ms>.json: only those are read (a name whose rest is not just digits
-        # belongs to a longer field, e.g. attempt_ok for attempt).
-        prefix = "sysmeta_%s_" % field_name
-        start = len(prefix)
-        names = [
-            n for n in self._listing(flow, run, step, task) if n.startswith(prefix) and n[start:-5].isdigit()
-        ]
-        return self._events(flow, run, step, task, names)
+        """The events of one field: only its files, sysmeta_<field>_<ms>.json, are read."""
+        return self._events(flow, run, step, task, self._listing(flow, run, step, task).field(field_name))
 
     def _events(self, flow: str, run: str, step: str, task: str, names: List[str]) -> List[dict]:
         meta_dir = self._meta_dir(flow, run, step, task)
