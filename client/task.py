@@ -9,6 +9,7 @@ from .base import MetaflowObject
 from .cache import KNOWN_VALUES
 from .code import MetaflowCode
 from .datastore import CardStore, FlowDatastore, confine_root
+from .storage.base import OutsideDatastore
 from .values import internal_value
 
 if TYPE_CHECKING:  # imported when first needed
@@ -172,6 +173,8 @@ class Task(MetaflowObject):
         if self._attempt is not None:
             return self.metadata_dict.get(field, default)
         events = self._provider.task_metadata_field(*self._components, field)
+        if len(events) == 1:  # the common case: one event of the field
+            return events[0]["value"]
         if events:
             return sorted(events, key=lambda e: e["ts_epoch"])[-1]["value"]
         if field != "origin-task-id" and self._latest_field("origin-task-id"):
@@ -264,8 +267,6 @@ class Task(MetaflowObject):
         ds_root = self._latest_field("ds-root")
         if not ds_root:
             return None
-        from .storage.base import OutsideDatastore
-
         try:
             return CardStore(confine_root(ds_root, self._provider), flow, run, step, task)
         except OutsideDatastore as exc:  # no cards from elsewhere; the task's other files stay readable

@@ -104,13 +104,14 @@ class TaskDir(Dir):
         with client_errors(self.path):
             artifacts = list(self.task)  # first: the task's metadata listing it makes serves the questions below
         names = [name for name in self.FILES if name != "exception.txt" or self._has_exception()]
-        listing: List[Union[Node, Entry]] = [Entry(name, join(self.path, name), FILE) for name in names]
+        prefix = join(self.path, "")
+        listing: List[Union[Node, Entry]] = [Entry(name, prefix + name, FILE) for name in names]
         try:
             listing.extend(make() for make in self._special_dirs(listing=True).values())
         except OSError:
             pass  # logged: cards/ and attempts/ stay reachable by name (and fail there)
         stable = self.contents_stable()
-        listing.extend(built_nodes(lambda a: ArtifactDir(self.tree, join(self.path, a.id), a, stable), artifacts))
+        listing.extend(built_nodes(lambda a: ArtifactDir(self.tree, prefix + a.id, a, stable), artifacts))
         return listing
 
     def child(self, name: str) -> Node:
@@ -201,7 +202,8 @@ class ArtifactDir(Dir):
         )
 
     def entries(self) -> List[Union[Node, Entry]]:
-        return [Entry(name, join(self.path, name), FILE) for name in self._names()]
+        prefix = join(self.path, "")
+        return [Entry(name, prefix + name, FILE) for name in self._names()]
 
     def child(self, name: str) -> Node:
         if name not in self.FILES and name not in self._names():
