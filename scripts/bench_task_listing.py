@@ -22,7 +22,6 @@ import marshal
 import sys
 import threading
 import time
-import weakref
 from pathlib import Path
 
 from cachetools import LRUCache
@@ -46,6 +45,7 @@ def daemon_walk(tree, frames, paths) -> None:
     import mfusepy
 
     from mffs import fuse_ops
+    from mffs.readahead import Readahead
     from mffs.sandbox import frame
 
     class Worker:  # the worker's pipes: frames to read, requests written nowhere
@@ -56,8 +56,8 @@ def daemon_walk(tree, frames, paths) -> None:
         def poll() -> int:
             return 0
 
-    readahead = readahead_without_worker(tree)
-    readahead._worker = Worker
+    readahead = Readahead(tree, BATCH)
+    readahead._worker = Worker  # started: what `_start` returns from now on
     tree.attach(readahead)
     operations = fuse_ops.MffsOperations(tree)
     fuse = fuse_ops._Fuse.__new__(fuse_ops._Fuse)  # not mounted: what `_Fuse.__init__` sets before mounting
@@ -76,30 +76,12 @@ def daemon_walk(tree, frames, paths) -> None:
         # the frames of a window of tasks, as they arrive while the walk goes on; then their end, which ends the
         # readahead (logged), and so the Readahead is alive again for the walk
         Worker.stdout = io.BytesIO(frame((None, [])) + b"".join(frames[start:start + BATCH]))
-        readahead._receive()
+        readahead._receive(Worker)
         readahead._alive = True
         for path in paths[start:start + BATCH]:
             for number, directory in enumerate(directories[path]):
                 for offset in (0, 10) if number == 0 else (0,):
                     fuse._wrapper(fuse.readdir_fuse_3, directory.encode(), None, filler, offset, fip, 0)
-
-
-def readahead_without_worker(tree):
-    """A Readahead as `Readahead.__init__` makes it, without starting its worker process."""
-    from mffs.readahead import Readahead
-    from mffs.tree.nodes import LISTING_ENTRY_BYTES
-
-    template = Readahead.__new__(Readahead)
-    template.tree, template.window = tree, 32
-    template._lock = threading.Lock()
-    template._listings = LRUCache(maxsize=tree.settings.budget.readahead_listings,
-                                  getsizeof=lambda entries: LISTING_ENTRY_BYTES * (len(entries) + 1))
-    template._pending = {}
-    template._ready = threading.Event()
-    template._alive = True
-    template._walk_reads_tasks = False
-    template._steps = weakref.WeakKeyDictionary()
-    return template
 
 
 def main() -> None:
