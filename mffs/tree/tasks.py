@@ -44,7 +44,7 @@ class TaskDir(Dir):
 
     def __init__(self, tree: "Tree", path: str, task: Any, run_stable: bool):
         with client_errors(path):
-            mtime = epoch_mtime(task.created_at)
+            mtime = task.created_epoch
         super().__init__(tree, path, mtime, run_stable)
         self.task = task
         self._contents_stable: Optional[bool] = None
@@ -179,7 +179,7 @@ class ArtifactDir(Dir):
 
     def __init__(self, tree: "Tree", path: str, artifact: Any, stable: bool):
         with client_errors(path):
-            mtime = epoch_mtime(artifact.created_at)
+            mtime = artifact.created_epoch
         super().__init__(tree, path, mtime, stable)
         self.artifact = artifact
 
