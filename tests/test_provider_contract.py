@@ -243,6 +243,18 @@ def test_task_metadata_events(tree: Tree) -> None:
                 int(event["value"])
 
 
+def test_one_fields_events_are_those_of_the_full_list(tree: Tree) -> None:
+    """A provider that reads single fields answers each with that field's events of the full list, in its order:
+    `attempt` without `attempt_ok`, `attempt_ok` alone, a field no event has with none."""
+    if not tree.provider.reads_single_fields:
+        pytest.skip("this provider answers one field from the full list (the caching provider filters it)")
+    assert any(e["field_name"] == "attempt_ok" for events in tree.events.values() for e in events)
+    for ids, events in tree.events.items():
+        for name in {e["field_name"] for e in events} | {"attempt", "attempt_ok", "no-such-field"}:
+            expected = [e for e in events if e["field_name"] == name]
+            assert tree.provider.task_metadata_field(*ids, name) == expected, (ids, name)
+
+
 def test_filtered_tasks(tree: Tree) -> None:
     """`.*` gives every task of the step; a pattern gives the tasks with a matching event, in full."""
     field_name = "foreach-execution-path"
