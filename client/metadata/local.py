@@ -39,9 +39,9 @@ TASKS_REMEMBERED = 1_000
 
 
 class _MetaNames:
-    """The file names of a task's `_meta` directory, in directory order, searched by prefix in C: a task's listing
-    asks for several fields and its artifacts, and a Python scan of its forty-odd names for each cost more than
-    reading the file found. The names are joined with NUL, which no file name holds."""
+    """The file names of a task's `_meta` directory, in directory order, searched by prefix with `str.find` rather
+    than a Python scan of its forty-odd names per question (a task's listing asks for three fields and its
+    artifacts). The names are joined with NUL, which no file name holds."""
 
     __slots__ = ("names", "_text", "_set")
 
