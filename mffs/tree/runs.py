@@ -274,23 +274,18 @@ class StepDir(Dir):
             self.stable,
             lambda: render.json_bytes(render.step_record(step)),
             # its finished_at reads every task's `_task_ok`: a glob such as `body/*/x` stats step.json too
-            eager=lambda: sum(1 for _ in step) <= tree.settings.step_json_eager_tasks,
+            eager=lambda: sum(1 for _ in step.task_ids_and_times()) <= tree.settings.step_json_eager_tasks,
         )
 
     def entries(self) -> List[Union[Node, Entry]]:
-        """step.json and an Entry with its stat for each task, as TaskDir would give it: no node (nor client object)
-        is kept per task of a step that may have 100,000; a task's node is built when looked up."""
-        with client_errors(self.path):
-            tasks = list(self.step)
+        """step.json and an Entry with its stat for each task, as TaskDir would give it: no node is kept per task of
+        a step that may have 100,000, and no client Task is built for the listing (the step's task records, as
+        ids and times); a task's node is built when looked up."""
         listing: List[Union[Node, Entry]] = [self._step_json()]
-        for task in tasks:
-            path = join(self.path, task.id)
-            try:
-                with client_errors(path):
-                    mtime = epoch_mtime(task.created_at)
-            except OSError:
-                continue  # logged: as `built_nodes` leaves out a task whose node cannot be built
-            listing.append(Entry(task.id, path, DIR, Stat(DIR, 0, mtime, self.stable)))
+        path, stable = self.path, self.stable
+        with client_errors(path):
+            for task_id, created_ms in self.step.task_ids_and_times():
+                listing.append(Entry(task_id, join(path, task_id), DIR, Stat(DIR, 0, created_ms / 1000.0, stable)))
         return listing
 
     def child(self, name: str) -> Node:
