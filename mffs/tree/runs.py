@@ -265,8 +265,10 @@ class StepDir(Dir):
         super().__init__(tree, path, mtime, stable)
         self.step = step
 
-    def _step_json(self) -> Node:
+    def _step_json(self, tasks: Optional[int] = None) -> Node:
+        """step.json; `tasks`, the step's number of tasks, when the caller knows it."""
         step, tree = self.step, self.tree
+        most = tree.settings.step_json_eager_tasks
         return RenderedFile(
             tree,
             join(self.path, "step.json"),
@@ -274,19 +276,20 @@ class StepDir(Dir):
             self.stable,
             lambda: render.json_bytes(render.step_record(step)),
             # its finished_at reads every task's `_task_ok`: a glob such as `body/*/x` stats step.json too
-            eager=lambda: sum(1 for _ in step.task_ids_and_times()) <= tree.settings.step_json_eager_tasks,
+            eager=tasks <= most if tasks is not None else lambda: sum(1 for _ in step.task_ids_and_times()) <= most,
         )
 
     def entries(self) -> List[Union[Node, Entry]]:
         """step.json and an Entry with its stat for each task, as TaskDir would give it: no node is kept per task of
         a step that may have 100,000, and no client Task is built for the listing (the step's task records, as
         ids and times); a task's node is built when looked up."""
-        listing: List[Union[Node, Entry]] = [self._step_json()]
         path, stable = self.path, self.stable
         with client_errors(path):
-            for task_id, created_ms in self.step.task_ids_and_times():
-                listing.append(Entry(task_id, join(path, task_id), DIR, Stat(DIR, 0, created_ms / 1000.0, stable)))
-        return listing
+            tasks: List[Union[Node, Entry]] = [
+                Entry(task_id, join(path, task_id), DIR, Stat(DIR, 0, created_ms / 1000.0, stable))
+                for task_id, created_ms in self.step.task_ids_and_times()
+            ]
+        return [self._step_json(len(tasks)), *tasks]
 
     def child(self, name: str) -> Node:
         if name == "step.json":
