@@ -7,11 +7,25 @@ files and steps without code/ (code/ answers EIO).
 """
 from __future__ import annotations
 
+from array import array
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from .. import render
 from .code import CODE_DIR, CodeArchive, CodeDir
-from .nodes import DIR, Dir, Entry, Node, RenderedFile, Stat, Symlink, built_nodes, client_errors, epoch_mtime, join
+from .nodes import (
+    DIR,
+    Dir,
+    Entry,
+    Node,
+    RenderedFile,
+    Stat,
+    SubdirEntries,
+    Symlink,
+    built_nodes,
+    client_errors,
+    epoch_mtime,
+    join,
+)
 from .tasks import TaskDir
 
 if TYPE_CHECKING:
@@ -279,17 +293,17 @@ class StepDir(Dir):
             eager=tasks <= most if tasks is not None else lambda: sum(1 for _ in step.task_ids_and_times()) <= most,
         )
 
-    def entries(self) -> List[Union[Node, Entry]]:
-        """step.json and an Entry with its stat for each task, as TaskDir would give it: no node is kept per task of
-        a step that may have 100,000, and no client Task is built for the listing (the step's task records, as
-        ids and times); a task's node is built when looked up."""
-        path, stable = self.path, self.stable
-        with client_errors(path):
-            tasks: List[Union[Node, Entry]] = [
-                Entry(task_id, join(path, task_id), DIR, Stat(DIR, 0, created_ms / 1000.0, stable))
-                for task_id, created_ms in self.step.task_ids_and_times()
-            ]
-        return [self._step_json(len(tasks)), *tasks]
+    def entries(self) -> SubdirEntries:
+        """step.json and each task with its stat, as TaskDir would give it: no node is kept per task of a step that
+        may have 100,000, no client Task is built for the listing (the step's task records, as ids and times), and
+        each task's Entry is made when asked for (SubdirEntries); a task's node is built when looked up."""
+        names: List[str] = []
+        mtimes = array("d")
+        with client_errors(self.path):
+            for task_id, created_ms in self.step.task_ids_and_times():
+                names.append(task_id)
+                mtimes.append(created_ms / 1000.0)
+        return SubdirEntries(self.path, [self._step_json(len(names))], names, mtimes, self.stable)
 
     def child(self, name: str) -> Node:
         if name == "step.json":
