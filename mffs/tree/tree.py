@@ -63,6 +63,9 @@ if TYPE_CHECKING:
 CONTROL_DIR = ".mffs"
 #: code packages (whole archives, typically a few MB) kept in memory for reading code/ files
 CODE_PACKAGES_KEPT = 4
+#: estimated bytes a rendered content keeps beside its bytes: its path and the LRU's bookkeeping (tracemalloc:
+#: 314 bytes an item for 100,000 repr.txt of a few bytes, where weighing the bytes alone counted 7)
+CONTENT_ITEM_BYTES = 300
 #: unstable nodes kept (each for `refresh` seconds at most)
 LIVE_NODES = 10_000
 #: the largest pickle whose value, when a scalar, is loaded and rendered in the daemon rather than the sandbox
@@ -147,7 +150,10 @@ class Tree:
         # a node larger than the whole share (the listing of a huge step) still stays, alone
         self._stable: LRUCache = LRUCache(maxsize=node_bytes, getsizeof=lambda node: min(_node_bytes(node), node_bytes))
         self._live = Recent(settings.refresh, LIVE_NODES)
-        self._content: LRUCache = LRUCache(maxsize=0 if settings.readahead_worker else budget.content, getsizeof=len)
+        self._content: LRUCache = LRUCache(
+            maxsize=0 if settings.readahead_worker else budget.content,
+            getsizeof=lambda data: len(data) + CONTENT_ITEM_BYTES,
+        )
         self._code_packages: LRUCache = LRUCache(maxsize=CODE_PACKAGES_KEPT)
         self._code_lock = threading.Lock()
         self._started = time.time()
@@ -276,7 +282,7 @@ class Tree:
 
     def keep_content(self, path: str, data: bytes) -> None:
         with self._lock:
-            if len(data) <= self._content.maxsize:
+            if len(data) + CONTENT_ITEM_BYTES <= self._content.maxsize:
                 self._content[path] = data
 
     def cache_info(self) -> dict:
