@@ -344,8 +344,8 @@ class _Fuse(mfusepy.FUSE):
     filler takes (encoded names, C stat structs), is kept in an LRU bounded by `MemoryBudget.prepared_listings`
     (`PREPARED_ROW_BYTES` a row): a repeated readdir only calls the filler (a warm `find` of a 1000-task run: half
     the Python time). A stable listing larger than the whole share (a step of 100,000 tasks: 46 MB of rows) is
-    prepared and kept `WINDOW_ROWS` rows at a time, each window its own item of the LRU: the kernel reads a
-    directory in order, a few dozen entries a request.
+    prepared `WINDOW_ROWS` rows at a time, each window its own item of the LRU until a reader goes past it: the
+    kernel reads a directory in order, a few dozen entries a request.
     """
 
     #: estimated bytes of one prepared row (its tuple, name bytes, offset and, for a directory, its C stat)
@@ -421,6 +421,9 @@ class _Fuse(mfusepy.FUSE):
             if not prepared.with_offsets or offset >= prepared.total:
                 return 0
             with self._prepared_lock:
+                # the reader went past this window: a reader after it prepares it again (2,048 rows), rather than the
+                # windows of a whole step staying in the share while nothing else is listed (a `cat` of its tasks)
+                self._prepared.pop((path, prepared.start // self.WINDOW_ROWS), None)
                 prepared = self._prepared.get((path, offset // self.WINDOW_ROWS))
             if prepared is None:
                 prepared = self._prepare(path, fip.contents.fh, offset)
