@@ -383,10 +383,11 @@ class _Fuse(mfusepy.FUSE):
                 tasks.move_to_end(path)
                 return
             tasks[path] = None
-            if len(tasks) <= self._kernel_tasks_kept:
-                return
-            oldest = tasks.popitem(last=False)[0]
-        self.operations.invalidator.forget(oldest.decode(self.encoding, self.errors))
+            oldest = tasks.popitem(last=False)[0] if len(tasks) > self._kernel_tasks_kept else None
+        invalidator = self.operations.invalidator
+        invalidator.keep(path.decode(self.encoding, self.errors))  # a second walk comes back to a forgotten task
+        if oldest is not None:
+            invalidator.forget(oldest.decode(self.encoding, self.errors))
 
     def _wrapper(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
         THREAD_STATES.keep()

@@ -22,7 +22,7 @@ class Invalidator:
         #: the mount's directory, absolute (set by `mount`): `forget` finds a parent's inode number through it
         self.mountpoint = ""
         self._paths: Set[str] = set()
-        self._forgotten: List[str] = []
+        self._forgotten: Dict[str, None] = {}  # in the order they were forgotten
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._fuse: Optional[int] = None
@@ -66,7 +66,12 @@ class Invalidator:
         otherwise does only under memory pressure). At the next tick, from this object's thread: the kernel
         takes the parent directory's lock, which a request being served may hold."""
         with self._lock:
-            self._forgotten.append(path)
+            self._forgotten[path] = None
+
+    def keep(self, path: str) -> None:
+        """`path` was entered again before its `forget` took effect: the kernel keeps it after all."""
+        with self._lock:
+            self._forgotten.pop(path, None)
 
     def invalidate_now(self, path: str) -> None:
         """Drop the kernel's attributes of `path` before returning (its size was just learned while opening it,
@@ -82,7 +87,7 @@ class Invalidator:
         while not self._stop.wait(self.interval):
             with self._lock:
                 paths, self._paths = self._paths, set()
-                forgotten, self._forgotten = self._forgotten, []
+                forgotten, self._forgotten = list(self._forgotten), {}
             for path in paths:
                 # -ENOENT only means the kernel already forgot the path
                 self._invalidate(self._fuse, path.encode("utf-8", "surrogateescape"))
