@@ -174,13 +174,18 @@ class MetaflowObject:
             _run_tags=self._tag_lists() if self._DEPTH >= 2 else None,
         )
 
-    def __iter__(self) -> Iterator["MetaflowObject"]:
-        records = self._children()
+    def _listed_records(self) -> List[dict]:
+        """The records of the children iterating gives, in its order, without building their objects."""
         if self._namespace_check and self._DEPTH >= 2 and self._current_namespace not in self.tags:
-            records = []  # below a run every child carries the run's tags: all in, or all out
-        children = [self._wrap(r) for r in records if self._iter_filter(self._CHILD._id_of(r))]
+            return []  # below a run every child carries the run's tags: all in, or all out
+        id_of, listed = self._CHILD._id_of, self._iter_filter
+        records = [r for r in self._children() if listed(id_of(r))]
         # Newest first; a stable sort keeps the provider's order for equal times, as Metaflow does.
-        children.sort(key=lambda c: c._object["ts_epoch"], reverse=True)
+        records.sort(key=lambda r: r["ts_epoch"], reverse=True)
+        return records
+
+    def __iter__(self) -> Iterator["MetaflowObject"]:
+        children = [self._wrap(r) for r in self._listed_records()]
         for position, child in enumerate(children):
             child._siblings, child._position = children, position  # lets reads prefetch for what comes next
         return iter(children)

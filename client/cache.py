@@ -58,7 +58,11 @@ class CachingProvider(MetadataProvider):
         self.TYPE = source.TYPE
         ttl = mffs_setting("TTL", 1.0) if ttl is None else ttl
         max_bytes = mffs_setting("METADATA_CACHE_MB", 256) * 2**20 if max_bytes is None else max_bytes
+        self._ttl = ttl
         self._fresh = Recent(ttl, 100_000)
+        #: (key, answer, deadline) of the last answer too large for the LRU (a step's 100,000 tasks), kept for the
+        #: TTL only and then dropped, where `_fresh` would keep it until 100,000 other answers replaced it
+        self._oversize: Optional[Tuple[Hashable, Any, float]] = None
         self._immutable: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=_approx_size)
         self._final_tasks: LRUCache = LRUCache(maxsize=1_000_000)
         self._final_runs: set = set()
@@ -70,11 +74,19 @@ class CachingProvider(MetadataProvider):
             value = self._immutable.get(key, _ABSENT)
             if value is _ABSENT:
                 value = self._fresh.fresh(key, _ABSENT)
+            oversize = self._oversize
+            if oversize is not None:
+                if oversize[2] <= time.monotonic():
+                    self._oversize = None
+                elif oversize[0] == key:
+                    value = oversize[1]
         if value is not _ABSENT:
             return value
         value = fetch()
         with self._lock:
-            if keep(value) and _approx_size(value) <= self._immutable.maxsize:  # the LRU refuses larger ones
+            if _approx_size(value) > self._immutable.maxsize:  # the LRU refuses it
+                self._oversize = (key, value, time.monotonic() + self._ttl)
+            elif keep(value):
                 self._immutable[key] = value
                 self._fresh.pop(key)
             else:

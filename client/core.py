@@ -50,6 +50,12 @@ class Step(MetaflowObject):
     def tasks(self, *tags: str) -> Iterator[Task]:
         return self._filtered_children(*tags)  # type: ignore[return-value]
 
+    def task_ids_and_times(self) -> Iterator[Tuple[str, int]]:
+        """(task id, creation time in epoch ms) of each task, in the order iterating the step gives its tasks,
+        without a Task object per task: what listing a step of 100,000 tasks needs."""
+        for record in self._listed_records():
+            yield record["task_id"], record["ts_epoch"]
+
     @property
     def finished_at(self) -> Optional[datetime]:
         try:

@@ -10,8 +10,10 @@ from typing import Dict
 #: what the daemon and its readahead worker take before caching anything (interpreters, imports, libfuse; see
 #: docs/benchmarks.md), left out of the share `MemoryBudget` splits
 BASE_MB = 80
-#: the readahead worker's part of BASE_MB
-WORKER_BASE_MB = 40
+#: the readahead worker's part of BASE_MB: a fresh image takes 19-20 MB here (bench_scale's peak of the worker in
+#: a mount that reads nothing ahead, 100,000 tasks); what passes it and the worker's caches makes the worker start
+#: afresh (mffs/readahead.py)
+WORKER_BASE_MB = 24
 #: the least share the caches get, whatever `memory_mb` says
 MIN_CACHE_MB = 16
 
@@ -28,6 +30,7 @@ class MemoryBudget:
     client_metadata: int  # the client's metadata cache in the daemon (MFFS_METADATA_CACHE_MB)
     client_blobs: int  # the client's blob cache in the daemon (MFFS_BLOB_CACHE_MB)
     client_indexes: int  # the client's parsed attempt indexes in the daemon (MFFS_INDEX_CACHE_MB)
+    kernel_tasks: int  # libfuse's nodes of the task directories the kernel keeps entries of (mffs/fuse_ops.py)
     worker_nodes: int  # the readahead worker's stable nodes: a window of tasks, not a walk
     worker_client: int  # the readahead worker's client metadata, blob and index caches, each
     worker_rss: int  # the worker's resident size above which it starts afresh (mffs/readahead.py)
@@ -35,7 +38,7 @@ class MemoryBudget:
     @classmethod
     def split(cls, memory_mb: int) -> "MemoryBudget":
         share = max(memory_mb - BASE_MB, MIN_CACHE_MB) << 20
-        parts = {"nodes": 30, "content": 12, "prepared_listings": 15, "readahead_listings": 5,
+        parts = {"nodes": 29, "kernel_tasks": 1, "content": 12, "prepared_listings": 15, "readahead_listings": 5,
                  "client_metadata": 10, "client_blobs": 7, "client_indexes": 3, "worker_nodes": 9, "worker_client": 3}
         sizes = {name: share * percent // 100 for name, percent in parts.items()}
         worker_share = sizes["worker_nodes"] + 3 * sizes["worker_client"]  # its metadata, blob and index caches

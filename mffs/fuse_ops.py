@@ -9,6 +9,10 @@ Kernel caching. libfuse's high-level API has one entry/attr/negative timeout for
     TTL for unstable nodes, a running run shows new tasks and growing logs within about 2 x `refresh` (default
     0.5 s). A path leaves that set once invalidated and returns only if the kernel asks for it again, so the
     work is proportional to what is being looked at, not to the size of the run.
+  * The kernel keeps an entry for everything looked up or listed with attributes, and libfuse a node for each,
+    until memory pressure makes the kernel forget them: a walk of 100,000 tasks would leave half a million. Past
+    `MemoryBudget.kernel_tasks`, the task directory the kernel entered least recently is forgotten, with what is
+    below it (`_Fuse._entered`, mffs/invalidator.py).
   * negative_timeout = `refresh`: a cached "no such file" cannot be invalidated by path (there is no inode), so it
     is kept short; new tasks and files in running runs therefore appear within `refresh` even after a miss.
   * Files opened from stable nodes get `keep_cache` (their pages survive close/open); unstable ones do not.
@@ -28,6 +32,7 @@ hidden control file `/.mffs/stats`.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import functools
@@ -38,10 +43,11 @@ import os
 import stat as stat_module
 import threading
 from ctypes.util import find_library
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from cachetools import LRUCache
 
+from .invalidator import Invalidator
 from .sandbox import process_usage
 from .tree import CONTROL_DIR, DIR, FILE, LINK, Reader, Stat, Tree, collect_garbage_for_caches
 
@@ -103,58 +109,6 @@ def _read_only(method: Callable) -> Callable:
     return wrapper
 
 
-class Invalidator:
-    """Drops the kernel's cached attributes/pages of unstable paths every `interval` seconds (libfuse3 only)."""
-
-    def __init__(self, interval: float):
-        self.interval = interval
-        self._paths: Set[str] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._fuse: Optional[int] = None
-        self._invalidate: Optional[Callable[[Any, bytes], int]] = None
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self) -> None:
-        """Called from the FUSE init callback, where the fuse handle is available."""
-        libfuse = mfusepy._libfuse  # the library mfusepy loaded; fuse_invalidate_path has no Python wrapper
-        invalidate = getattr(libfuse, "fuse_invalidate_path", None)
-        if invalidate is None:
-            log.warning("this libfuse has no fuse_invalidate_path: running runs refresh only when attr_ttl expires")
-            return
-        invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        invalidate.restype = ctypes.c_int
-        self._invalidate = invalidate
-        self._fuse = libfuse.fuse_get_context().contents.fuse
-        self._thread = threading.Thread(target=self._run, name="mffs-invalidator", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def watch(self, path: str) -> None:
-        with self._lock:
-            self._paths.add(path)
-
-    def invalidate_now(self, path: str) -> None:
-        """Drop the kernel's attributes of `path` before returning (its size was just learned while opening it,
-        and the opener's fstat must see it: pyarrow and DuckDB size parquet files that way). Called inside the
-        open callback: an inode invalidation only marks attributes stale and drops pages, it waits for no request.
-        """
-        if self._invalidate is None:
-            self.watch(path)  # before init, or a libfuse without fuse_invalidate_path
-            return
-        self._invalidate(self._fuse, path.encode("utf-8", "surrogateescape"))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                paths, self._paths = self._paths, set()
-            for path in paths:
-                # -ENOENT only means the kernel already forgot the path
-                self._invalidate(self._fuse, path.encode("utf-8", "surrogateescape"))
-
-
 class MffsOperations(mfusepy.Operations):
     use_ns = True
 
@@ -211,7 +165,7 @@ class MffsOperations(mfusepy.Operations):
             # Every chunk of a listing as READDIR_PLUS, not only the first: in "auto" mode the kernel asks for
             # the rest of a large directory (a step's tasks) without attributes, then stats each entry.
             conn_info.want &= ~_FUSE_CAP_READDIRPLUS_AUTO
-        self.invalidator.start()
+        self.invalidator.start(mfusepy._libfuse)  # the library mfusepy loaded
 
     def destroy(self, path: str) -> None:
         self.invalidator.stop()
@@ -240,19 +194,27 @@ class MffsOperations(mfusepy.Operations):
         return node_stat
 
     @_callback
-    def readdir(self, path: str, fh: int) -> Tuple[bool, List[Tuple[str, str, Optional[Stat]]]]:
-        """(whether the directory is stable, [(name, kind, stat or None)]). Entries come with their attributes
-        where they cost nothing (directories and links: their stat is known without I/O), so a readdirplus (see
-        _Fuse) spares the kernel a lookup of each; files only with their kind, as working out a size may mean
-        rendering the file. Unstable entries are watched, as when the kernel stats them."""
+    def readdir(self, path: str, fh: int, offset: int = 0, window_rows: int = 0, most_rows: int = 0
+                ) -> Tuple[bool, int, int, List[Tuple[str, str, Optional[Stat]]]]:
+        """(whether the directory is stable, the position of the first entry given, the number of entries with `.`
+        and `..`, [(name, kind, stat or None)]): every entry, or with `window_rows`, for a stable listing of more
+        than `most_rows` entries, the `window_rows` entries of the window holding `offset`. Entries come with their
+        attributes where they cost nothing (directories and links: their stat is known without I/O), so a
+        readdirplus (see _Fuse) spares the kernel a lookup of each; files only with their kind, as working out a
+        size may mean rendering the file. Unstable entries are watched, as when the kernel stats them."""
         stable, listing = self.tree.listing(path)
-        entries: List[Tuple[str, str, Optional[Stat]]] = [(".", DIR, None), ("..", DIR, None)]
-        for entry in listing:
+        total = len(listing) + 2
+        start, stop = 0, total
+        if window_rows and stable and total > most_rows:
+            start = offset - offset % window_rows
+            stop = min(start + window_rows, total)
+        entries: List[Tuple[str, str, Optional[Stat]]] = [(".", DIR, None), ("..", DIR, None)][start:stop]
+        for entry in listing[max(start - 2, 0) : stop - 2]:
             attrs = entry.stat
             if attrs is not None and not attrs.stable:
                 self.invalidator.watch(entry.path)
             entries.append((entry.name, entry.kind, attrs))
-        return stable, entries
+        return stable, start, total, entries
 
     @_callback
     def readlink(self, path: str) -> str:
@@ -381,26 +343,59 @@ class _Fuse(mfusepy.FUSE):
     every `find` or `ls` of a directory comes back here. A stable directory's listing, once converted to what the
     filler takes (encoded names, C stat structs), is kept in an LRU bounded by `MemoryBudget.prepared_listings`
     (`PREPARED_ROW_BYTES` a row): a repeated readdir only calls the filler (a warm `find` of a 1000-task run: half
-    the Python time).
+    the Python time). A stable listing larger than the whole share (a step of 100,000 tasks: 46 MB of rows) is
+    prepared `WINDOW_ROWS` rows at a time, each window its own item of the LRU until a reader goes past it: the
+    kernel reads a directory in order, a few dozen entries a request.
     """
 
     #: estimated bytes of one prepared row (its tuple, name bytes, offset and, for a directory, its C stat)
     PREPARED_ROW_BYTES = 450
+    #: rows of a window of a listing too large for the share
+    WINDOW_ROWS = 2048
+    #: estimated bytes of libfuse's nodes for a task directory the kernel keeps an entry of, and for the entries a
+    #: walk meets in it (a node of about 200 bytes each: the task's, its artifact directories', the files looked up)
+    KERNEL_TASK_BYTES = 1_000
 
     def __init__(self, operations: "MffsOperations", *args: Any, **kwargs: Any):
-        limit = operations.tree.settings.budget.prepared_listings
-        # a listing larger than the whole share (a step of 100,000 tasks, read in thousands of chunks) stays, alone
+        settings = operations.tree.settings
+        limit = settings.budget.prepared_listings
         self._prepared: LRUCache = LRUCache(
-            maxsize=limit, getsizeof=lambda prepared: min(self.PREPARED_ROW_BYTES * (len(prepared[1]) + 1), limit)
+            maxsize=limit, getsizeof=lambda prepared: min(self.PREPARED_ROW_BYTES * (len(prepared.rows) + 1), limit)
         )
         self._prepared_lock = threading.Lock()
+        # the number of "/" in the path of a task directory: /FLOW/RUN/STEP/TASK, less the mounted pathspec's parts
+        self._task_slashes = 4 - (len(settings.pathspec.strip("/").split("/")) if settings.pathspec else 0)
+        self._kernel_tasks: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
+        self._kernel_tasks_kept = max(settings.budget.kernel_tasks // self.KERNEL_TASK_BYTES, 1)
+        self._kernel_tasks_lock = threading.Lock()
         super().__init__(operations, *args, **kwargs)
+
+    def _entered(self, path: bytes) -> None:
+        """The kernel looked up or listed `path`. The kernel keeps an entry for everything it looked up or got
+        with a readdirplus, until memory pressure, and libfuse a node for each: a walk of 100,000 tasks would
+        leave half a million. Past `MemoryBudget.kernel_tasks`, the kernel is told to forget the task directory
+        entered least recently, with what it holds."""
+        if path.count(b"/") != self._task_slashes:
+            return
+        with self._kernel_tasks_lock:
+            tasks = self._kernel_tasks
+            if path in tasks:
+                tasks.move_to_end(path)
+                return
+            tasks[path] = None
+            oldest = tasks.popitem(last=False)[0] if len(tasks) > self._kernel_tasks_kept else None
+        invalidator = self.operations.invalidator
+        invalidator.keep(path.decode(self.encoding, self.errors))  # a second walk comes back to a forgotten task
+        if oldest is not None:
+            invalidator.forget(oldest.decode(self.encoding, self.errors))
 
     def _wrapper(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
         THREAD_STATES.keep()
         return super()._wrapper(func, *args, **kwargs)
 
     def getattr_fuse_3(self, path: Optional[bytes], buf: Any, fip: Any) -> int:
+        if path is not None:
+            self._entered(path)
         node_stat = self.operations.getattr(None if path is None else path.decode(self.encoding, self.errors))
         ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
         self.operations.fill_stat(buf.contents, node_stat)
@@ -409,33 +404,47 @@ class _Fuse(mfusepy.FUSE):
     def readdir_fuse_3(self, path: Optional[bytes], buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
         """Fill from the prepared rows. A directory that can still change (a flow's runs) is listed afresh by each
         read from its start (offset 0); the reads of its later parts take that read's rows, so that offsets into it
-        stay consistent."""
+        stay consistent. A windowed listing goes on into its next window while the buffer has room."""
+        if offset == 0:
+            self._entered(path)
         with self._prepared_lock:
-            prepared = self._prepared.get(path)
-        if prepared is None or (offset == 0 and not prepared[2]):
-            prepared = self._prepare(path, fip.contents.fh)
+            prepared = self._prepared.get(path) or self._prepared.get((path, offset // self.WINDOW_ROWS))
+        if prepared is None or (offset == 0 and not prepared.stable):
+            prepared = self._prepare(path, fip.contents.fh, offset)
         else:
             self.operations.count("readdir")
-        with_offsets, rows, _ = prepared
         fill, buf = _RawFiller.from_buffer(filler), ctypes.c_void_p(buf)
-        for row in rows[offset:] if with_offsets else rows:
-            if fill(buf, *row):
-                break
-        return 0
+        while True:
+            for row in prepared.rows[offset - prepared.start :] if prepared.with_offsets else prepared.rows:
+                if fill(buf, *row):
+                    return 0
+            offset = prepared.start + len(prepared.rows)
+            if not prepared.with_offsets or offset >= prepared.total:
+                return 0
+            with self._prepared_lock:
+                # the reader went past this window: a reader after it prepares it again (2,048 rows), rather than the
+                # windows of a whole step staying in the share while nothing else is listed (a `cat` of its tasks)
+                self._prepared.pop((path, prepared.start // self.WINDOW_ROWS), None)
+                prepared = self._prepared.get((path, offset // self.WINDOW_ROWS))
+            if prepared is None:
+                prepared = self._prepare(path, fip.contents.fh, offset)
 
-    def _prepare(self, path_bytes: bytes, fh: int) -> Tuple[bool, List[Tuple[bytes, Any, Any, int]], bool]:
-        """(fill with offsets, [filler arguments after the buffer: name, stat pointer, offset, fill flags], stable)
-        for a readdir of a path. The same rows answer READDIR_PLUS and plain READDIR requests (libfuse's plain
-        filler takes entries with offsets and ignores FUSE_FILL_DIR_PLUS)."""
+    def _prepare(self, path_bytes: bytes, fh: int, offset: int) -> "_Prepared":
+        """The rows of a readdir of a path from `offset`: the whole listing's, or the window's holding `offset` for
+        a stable listing too large for the share. The same rows answer READDIR_PLUS and plain READDIR requests
+        (libfuse's plain filler takes entries with offsets and ignores FUSE_FILL_DIR_PLUS)."""
         path = path_bytes.decode(self.encoding, self.errors)
-        stable, items = self.operations.readdir(path, fh)
+        stable, start, total, items = self.operations.readdir(
+            path, fh, offset, self.WINDOW_ROWS, self._prepared.maxsize // self.PREPARED_ROW_BYTES
+        )
+        key = path_bytes if len(items) == total else (path_bytes, start // self.WINDOW_ROWS)
         with_offsets = any(stat is not None for _, _, stat in items)
         # one C array holds the listing's stat structs (a struct object and a pointer object per entry took twice
         # the memory: docs/benchmarks.md); each row points into it, and keeps it alive
         stats = (mfusepy.c_stat * sum(stat is not None for _, _, stat in items))() if with_offsets else None
         filled = 0
         rows = []
-        for position, (name, kind, stat) in enumerate(items, 1):
+        for position, (name, kind, stat) in enumerate(items, start + 1):
             name_bytes = name.encode(self.encoding, self.errors)
             entry_offset = ctypes.c_int64(position) if with_offsets else _NO_OFFSET
             if with_offsets and stat is not None:
@@ -444,11 +453,22 @@ class _Fuse(mfusepy.FUSE):
                 filled += 1
             else:
                 rows.append((name_bytes, _TYPE_ONLY_STATS[kind], entry_offset, 0))
-        prepared = (with_offsets, rows, stable)
+        prepared = _Prepared(with_offsets, rows, stable, start, total)
         if stable or with_offsets:  # an unstable listing filled without offsets is libfuse's to keep
             with self._prepared_lock:
-                self._prepared[path_bytes] = prepared
+                self._prepared[key] = prepared
         return prepared
+
+
+class _Prepared(NamedTuple):
+    """Filler arguments after the buffer (name, stat pointer, offset, fill flags) for the entries of a listing
+    from `start`, of `total`; whether they carry offsets, and whether the directory is stable."""
+
+    with_offsets: bool
+    rows: List[Tuple[bytes, Any, Any, int]]
+    stable: bool
+    start: int
+    total: int
 
 
 def _type_only_stat(mode: int) -> Any:
@@ -485,6 +505,7 @@ def mount(
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     collect_garbage_for_caches()
     operations = MffsOperations(tree)
+    operations.invalidator.mountpoint = os.path.abspath(mountpoint)
     options: Dict[str, Any] = {
         "fsname": "mffs",
         "subtype": "mffs",

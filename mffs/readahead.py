@@ -59,7 +59,7 @@ _Listing = Tuple[str, List[Tuple[str, str, Optional[tuple]]]]  # directory path,
 class _ListedStep:
     """What Readahead knows of a listed step directory, kept for as long as the step's node lives."""
 
-    positions: Dict[str, int]  # task path -> position in the step's listing
+    positions: Dict[str, int]  # task name -> position in the step's listing (names shared with the listing)
     handed_out: int = 0  # the tasks before this position were sent to the worker
 
 
@@ -131,8 +131,8 @@ class Readahead:
             return []
         listed = self._steps.get(step)
         if listed is None:
-            listed = self._steps[step] = _ListedStep({entry.path: number for number, entry in enumerate(listing)})
-        position = listed.positions.get(task_path)
+            listed = self._steps[step] = _ListedStep({entry.name: number for number, entry in enumerate(listing)})
+        position = listed.positions.get(task_path.rsplit("/", 1)[1])
         if position is None:
             return []
         start, end = position + 1, min(position + 1 + self.window, len(listing))

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_scale.py                                   # quick: 1000 tasks, 500 runs
     .venv/bin/python scripts/bench_scale.py --tasks 1000,10000,30000 --runs 2000 --json out.json
+    .venv/bin/python scripts/bench_scale.py --tasks 100000 --runs 0 --no-metaflow --measure find   # the mount alone
 
 Datastores: scripts/make_scale_datastore.py (built once and cached: a real WideFlow run's foreach cloned to N
 tasks, a real HelloFlow run cloned to R runs). At each size, every mount measurement on a freshly started mount
@@ -72,6 +73,9 @@ CLIENT_WALK = client_script(
 CLIENT_CAT = client_script('text = "".join(repr(task["square"].data) for task in Run(argument)["%s"])' % FOREACH_STEP)
 CLIENT_LS_STEP = client_script("listing = [(task.id, task.created_at) for task in Run(argument)[%r]]" % FOREACH_STEP)
 CLIENT_FLOW = client_script("flow = Flow(argument)\nruns = list(flow)\nlatest = flow.latest_successful_run.id")
+#: the timings of `bench_tasks` (those not measured are NOT_MEASURED)
+TASK_MEASUREMENTS = ("find", "find_again", "cat", "ls_step", "mf_find", "mf_cat", "mf_ls_step")
+NOT_MEASURED: Dict[str, float] = {}
 SAMPLE_INTERVAL_S = 0.25
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -133,6 +137,12 @@ class ProcessTree:
         self.sample()
         return sum(self.peak_kb.values()) / 1024
 
+    def peaks_mb(self) -> Dict[str, float]:
+        """The peak RSS of each process: the daemon's, and the others' by pid (a readahead worker that replaced its
+        process image keeps its pid, and its VmHWM starts again: its peak is that of its largest image)."""
+        self.sample()
+        return {("daemon" if pid == self.pid else str(pid)): kb / 1024 for pid, kb in self.peak_kb.items()}
+
     def cpu_seconds(self) -> float:
         self.sample()
         return sum(self.cpu.values())
@@ -173,6 +183,7 @@ def on_fresh_mount(root: Path, scratch: Path, options: List[str], work: Callable
         with ProcessTree(mount.process.pid) as tree:
             result = work(mount, tree)
             result["peak_rss_mb"] = tree.peak_mb()
+            result["peak_rss_mb_by_process"] = tree.peaks_mb()
     return result
 
 
@@ -201,16 +212,21 @@ def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scra
 
     for _ in range(args.repeat):
         for label, work in (("find", finds), ("cat", cat), ("ls_step", ls_step)):
+            if label not in args.measure:
+                continue
             result = on_fresh_mount(parent, scratch, options, work)
             rss.setdefault(label, []).append(result.pop("peak_rss_mb"))
-            print("  %d tasks, %s mount: peak RSS %.0f MB" % (n_tasks, label, rss[label][-1]), file=sys.stderr,
-                  flush=True)
+            by_process = ", ".join("%s %.0f" % item for item in result.pop("peak_rss_mb_by_process").items())
+            print("  %d tasks, %s mount: peak RSS %.0f MB (%s)" % (n_tasks, label, rss[label][-1], by_process),
+                  file=sys.stderr, flush=True)
             for name, timing in result.items():
                 keep(name, timing)
-        for name, script in (("mf_find", CLIENT_WALK), ("mf_cat", CLIENT_CAT), ("mf_ls_step", CLIENT_LS_STEP)):
-            keep(name, timed_client(script, run, parent, budget))
+        if args.metaflow:
+            for name, script in (("mf_find", CLIENT_WALK), ("mf_cat", CLIENT_CAT), ("mf_ls_step", CLIENT_LS_STEP)):
+                if name[3:] in args.measure:
+                    keep(name, timed_client(script, run, parent, budget))
     return {"tasks": n_tasks, "datastore": str(parent), "pathspec": run,
-            "timings": {name: median(values) for name, values in samples.items()},
+            "timings": {name: median(samples[name]) if name in samples else NOT_MEASURED for name in TASK_MEASUREMENTS},
             "peak_rss_mb": {label: max(values) for label, values in rss.items()}}
 
 
@@ -248,11 +264,13 @@ def median(values: List[Timing]) -> Timing:
 
 
 def _seconds(timing: Timing, key: str = "wall") -> str:
+    if timing is NOT_MEASURED:
+        return "-"
     return "timeout" if timing is None else "%.2f" % timing[key]
 
 
 def _ratio(numerator: Timing, denominator: Timing, key: str = "wall") -> str:
-    if numerator is None or denominator is None:
+    if not numerator or not denominator:  # past the budget or not measured
         return "-"
     return "%.2f" % (numerator[key] / denominator[key])
 
@@ -276,11 +294,11 @@ def print_tables(task_results: List[dict], run_results: List[dict]) -> None:
             "tasks", "find again/1st", "find s/task", "mf s/task", "RSS find MB", "RSS cat MB", "RSS ls MB"))
         for result in task_results:
             timings, rss, n = result["timings"], result["peak_rss_mb"], result["tasks"]
-            per_task = "-" if timings["find"] is None else "%.6f" % (timings["find"]["wall"] / n)
-            mf_per_task = "-" if timings["mf_find"] is None else "%.6f" % (timings["mf_find"]["wall"] / n)
-            print("%-8d %14s %14s %14s %12.0f %12.0f %12.0f" % (
+            per_task = "-" if not timings["find"] else "%.6f" % (timings["find"]["wall"] / n)
+            mf_per_task = "-" if not timings["mf_find"] else "%.6f" % (timings["mf_find"]["wall"] / n)
+            print("%-8d %14s %14s %14s %12s %12s %12s" % (
                 n, _ratio(timings["find_again"], timings["find"]), per_task, mf_per_task,
-                rss["find"], rss["cat"], rss["ls_step"]))
+                *("%.0f" % rss[label] if label in rss else "-" for label in ("find", "cat", "ls_step"))))
     if run_results:
         print()
         print("%-8s %-38s %9s %9s %7s %9s %9s %7s %8s" % (
@@ -302,6 +320,10 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=int, default=256, help="the mount's memory budget, if it has one")
     parser.add_argument("--source-tasks", type=int, default=SOURCE_TASKS)
     parser.add_argument("--source-runs", type=int, default=SOURCE_RUNS)
+    parser.add_argument("--measure", type=lambda text: set(text.split(",")), default={"find", "cat", "ls_step"},
+                        help="which task measurements: find (both finds), cat, ls_step (default: all)")
+    parser.add_argument("--no-metaflow", dest="metaflow", action="store_false",
+                        help="measure the mount alone (Metaflow's walk of 100,000 tasks takes minutes)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unmount on the way out

@@ -27,9 +27,11 @@ import errno
 import logging
 import posixpath
 import threading
+from array import array
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Deque, Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Deque, Iterable, Iterator, List, Optional, Tuple, Union
 
 from .. import exports, render
 
@@ -357,6 +359,42 @@ class StoredFile(File):
 LISTING_ENTRY_BYTES = 300
 
 
+class SubdirEntries(Sequence):
+    """A listing of a few `head` entries, then many subdirectories given by name and mtime (a step's tasks). Each
+    of their Entries is made when asked for: a listing of 100,000 tasks keeps a list of names and an array of
+    times, not 100,000 Entries with their paths and Stats."""
+
+    __slots__ = ("path", "head", "names", "mtimes", "stable")
+    #: estimated bytes of a subdirectory kept: its name (about 55 bytes), the name's slot and its time
+    SUBDIR_BYTES = 75
+
+    def __init__(self, path: str, head: List[Any], names: List[str], mtimes: "array[float]", stable: bool):
+        self.path, self.head, self.names, self.mtimes, self.stable = path, head, names, mtimes, stable
+
+    def footprint(self) -> int:
+        return LISTING_ENTRY_BYTES * len(self.head) + self.SUBDIR_BYTES * len(self.names)
+
+    def _subdir(self, index: int) -> Entry:
+        name = self.names[index]
+        return Entry(name, join(self.path, name), DIR, Stat(DIR, 0, self.mtimes[index], self.stable))
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.names)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[position] for position in range(*index.indices(len(self)))]
+        position = index + len(self) if index < 0 else index
+        if not 0 <= position < len(self):
+            raise IndexError(index)
+        return self.head[position] if position < len(self.head) else self._subdir(position - len(self.head))
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.head
+        for index in range(len(self.names)):
+            yield self._subdir(index)
+
+
 class Dir(Node):
     kind = DIR
     #: estimated bytes a directory keeps alive once listed, beyond its footprint and its listing's entries
@@ -364,16 +402,17 @@ class Dir(Node):
 
     def __init__(self, tree: "Tree", path: str, mtime: float, stable: bool):
         super().__init__(tree, path, mtime, stable)
-        self.listing: Optional[List[Entry]] = None  # kept by Tree.list for as long as this node is cached
+        self.listing: Optional[Sequence[Entry]] = None  # kept by Tree.list for as long as this node is cached
         self.listing_lock = threading.Lock()  # one thread builds the listing, others wait for it
 
     def children(self) -> List[Node]:
         """The listed (visible) children, built in bulk from one client listing."""
         raise NotImplementedError
 
-    def entries(self) -> List[Union[Node, Entry]]:
+    def entries(self) -> Union[List[Union[Node, Entry]], SubdirEntries]:
         """What a listing shows: the children, or (directories whose files cost something to build override
-        this) an Entry naming a file that is built only when looked up."""
+        this) an Entry naming a file that is built only when looked up; for a directory of many subdirectories,
+        SubdirEntries (whose head may hold nodes too)."""
         return list(self.children())
 
     def child(self, name: str) -> Node:

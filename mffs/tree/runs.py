@@ -7,11 +7,25 @@ files and steps without code/ (code/ answers EIO).
 """
 from __future__ import annotations
 
+from array import array
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from .. import render
 from .code import CODE_DIR, CodeArchive, CodeDir
-from .nodes import DIR, Dir, Entry, Node, RenderedFile, Stat, Symlink, built_nodes, client_errors, epoch_mtime, join
+from .nodes import (
+    DIR,
+    Dir,
+    Entry,
+    Node,
+    RenderedFile,
+    Stat,
+    SubdirEntries,
+    Symlink,
+    built_nodes,
+    client_errors,
+    epoch_mtime,
+    join,
+)
 from .tasks import TaskDir
 
 if TYPE_CHECKING:
@@ -265,8 +279,10 @@ class StepDir(Dir):
         super().__init__(tree, path, mtime, stable)
         self.step = step
 
-    def _step_json(self) -> Node:
+    def _step_json(self, tasks: Optional[int] = None) -> Node:
+        """step.json; `tasks`, the step's number of tasks, when the caller knows it."""
         step, tree = self.step, self.tree
+        most = tree.settings.step_json_eager_tasks
         return RenderedFile(
             tree,
             join(self.path, "step.json"),
@@ -274,24 +290,20 @@ class StepDir(Dir):
             self.stable,
             lambda: render.json_bytes(render.step_record(step)),
             # its finished_at reads every task's `_task_ok`: a glob such as `body/*/x` stats step.json too
-            eager=lambda: sum(1 for _ in step) <= tree.settings.step_json_eager_tasks,
+            eager=tasks <= most if tasks is not None else lambda: sum(1 for _ in step.task_ids_and_times()) <= most,
         )
 
-    def entries(self) -> List[Union[Node, Entry]]:
-        """step.json and an Entry with its stat for each task, as TaskDir would give it: no node (nor client object)
-        is kept per task of a step that may have 100,000; a task's node is built when looked up."""
+    def entries(self) -> SubdirEntries:
+        """step.json and each task with its stat, as TaskDir would give it: no node is kept per task of a step that
+        may have 100,000, no client Task is built for the listing (the step's task records, as ids and times), and
+        each task's Entry is made when asked for (SubdirEntries); a task's node is built when looked up."""
+        names: List[str] = []
+        mtimes = array("d")
         with client_errors(self.path):
-            tasks = list(self.step)
-        listing: List[Union[Node, Entry]] = [self._step_json()]
-        for task in tasks:
-            path = join(self.path, task.id)
-            try:
-                with client_errors(path):
-                    mtime = epoch_mtime(task.created_at)
-            except OSError:
-                continue  # logged: as `built_nodes` leaves out a task whose node cannot be built
-            listing.append(Entry(task.id, path, DIR, Stat(DIR, 0, mtime, self.stable)))
-        return listing
+            for task_id, created_ms in self.step.task_ids_and_times():
+                names.append(task_id)
+                mtimes.append(created_ms / 1000.0)
+        return SubdirEntries(self.path, [self._step_json(len(names))], names, mtimes, self.stable)
 
     def child(self, name: str) -> Node:
         if name == "step.json":

@@ -28,7 +28,7 @@ import json
 import posixpath
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 from cachetools import LRUCache
 
@@ -47,6 +47,7 @@ from .nodes import (
     Reader,
     RenderedFile,
     Stat,
+    SubdirEntries,
     Symlink,
     client_errors,
     join,
@@ -62,6 +63,9 @@ if TYPE_CHECKING:
 CONTROL_DIR = ".mffs"
 #: code packages (whole archives, typically a few MB) kept in memory for reading code/ files
 CODE_PACKAGES_KEPT = 4
+#: estimated bytes a rendered content keeps beside its bytes: its path and the LRU's bookkeeping (tracemalloc:
+#: 314 bytes an item for 100,000 repr.txt of a few bytes, where weighing the bytes alone counted 7)
+CONTENT_ITEM_BYTES = 300
 #: unstable nodes kept (each for `refresh` seconds at most)
 LIVE_NODES = 10_000
 #: the largest pickle whose value, when a scalar, is loaded and rendered in the daemon rather than the sandbox
@@ -106,7 +110,8 @@ def _node_bytes(node: Node) -> int:
     listing = node.listing if isinstance(node, Dir) else None
     if listing is None:
         return node.footprint
-    return node.footprint + node.listed_footprint + LISTING_ENTRY_BYTES * len(listing)
+    entries = listing.footprint() if isinstance(listing, SubdirEntries) else LISTING_ENTRY_BYTES * len(listing)
+    return node.footprint + node.listed_footprint + entries
 
 
 def collect_garbage_for_caches() -> None:
@@ -145,7 +150,10 @@ class Tree:
         # a node larger than the whole share (the listing of a huge step) still stays, alone
         self._stable: LRUCache = LRUCache(maxsize=node_bytes, getsizeof=lambda node: min(_node_bytes(node), node_bytes))
         self._live = Recent(settings.refresh, LIVE_NODES)
-        self._content: LRUCache = LRUCache(maxsize=0 if settings.readahead_worker else budget.content, getsizeof=len)
+        self._content: LRUCache = LRUCache(
+            maxsize=0 if settings.readahead_worker else budget.content,
+            getsizeof=lambda data: len(data) + CONTENT_ITEM_BYTES,
+        )
         self._code_packages: LRUCache = LRUCache(maxsize=CODE_PACKAGES_KEPT)
         self._code_lock = threading.Lock()
         self._started = time.time()
@@ -274,7 +282,7 @@ class Tree:
 
     def keep_content(self, path: str, data: bytes) -> None:
         with self._lock:
-            if len(data) <= self._content.maxsize:
+            if len(data) + CONTENT_ITEM_BYTES <= self._content.maxsize:
                 self._content[path] = data
 
     def cache_info(self) -> dict:
@@ -319,11 +327,11 @@ class Tree:
     def stat(self, path: str) -> Stat:
         return self.lookup(path).stat()
 
-    def list(self, path: str) -> List[Entry]:
+    def list(self, path: str) -> Sequence[Entry]:
         """The directory's listing, in the client's order (see `listing`)."""
         return self.listing(path)[1]
 
-    def listing(self, path: str) -> Tuple[bool, List[Entry]]:
+    def listing(self, path: str) -> Tuple[bool, Sequence[Entry]]:
         """(whether the directory is stable, its listing in the client's order). A listing is kept with the
         directory's node (so for as long as that is cached); the child nodes built for it go to the node caches for
         the lookups that follow. A listing the listing source has (the readahead worker built it) is taken as it is,
@@ -343,20 +351,22 @@ class Tree:
             source.after(node.path)
         return node.stable, listing
 
-    def _listing(self, node: Dir) -> List[Entry]:
+    def _listing(self, node: Dir) -> Sequence[Entry]:
         """`node`'s listing, built once (concurrent callers wait for the first)."""
         listing = node.listing
         if listing is None:
             with node.listing_lock:
                 listing = node.listing
                 if listing is None:
-                    listing = []
-                    for item in node.entries():
+                    listing = node.entries()
+                    items = listing.head if isinstance(listing, SubdirEntries) else listing
+                    for position, item in enumerate(items):
                         if isinstance(item, Node):
                             self._remember(item)
                             # entries keep a stat, not the node: listings must not hold evicted nodes alive
-                            item = Entry(item.name, item.path, item.kind, item.stat() if item.kind != FILE else None)
-                        listing.append(item)
+                            items[position] = Entry(
+                                item.name, item.path, item.kind, item.stat() if item.kind != FILE else None
+                            )
                     node.listing = listing
                     if node.stable:
                         self._remember(node)  # again, now counting its listing
