@@ -357,6 +357,11 @@ class _Fuse(mfusepy.FUSE):
     KERNEL_TASK_BYTES = 1_000
 
     def __init__(self, operations: "MffsOperations", *args: Any, **kwargs: Any):
+        self.keep_state(operations)
+        super().__init__(operations, *args, **kwargs)
+
+    def keep_state(self, operations: "MffsOperations") -> None:
+        """What the callbacks keep, set before mounting (scripts/bench_task_listing.py calls it without a mount)."""
         settings = operations.tree.settings
         limit = settings.budget.prepared_listings
         self._prepared: LRUCache = LRUCache(
@@ -368,7 +373,6 @@ class _Fuse(mfusepy.FUSE):
         self._kernel_tasks: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
         self._kernel_tasks_kept = max(settings.budget.kernel_tasks // self.KERNEL_TASK_BYTES, 1)
         self._kernel_tasks_lock = threading.Lock()
-        super().__init__(operations, *args, **kwargs)
 
     def _entered(self, path: bytes) -> None:
         """The kernel looked up or listed `path`. The kernel keeps an entry for everything it looked up or got

@@ -20,11 +20,8 @@ import json
 import logging
 import marshal
 import sys
-import threading
 import time
 from pathlib import Path
-
-from cachetools import LRUCache
 
 #: tasks whose frames are received before the walk lists them (the readahead's window)
 BATCH = 32
@@ -62,9 +59,7 @@ def daemon_walk(tree, frames, paths) -> None:
     operations = fuse_ops.MffsOperations(tree)
     fuse = fuse_ops._Fuse.__new__(fuse_ops._Fuse)  # not mounted: what `_Fuse.__init__` sets before mounting
     fuse.operations, fuse.encoding, fuse.errors = operations, "utf-8", "surrogateescape"
-    fuse._prepared = LRUCache(maxsize=tree.settings.budget.prepared_listings,
-                              getsizeof=lambda prepared: fuse_ops._Fuse.PREPARED_ROW_BYTES * (len(prepared[1]) + 1))
-    fuse._prepared_lock = threading.Lock()
+    fuse.keep_state(operations)
     libc = ctypes.CDLL(None)
     filler = mfusepy.fuse_fill_dir_t(ctypes.cast(libc.geteuid, ctypes.c_void_p).value)  # returns 0: "go on"
     fip = ctypes.pointer(mfusepy.fuse_file_info())
