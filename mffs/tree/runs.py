@@ -23,7 +23,6 @@ from .nodes import (
     Symlink,
     built_nodes,
     client_errors,
-    epoch_mtime,
     join,
 )
 from .tasks import TaskDir
@@ -70,7 +69,7 @@ class FlowDir(Dir):
 
     def __init__(self, tree: "Tree", path: str, flow: Any):
         with client_errors(path):
-            mtime = epoch_mtime(flow.created_at)
+            mtime = flow.created_epoch
         super().__init__(tree, path, mtime, stable=False)
         self.flow = flow
         # what the last listing showed: run id -> run, and the links it made
@@ -211,7 +210,7 @@ class RunDir(Dir):
 
     def __init__(self, tree: "Tree", path: str, run: Any):
         with client_errors(path):
-            mtime = epoch_mtime(run.created_at)
+            mtime = run.created_epoch
         super().__init__(tree, path, mtime, run_finished(run, path))
         self.run = run
         self._archive: Any = _UNKNOWN  # CodeArchive, or None without a code package; read once per node
@@ -275,7 +274,7 @@ class StepDir(Dir):
 
     def __init__(self, tree: "Tree", path: str, step: Any, stable: bool):
         with client_errors(path):
-            mtime = epoch_mtime(step.created_at)
+            mtime = step.created_epoch
         super().__init__(tree, path, mtime, stable)
         self.step = step
 
