@@ -8,17 +8,14 @@ files and steps without code/ (code/ answers EIO).
 from __future__ import annotations
 
 from array import array
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .. import render
 from .code import CODE_DIR, CodeArchive, CodeDir
 from .nodes import (
-    DIR,
     Dir,
-    Entry,
     Node,
     RenderedFile,
-    Stat,
     SubdirEntries,
     Symlink,
     built_nodes,
@@ -94,27 +91,25 @@ class FlowDir(Dir):
                 continue
         return None
 
-    def entries(self) -> List[Union[Node, Entry]]:
-        """latest, latest_successful and tags/ as nodes; the runs as entries, remembered with this node for
-        `child`: a listing of 10,000 runs builds no node per run, nor floods the tree's cache of live nodes (which
-        would push out this directory and its links before the `readlink` that follows `ls -l`)."""
+    def entries(self) -> SubdirEntries:
+        """latest, latest_successful and tags/ as nodes, then the runs by name and time (SubdirEntries), remembered
+        with this node for `child`: a listing of 10,000 runs builds no node per run, nor floods the tree's cache of
+        live nodes (which would push out this directory and its links before the `readlink` after `ls -l`)."""
         runs = self._runs()
-        nodes: List[Union[Node, Entry]] = []
         links = {}
         if runs:
             links["latest"] = self._link("latest", runs[0])
             successful = self._latest_successful(runs)
             if successful is not None:
                 links["latest_successful"] = self._link("latest_successful", successful)
-        nodes.extend(links.values())
-        nodes.append(TagsDir(self.tree, join(self.path, "tags"), self.mtime, self.flow))
-        path = self.path
-        nodes.extend(Entry(run.id, join(path, run.id), DIR, Stat(DIR, 0, run.created_epoch, False)) for run in runs)
+        head: List[Node] = [*links.values(), TagsDir(self.tree, join(self.path, "tags"), self.mtime, self.flow)]
         self._listed, self._links = {run.id: run for run in runs}, links
-        return nodes
+        return SubdirEntries(self.path, head, list(self._listed), array("d", (run.created_epoch for run in runs)),
+                             False)
 
     def children(self) -> List[Node]:
-        return [self.child(item.name) if isinstance(item, Entry) else item for item in self.entries()]
+        entries = self.entries()
+        return [*entries.head, *(self.child(name) for name in entries.names)]
 
     def child(self, name: str) -> Node:
         if name == "tags":
