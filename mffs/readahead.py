@@ -317,12 +317,12 @@ def main(argv: List[str]) -> None:
     tree = Tree(client, settings)
     collect_garbage_for_caches()
     write_frame(out, (None, []))
-    requests = _Requests(argv[1:])
+    requests, worker_rss = _Requests(argv[1:]), settings.budget.worker_rss
     for served, task_path in enumerate(requests, 1):
         write_frame(out, (task_path, _task_listings(tree, task_path)))
         left = requests.left()
         # never for a budget below what a fresh image takes: an exec per request would only slow the walk down
-        if left is not None and served >= MIN_TASKS_PER_IMAGE and _rss_bytes() > settings.budget.worker_rss:
+        if left is not None and served >= MIN_TASKS_PER_IMAGE and _rss_bytes() > worker_rss:
             out.flush()
             os.dup2(frames_fd, 1)  # the frames pipe on stdout again, as the daemon started it
             os.execv(sys.executable, [sys.executable, "-m", "mffs.readahead", argv[0], *left])
