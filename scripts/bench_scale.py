@@ -20,6 +20,13 @@ Peak RSS of the mount = the sum of VmHWM of the daemon and every process it star
 workers), sampled from /proc during each measurement. Mount CPU = the command's CPU plus the CPU the daemon and its
 processes spent meanwhile (also from /proc). Each measurement has a time budget (--budget): past it, it is
 stopped and shown as "timeout". `--memory-mb` is passed to the mount only if `mffs mount --help` offers it.
+
+The page cache: before every timed measurement, of either side, the datastore's files are dropped from the page
+cache (`posix_fadvise(DONTNEED)` on each), so both sides start cold and read what they need from the disk. Left to
+itself, the comparison depends on the order of the measurements: this machine keeps about 1.9 GB of file pages,
+each small file of a datastore takes a page, a 30,000-task run's files take 5.4 GB, and Metaflow's walk reads four
+times as many of them as the mount does, so whichever side ran right after the other found part of its files
+cached (docs/benchmarks.md). `--keep-page-cache` measures without dropping anything.
 """
 from __future__ import annotations
 
@@ -148,8 +155,26 @@ class ProcessTree:
         return sum(self.cpu.values())
 
 
-def timed_on_mount(command: str, mount, tree: ProcessTree, budget: float) -> Timing:
-    """The command in the mount's directory: wall seconds, and CPU of the command plus the mount's processes."""
+def drop_page_cache(root: Optional[Path]) -> None:
+    """Drop the file pages of every file below `root` from the page cache (None: keep them)."""
+    if root is None:
+        return
+    for directory, _, names in os.walk(root):
+        for name in names:
+            try:
+                descriptor = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(descriptor)
+
+
+def timed_on_mount(command: str, mount, tree: ProcessTree, budget: float, cold: Optional[Path]) -> Timing:
+    """The command in the mount's directory, after dropping `cold` from the page cache: wall seconds, and CPU of
+    the command plus the mount's processes."""
+    drop_page_cache(cold)
     cpu_before = tree.cpu_seconds()
     try:
         wall, cpu = timed_shell(command, mount.path, timeout=budget)
@@ -158,7 +183,8 @@ def timed_on_mount(command: str, mount, tree: ProcessTree, budget: float) -> Tim
     return {"wall": wall, "cpu": cpu + tree.cpu_seconds() - cpu_before}
 
 
-def timed_client(script: str, argument: str, root: Path, budget: float) -> Timing:
+def timed_client(script: str, argument: str, root: Path, budget: float, cold: Optional[Path]) -> Timing:
+    drop_page_cache(cold)
     try:
         wall, cpu = client_seconds(script, argument, root, timeout=budget)
     except subprocess.TimeoutExpired:
@@ -191,7 +217,7 @@ def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scra
     parent = build_foreach_clone(n_tasks, args.source_tasks, args.source_runs)
     run = load_manifest(parent)["runs"]["wide"]["pathspec"]
     step = "%s/%s" % (run, FOREACH_STEP)
-    budget = args.budget
+    budget, cold = args.budget, None if args.keep_page_cache else parent
     samples: Dict[str, List[Timing]] = {}
     rss: Dict[str, List[float]] = {}
 
@@ -200,15 +226,15 @@ def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scra
         print("  %d tasks, %s: %s" % (n_tasks, name, timing or "timeout"), file=sys.stderr, flush=True)
 
     def finds(mount, tree: ProcessTree) -> dict:
-        return {"find": timed_on_mount("find %s" % run, mount, tree, budget),
-                "find_again": timed_on_mount("find %s" % run, mount, tree, budget)}
+        return {"find": timed_on_mount("find %s" % run, mount, tree, budget, cold),
+                "find_again": timed_on_mount("find %s" % run, mount, tree, budget, cold)}
 
     def cat(mount, tree: ProcessTree) -> dict:
         command = "cd %s && printf '%%s/square/repr.txt\\n' [0-9]* | xargs -d '\\n' cat" % step
-        return {"cat": timed_on_mount(command, mount, tree, budget)}
+        return {"cat": timed_on_mount(command, mount, tree, budget, cold)}
 
     def ls_step(mount, tree: ProcessTree) -> dict:
-        return {"ls_step": timed_on_mount("ls -l %s" % step, mount, tree, budget)}
+        return {"ls_step": timed_on_mount("ls -l %s" % step, mount, tree, budget, cold)}
 
     for _ in range(args.repeat):
         for label, work in (("find", finds), ("cat", cat), ("ls_step", ls_step)):
@@ -224,7 +250,7 @@ def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scra
         if args.metaflow:
             for name, script in (("mf_find", CLIENT_WALK), ("mf_cat", CLIENT_CAT), ("mf_ls_step", CLIENT_LS_STEP)):
                 if name[3:] in args.measure:
-                    keep(name, timed_client(script, run, parent, budget))
+                    keep(name, timed_client(script, run, parent, budget, cold))
     return {"tasks": n_tasks, "datastore": str(parent), "pathspec": run,
             "timings": {name: median(samples[name]) if name in samples else NOT_MEASURED for name in TASK_MEASUREMENTS},
             "peak_rss_mb": {label: max(values) for label, values in rss.items()}}
@@ -233,14 +259,14 @@ def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scra
 def bench_runs(n_runs: int, args: argparse.Namespace, options: List[str], scratch: Path) -> dict:
     parent = build_runs_clone(n_runs, args.source_tasks, args.source_runs)
     runs = load_manifest(parent)["runs"]["runs"]
-    flow = runs["flow"]
+    flow, cold = runs["flow"], None if args.keep_page_cache else parent
     samples: Dict[str, List[Timing]] = {"flow": [], "mf_flow": []}
     rss = []
     latest = []
 
     def listing(mount, tree: ProcessTree) -> dict:
         timing = timed_on_mount("ls -l %s > /dev/null && readlink %s/latest_successful" % (flow, flow), mount,
-                                tree, args.budget)
+                                tree, args.budget, cold)
         latest.append(os.readlink(mount.path / flow / "latest_successful") if timing else None)
         return {"flow": timing}
 
@@ -248,7 +274,7 @@ def bench_runs(n_runs: int, args: argparse.Namespace, options: List[str], scratc
         result = on_fresh_mount(parent, scratch, options, listing)
         rss.append(result["peak_rss_mb"])
         samples["flow"].append(result["flow"])
-        samples["mf_flow"].append(timed_client(CLIENT_FLOW, flow, parent, args.budget))
+        samples["mf_flow"].append(timed_client(CLIENT_FLOW, flow, parent, args.budget, cold))
     expected = runs["latest_successful_run_id"]
     if any(link is not None and Path(link).name != expected for link in latest):
         print("WARNING: %s/latest_successful -> %s, expected %s" % (flow, latest, expected), file=sys.stderr)
@@ -324,6 +350,8 @@ def main() -> None:
                         help="which task measurements: find (both finds), cat, ls_step (default: all)")
     parser.add_argument("--no-metaflow", dest="metaflow", action="store_false",
                         help="measure the mount alone (Metaflow's walk of 100,000 tasks takes minutes)")
+    parser.add_argument("--keep-page-cache", action="store_true",
+                        help="do not drop the datastore's files from the page cache before each measurement")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unmount on the way out
@@ -331,7 +359,9 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print("commit %s, mount options %s, %s" % (commit, " ".join(options), started), flush=True)
+    print("commit %s, mount options %s, %s, page cache %s" % (
+        commit, " ".join(options), started, "kept" if args.keep_page_cache else "dropped before each measurement"),
+        flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as scratch:
         task_results, run_results = [], []
         for n_tasks in args.tasks:
