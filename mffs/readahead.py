@@ -21,23 +21,27 @@ run) are read ahead, so the worker's answer is the one the daemon would have bui
 a task the worker could not list comes back empty and the walk builds it, meeting and reporting the error itself.
 If the worker dies or stalls, the walk waits at most `WAIT_SECONDS` per task, then builds what it needs.
 
-Wire format: requests are task paths, one per line, on the worker's stdin; answers are frames on its stdout, each
-a 4-byte little-endian length and a `marshal`led (task path, [(directory path, [entry, ...]), ...]), where an
-entry is (name, kind, stat fields or None). The first frame, (None, []), says the worker is ready.
+Wire format: requests are task paths, one per line, on the worker's stdin; answers are frames on its stdout, in the
+order the listings finish (see `_Lister`), each a 4-byte little-endian length and a `marshal`led (task path,
+[(directory path, [entry, ...]), ...]), where an entry is (name, kind, stat fields or None). The first frame,
+(None, []), says the worker is ready.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import logging
 import marshal
 import os
 import posixpath
+import resource
 import subprocess
 import sys
 import threading
 import weakref
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from cachetools import LRUCache
 
@@ -52,6 +56,15 @@ log = logging.getLogger("mffs")
 WAIT_SECONDS = 5.0
 #: tasks a worker's process image lists before it may replace itself (see `main`)
 MIN_TASKS_PER_IMAGE = 256
+#: threads listing tasks while the listings wait for reads (see `_Lister`)
+LISTING_THREADS = 4
+#: listings wait for reads when the last `PROBE_LISTINGS` made alone blocked this many times each on average
+#: (voluntary context switches: reads that went to the disk or the network; a task's listing reads about ten files,
+#: and from the page cache blocked once on average here, at most a few times)
+BLOCKING_READS = 4
+PROBE_LISTINGS = 4
+#: while listing on threads, after this many tasks `PROBE_LISTINGS` are listed alone, to tell whether they still wait
+PROBE_EVERY = 64
 _Listing = Tuple[str, List[Tuple[str, str, Optional[tuple]]]]  # directory path, [(name, kind, stat fields)]
 
 
@@ -270,6 +283,57 @@ def _task_listings(tree: Tree, task_path: str) -> List[_Listing]:
     return listings
 
 
+def _blocked_count() -> int:
+    """How many times the calling thread blocked so far (voluntary context switches)."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
+class _Lister:
+    """Lists the requested tasks and writes their frames: on the calling thread while listings keep the CPU busy,
+    on `LISTING_THREADS` threads while they wait for reads (a page cache that does not hold the datastore, a remote
+    store), so that the reads of several tasks overlap. Listings made alone tell which: the times their thread
+    blocked (not the times it was preempted, which a busy machine does to any listing). On threads, waiting for
+    the GIL blocks too, so every `PROBE_EVERY` tasks some are listed alone again. (A `find` of 30,000 tasks with the
+    datastore out of the page cache: docs/benchmarks.md.) Frames go out as listings finish, in any order: the
+    daemon takes them by task path."""
+
+    def __init__(self, list_task: Callable[[str], List[_Listing]], write: Callable[[tuple], None]):
+        self._list_task, self._write = list_task, write
+        self._write_lock = threading.Lock()
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._running: List["concurrent.futures.Future[None]"] = []
+        self._on_threads = False
+        self._since_probe = 0
+        self._blocked: "collections.deque[int]" = collections.deque(maxlen=PROBE_LISTINGS)
+
+    def serve(self, task_path: str) -> None:
+        if self._on_threads:
+            if self._since_probe < PROBE_EVERY:
+                self._since_probe += 1
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(LISTING_THREADS, "mffs-listing")
+                self._running.append(self._pool.submit(self._serve, task_path))
+                return
+            self._on_threads = False  # the next listings alone
+            self._blocked.clear()
+            self.wait()
+        blocked = _blocked_count()
+        self._serve(task_path)
+        self._blocked.append(_blocked_count() - blocked)
+        if len(self._blocked) == PROBE_LISTINGS and sum(self._blocked) >= BLOCKING_READS * PROBE_LISTINGS:
+            self._on_threads, self._since_probe = True, 0
+
+    def wait(self) -> None:
+        """Until every listing started is written."""
+        concurrent.futures.wait(self._running)
+        self._running = []
+
+    def _serve(self, task_path: str) -> None:
+        listings = self._list_task(task_path)
+        with self._write_lock:
+            self._write((task_path, listings))
+
+
 class _Requests:
     """Task paths, one per line, read from the worker's stdin without a buffer that an exec would lose: the lines
     read but not yet served are handed to the next process image (`left`)."""
@@ -318,11 +382,13 @@ def main(argv: List[str]) -> None:
     collect_garbage_for_caches()
     write_frame(out, (None, []))
     requests, worker_rss = _Requests(argv[1:]), settings.budget.worker_rss
+    lister = _Lister(lambda task_path: _task_listings(tree, task_path), lambda value: write_frame(out, value))
     for served, task_path in enumerate(requests, 1):
-        write_frame(out, (task_path, _task_listings(tree, task_path)))
+        lister.serve(task_path)
         left = requests.left()
         # never for a budget below what a fresh image takes: an exec per request would only slow the walk down
         if left is not None and served >= MIN_TASKS_PER_IMAGE and _rss_bytes() > worker_rss:
+            lister.wait()
             out.flush()
             os.dup2(frames_fd, 1)  # the frames pipe on stdout again, as the daemon started it
             os.execv(sys.executable, [sys.executable, "-m", "mffs.readahead", argv[0], *left])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -170,3 +171,74 @@ def test_the_worker_builds_the_tree_the_daemon_has(client_env, tasks, manifest):
         for entry in plain.list(local[1]):
             if entry.kind == DIR:
                 assert tree.listing(entry.path) == (True, plain.list(entry.path))
+
+
+class ListingRecorder:
+    """A task lister for readahead._Lister: blocks for `wait_s` and spins `spin_s` on the CPU per task (or lists
+    with `list_task`), recording how many listings ran at once."""
+
+    def __init__(self, wait_s: float = 0.0, spin_s: float = 0.0, list_task=None):
+        self.wait_s, self.spin_s, self.list_task = wait_s, spin_s, list_task
+        self.running = self.most_running = 0
+        self.frames: List[tuple] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, task_path: str) -> list:
+        with self._lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        for _ in range(5 if self.wait_s else 0):  # blocks five times, as a listing whose reads go to the disk
+            time.sleep(self.wait_s / 5)
+        spin_until = time.thread_time() + self.spin_s
+        while time.thread_time() < spin_until:
+            pass
+        listings = self.list_task(task_path) if self.list_task else [(task_path, [])]
+        with self._lock:
+            self.running -= 1
+        return listings
+
+    def serve(self, paths: List[str]) -> None:
+        lister = readahead._Lister(self, self.frames.append)
+        for path in paths:
+            lister.serve(path)
+        lister.wait()
+
+
+def test_listings_that_wait_for_reads_are_made_on_threads():
+    recorder = ListingRecorder(wait_s=0.02)
+    paths = ["/F/1/s/%d" % number for number in range(24)]
+    recorder.serve(paths)
+    assert recorder.most_running == readahead.LISTING_THREADS
+    assert sorted(recorder.frames) == sorted((path, [(path, [])]) for path in paths)  # each written once
+
+
+def test_listings_that_keep_the_cpu_busy_are_made_one_at_a_time():
+    recorder = ListingRecorder(spin_s=0.001)
+    recorder.serve(["/F/1/s/%d" % number for number in range(24)])
+    assert recorder.most_running == 1
+    assert [path for path, _ in recorder.frames] == ["/F/1/s/%d" % number for number in range(24)]
+
+
+def test_listing_goes_back_to_one_thread_when_reads_stop_waiting(monkeypatch):
+    monkeypatch.setattr(readahead, "PROBE_EVERY", 4)
+    recorders = {"wait": ListingRecorder(wait_s=0.02), "busy": ListingRecorder(spin_s=0.001),
+                 "later": ListingRecorder(spin_s=0.001)}
+    lister = readahead._Lister(lambda path: recorders[path.split("/")[1]](path), lambda frame: None)
+    for kind, count in (("wait", 8), ("busy", 8), ("later", 8)):
+        for number in range(count):
+            lister.serve("/%s/%d" % (kind, number))
+        lister.wait()
+    assert recorders["wait"].most_running > 1
+    assert recorders["later"].most_running == 1  # a probe among the busy ones saw the CPU busy
+
+
+def test_listings_made_on_threads_are_those_made_one_at_a_time(client_env, tasks):
+    """The worker's tree lists tasks from several threads at once (a cold page cache) as it does from one."""
+    tree = Tree(client, namespace=None)
+    waiting = ListingRecorder(wait_s=0.01, list_task=lambda path: readahead._task_listings(tree, path))
+    waiting.serve(tasks * 3)
+    assert waiting.most_running > 1
+    alone = Tree(client, namespace=None)
+    expected = {path: readahead._task_listings(alone, path) for path in tasks}
+    assert all(expected[path] for path in tasks)
+    assert sorted(waiting.frames) == sorted((path, expected[path]) for path in tasks * 3)
