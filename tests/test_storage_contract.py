@@ -134,6 +134,12 @@ def test_read_many_gives_bytes_or_none_and_applies_then(storage: Storage, object
     assert sizes == {key: (key, len(objects.data[key])) if key in objects.data else None for key in keys}
 
 
+def test_read_ahead_is_a_hint_that_changes_no_answer(storage: Storage, objects: Objects) -> None:
+    keys = sorted(objects.data)[:20]
+    storage.read_ahead(keys + MISSING_KEYS[:2])
+    assert [storage.read(key) for key in keys] == [objects.data[key] for key in keys]
+
+
 def test_open_streams_sequential_reads(storage: Storage, objects: Objects) -> None:
     key = objects.largest()
     body = objects.data[key]

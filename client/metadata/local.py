@@ -129,10 +129,10 @@ class LocalMetadataProvider(MetadataProvider):
         except (FileNotFoundError, NotADirectoryError):
             return []
         prefix = "/".join(ids + ("",))
+        names = [name for name in names if not name.startswith(".") and name != "_meta"]
+        self._storage.read_ahead([prefix + name + "/_meta/_self.json" for name in names])
         records = []
         for name in names:
-            if name.startswith(".") or name == "_meta":
-                continue
             try:
                 record = self._self_record(prefix + name)
                 if record is not None:

@@ -15,7 +15,7 @@ Errors are built-in exceptions, so every layer above maps them mechanically:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -72,6 +72,11 @@ class Storage(ABC):
         of its answer. None started here: a backend without background reads reads each object when it is asked
         for (a prefetch is best effort)."""
         return {}
+
+    def read_ahead(self, keys: Sequence[str]) -> None:
+        """A hint that `keys` are about to be read one after the other: a backend may start reading them now. Best
+        effort, and nothing by default (the reads report any error)."""
+        return None
 
     @abstractmethod
     def open(self, key: str) -> BinaryIO:

@@ -6,6 +6,9 @@ among them must resolve below the root; directories of a datastore do not move, 
 the file is opened with O_NOFOLLOW, so only a file that is itself a link costs a resolution (allowed when it stays
 below the root). O_NONBLOCK keeps a FIFO planted in the datastore from blocking the reader. A refused key raises
 `OutsideDatastore`.
+
+Listings read a small file per run or task (`_self.json`): when those are not in the page cache, `read_ahead` has
+the kernel read them all at once, so that they do not wait for the disk one after the other.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import errno
 import json
 import os
 import stat
-from typing import BinaryIO, List, Optional, Set
+from typing import BinaryIO, List, Optional, Sequence, Set
 
 from .base import OutsideDatastore, Storage, check_key
 
@@ -166,6 +169,40 @@ class LocalStorage(Storage):
                 chunks.append(chunk)
         finally:
             os.close(fd)
+
+    def read_ahead(self, keys: Sequence[str]) -> None:
+        """When the first file is not in the page cache (a one-byte read that must not wait tells), ask the kernel to
+        read every file of `keys` now (POSIX_FADV_WILLNEED starts the reads and returns), opened as `read` opens
+        them; the reads then find them. Keys that cannot be opened are left to the reads."""
+        if not keys or self._cached(keys[0]):
+            return
+        for key in keys:
+            try:
+                descriptor = self.open_fd(key)
+            except (OSError, ValueError):  # missing, refused, a bad key: the read tells
+                continue
+            try:
+                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # not a regular file: the read tells
+            finally:
+                os.close(descriptor)
+
+    def _cached(self, key: str) -> bool:
+        """Whether the start of the file of `key` is in the page cache (or it cannot be read: nothing to read ahead)."""
+        try:
+            descriptor = self.open_fd(key)
+        except (OSError, ValueError):
+            return True
+        try:
+            os.preadv(descriptor, [bytearray(1)], 0, os.RWF_NOWAIT)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(descriptor)
 
     def open(self, key: str) -> BinaryIO:
         return os.fdopen(self.open_fd(key), "rb")
