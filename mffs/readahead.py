@@ -56,8 +56,8 @@ log = logging.getLogger("mffs")
 WAIT_SECONDS = 5.0
 #: tasks a worker's process image lists before it may replace itself (see `main`)
 MIN_TASKS_PER_IMAGE = 256
-#: threads listing tasks while the listings wait for reads (see `_Lister`)
-LISTING_THREADS = 4
+#: threads listing tasks while the listings wait for reads (see `_Lister`; more took more CPU than they saved here)
+LISTING_THREADS = 2
 #: listings wait for reads when the last `PROBE_LISTINGS` made alone blocked this many times each on average
 #: (voluntary context switches: reads that went to the disk or the network; a task's listing reads about ten files,
 #: and from the page cache blocked once on average here, at most a few times)
