@@ -29,7 +29,6 @@ order the listings finish (see `_Lister`), each a 4-byte little-endian length an
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -41,7 +40,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from cachetools import LRUCache
 
@@ -50,6 +49,9 @@ import client
 from .sandbox import limit_memory, process_usage, read_frame, start_worker, write_frame
 from .tree import DIR, Dir, Entry, Stat, StepDir, Tree, TreeSettings, collect_garbage_for_caches, join
 from .tree.nodes import LISTING_ENTRY_BYTES
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 log = logging.getLogger("mffs")
 
@@ -300,8 +302,8 @@ class _Lister:
     def __init__(self, list_task: Callable[[str], List[_Listing]], write: Callable[[tuple], None]):
         self._list_task, self._write = list_task, write
         self._write_lock = threading.Lock()
-        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._running: List["concurrent.futures.Future[None]"] = []
+        self._pool: Optional["ThreadPoolExecutor"] = None  # started by the first listing that waits
+        self._running: List["Future[None]"] = []
         self._on_threads = False
         self._since_probe = 0
         self._blocked: "collections.deque[int]" = collections.deque(maxlen=PROBE_LISTINGS)
@@ -311,7 +313,9 @@ class _Lister:
             if self._since_probe < PROBE_EVERY:
                 self._since_probe += 1
                 if self._pool is None:
-                    self._pool = concurrent.futures.ThreadPoolExecutor(LISTING_THREADS, "mffs-listing")
+                    from concurrent.futures import ThreadPoolExecutor  # 13 ms of imports, for cold walks only
+
+                    self._pool = ThreadPoolExecutor(LISTING_THREADS, "mffs-listing")
                 self._running.append(self._pool.submit(self._serve, task_path))
                 return
             self._on_threads = False  # the next listings alone
@@ -325,7 +329,8 @@ class _Lister:
 
     def wait(self) -> None:
         """Until every listing started is written."""
-        concurrent.futures.wait(self._running)
+        for future in self._running:
+            future.exception()  # waits; what failed (the daemon gone) ends the worker when it reads its requests
         self._running = []
 
     def _serve(self, task_path: str) -> None:
