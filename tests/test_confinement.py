@@ -450,8 +450,8 @@ def _in_page_cache(path: Path) -> bool:
 
 def test_read_ahead_reads_files_out_of_the_page_cache_and_nothing_outside(store, tmp_path):
     """Listings read a `_self.json` per run or task: `read_ahead` has the kernel read them all at once when the
-    first is not in the page cache. Through links out of the root, a FIFO or a bad key it reads nothing and waits
-    for nothing."""
+    first that opens is not in the page cache (a flow's `data` directory, listed among its runs, has none).
+    Through links out of the root, a FIFO or a bad key it reads nothing and waits for nothing."""
     root = Path(store.root)
     files = []
     for number in range(20):
@@ -466,7 +466,7 @@ def test_read_ahead_reads_files_out_of_the_page_cache_and_nothing_outside(store,
     if _in_page_cache(files[0]):
         pytest.skip("%s keeps every file in the page cache (tmpfs?): nothing to read ahead" % tmp_path)
     keys = ["F/%d/_self.json" % number for number in range(20)]
-    store.read_ahead(keys + ["F/20/secret", "F/d/fifo", "F/missing/_self.json", "../outside/secret"])
+    store.read_ahead(["F/missing/_self.json", "F/20/secret", "F/d/fifo", "../outside/secret"] + keys)
     deadline = time.monotonic() + 5
     while not all(_in_page_cache(path) for path in files):
         assert time.monotonic() < deadline, "the files were not read ahead"

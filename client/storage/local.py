@@ -36,6 +36,17 @@ _WIDE_LEVELS = 4
 _NARROW_LEVEL = 2
 
 
+def _in_page_cache(descriptor: int) -> bool:
+    """Whether the start of the open regular file is in the page cache (True when the read cannot tell)."""
+    try:
+        os.preadv(descriptor, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 class LocalStorage(Storage):
     TYPE = "local"
 
@@ -171,38 +182,28 @@ class LocalStorage(Storage):
             os.close(fd)
 
     def read_ahead(self, keys: Sequence[str]) -> None:
-        """When the first file is not in the page cache (a one-byte read that must not wait tells), ask the kernel to
-        read every file of `keys` now (POSIX_FADV_WILLNEED starts the reads and returns), opened as `read` opens
-        them; the reads then find them. Keys that cannot be opened are left to the reads."""
-        if not keys or self._cached(keys[0]):
-            return
+        """When the first of `keys` that opens as a regular file is not in the page cache (a one-byte read that must
+        not wait tells), ask the kernel to read it and the rest now (POSIX_FADV_WILLNEED starts the reads and
+        returns), each opened as `read` opens it; the reads then find them. Keys that cannot be opened are left to
+        the reads."""
+        probed = False
         for key in keys:
             try:
                 descriptor = self.open_fd(key)
             except (OSError, ValueError):  # missing, refused, a bad key: the read tells
                 continue
             try:
+                if not probed:
+                    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                        continue  # a FIFO planted first tells nothing
+                    probed = True
+                    if _in_page_cache(descriptor):
+                        return
                 os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
             except OSError:
                 pass  # not a regular file: the read tells
             finally:
                 os.close(descriptor)
-
-    def _cached(self, key: str) -> bool:
-        """Whether the start of the file of `key` is in the page cache (or it cannot be read: nothing to read ahead)."""
-        try:
-            descriptor = self.open_fd(key)
-        except (OSError, ValueError):
-            return True
-        try:
-            os.preadv(descriptor, [bytearray(1)], 0, os.RWF_NOWAIT)
-            return True
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        finally:
-            os.close(descriptor)
 
     def open(self, key: str) -> BinaryIO:
         return os.fdopen(self.open_fd(key), "rb")
