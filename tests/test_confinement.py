@@ -9,10 +9,8 @@ Then unit tests of the checks themselves: keys, links, FIFOs, shas, roots and In
 """
 from __future__ import annotations
 
-import ctypes
 import gzip
 import json
-import mmap
 import os
 import pickle
 import shutil
@@ -29,6 +27,7 @@ from client.storage.base import OutsideDatastore, check_key
 from client.storage.local import LocalStorage
 from tests.support.hostile import copy_flows, crawl, replace_artifact, store_blob, task_dir
 from tests.support.mount import mounted, run_mffs
+from tests.support.pagecache import drop_from_page_cache, in_page_cache
 
 MARKER = ("MFFS-OUTSIDE-SECRET-%s" % uuid.uuid4().hex).encode()
 
@@ -417,37 +416,6 @@ def test_a_fifo_in_the_datastore_does_not_block_a_read(store):
     assert store.read("F/d/fifo") == b""  # an open without O_NONBLOCK would wait for a writer forever
 
 
-def _drop_from_page_cache(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)  # dirty pages stay until written
-        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(descriptor)
-
-
-def _in_page_cache(path: Path) -> bool:
-    """Whether the first page of `path` is in the page cache, by mincore(2), which reads nothing (a read with
-    RWF_NOWAIT would start reading the file ahead)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        address = libc.mmap(None, 1, mmap.PROT_READ, mmap.MAP_SHARED, descriptor, 0)
-        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-        try:
-            vector = ctypes.create_string_buffer(1)
-            assert libc.mincore(address, 1, vector) == 0, os.strerror(ctypes.get_errno())
-            return bool(vector.raw[0] & 1)
-        finally:
-            libc.munmap(address, 1)
-    finally:
-        os.close(descriptor)
-
-
 def test_read_ahead_reads_files_out_of_the_page_cache_and_nothing_outside(store, tmp_path):
     """Listings read a `_self.json` per run or task: `read_ahead` has the kernel read them all at once when the
     first that opens is not in the page cache (a flow's `data` directory, listed among its runs, has none).
@@ -462,29 +430,29 @@ def test_read_ahead_reads_files_out_of_the_page_cache_and_nothing_outside(store,
     (root / "F" / "20").symlink_to(tmp_path / "outside")
     os.mkfifo(root / "F" / "d" / "fifo")
     for path in files + [secret]:
-        _drop_from_page_cache(path)
-    if _in_page_cache(files[0]):
+        drop_from_page_cache(path)
+    if in_page_cache(files[0]):
         pytest.skip("%s keeps every file in the page cache (tmpfs?): nothing to read ahead" % tmp_path)
     keys = ["F/%d/_self.json" % number for number in range(20)]
     store.read_ahead(["F/missing/_self.json", "F/20/secret", "F/d/fifo", "../outside/secret"] + keys)
     deadline = time.monotonic() + 5
-    while not all(_in_page_cache(path) for path in files):
+    while not all(in_page_cache(path) for path in files):
         assert time.monotonic() < deadline, "the files were not read ahead"
         time.sleep(0.01)
-    assert not _in_page_cache(secret)
+    assert not in_page_cache(secret)
     assert [store.read(key) for key in keys] == [path.read_bytes() for path in files]
 
 
 def test_read_ahead_reads_nothing_when_the_first_file_is_in_the_page_cache(store):
     root = Path(store.root)
     (root / "F" / "d" / "second").write_bytes(b"second")
-    _drop_from_page_cache(root / "F" / "d" / "second")
-    if _in_page_cache(root / "F" / "d" / "second"):
+    drop_from_page_cache(root / "F" / "d" / "second")
+    if in_page_cache(root / "F" / "d" / "second"):
         pytest.skip("%s keeps every file in the page cache (tmpfs?): nothing to read ahead" % root)
     assert store.read("F/d/file") == b"inside"  # now in the page cache
     store.read_ahead(["F/d/file", "F/d/second"])
     time.sleep(0.2)
-    assert not _in_page_cache(root / "F" / "d" / "second")
+    assert not in_page_cache(root / "F" / "d" / "second")
 
 
 def test_blob_shas_must_be_shas(tmp_path):
