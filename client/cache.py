@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Hashable, List, Optional, Sequence, Tuple
 
 from cachetools import LRUCache
 
@@ -118,6 +118,18 @@ class CachingProvider(MetadataProvider):
 
     def datastore_root(self) -> Optional[str]:
         return self.source.datastore_root()
+
+    def read_ahead_task(
+        self, flow: str, run: str, step: str, task: str, attempt: Optional[int], public: bool,
+        artifacts: Sequence[str], fields: Sequence[str],
+    ) -> Optional[int]:
+        """Passed on, unless the task's artifact list is cached: its records were read before, and reading them
+        ahead again would read from the disk what the answers come from here."""
+        key = ("artifacts", flow, run, step, task, attempt)
+        with self._lock:
+            if key in self._immutable or self._fresh.fresh(key, _ABSENT) is not _ABSENT:
+                return None
+        return self.source.read_ahead_task(flow, run, step, task, attempt, public, artifacts, fields)
 
     def flows(self) -> List[dict]:
         return self._get(("flows",), self.source.flows, lambda v: False)

@@ -362,6 +362,11 @@ class FlowDatastore:
             except ValueError:  # a corrupt index: its own read reports it
                 pass
 
+    def read_ahead_index(self, run: str, step: str, task: str, attempt: int) -> None:
+        """A hint: the index of this attempt is about to be read (`Storage.read_ahead`), unless it is kept."""
+        if self.cached_index(run, step, task, attempt) is None:
+            self.storage.read_ahead(self._index_keys(run, step, task, attempt))
+
     def _index_keys(self, run: str, step: str, task: str, attempt: int) -> Tuple[str, str]:
         return tuple(self.task_key(run, step, task, "%d.%s" % (attempt, name)) for name in ("DONE.lock", "data.json"))
 

@@ -18,6 +18,17 @@ if TYPE_CHECKING:  # imported when first needed
 
 Metadata = namedtuple("Metadata", ["name", "value", "created_at", "type", "task"])
 
+#: what each property `Task.read_ahead` knows reads: (internal artifacts, metadata fields); "artifacts" also reads
+#: the public artifacts' records and their attempt's index (their stored types and sizes)
+_PROPERTY_READS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
+    "artifacts": ((), ()),
+    "exception": (("_exception",), ()),
+    "finished": (("_task_ok",), ()),
+    "successful": (("_success",), ()),
+    "current_attempt": ((), ("attempt",)),
+    "cards": ((), ("origin-task-id", "ds-root")),
+}
+
 
 class MetaflowData:
     """`task.data`: attribute access to artifact values; `in` and `dir()` list the public ones."""
@@ -126,6 +137,26 @@ class Task(MetaflowObject):
             if tag.startswith("runtime:"):
                 return tag.split(":")[1]
         return None
+
+    def read_ahead(self, *properties: str) -> None:
+        """A hint that the caller is about to ask for these properties ("artifacts": the list, with each one's
+        stored type; "exception", "finished", "successful", "current_attempt", "cards"). A local datastore keeps
+        each record the answers come from in a file of its own: they are all asked of the disk now, so the
+        questions that follow wait for it once rather than once a file (docs/benchmarks.md). Answers do not
+        change; nothing is raised (the questions meet and report what cannot be read)."""
+        reads = [_PROPERTY_READS[name] for name in properties]
+        artifacts = [artifact for names, _ in reads for artifact in names]
+        fields = [field for _, names in reads for field in names]
+        flow, run, step, task = self._components
+        try:
+            attempt = self._provider.read_ahead_task(
+                flow, run, step, task, self._attempt, "artifacts" in properties, artifacts, fields
+            )
+            root = self._provider.datastore_root()
+            if attempt is not None and root and "artifacts" in properties:
+                FlowDatastore.at(confine_root(root, self._provider), flow).read_ahead_index(run, step, task, attempt)
+        except Exception:  # noqa: BLE001 - a hint: the questions meet and report the same errors
+            pass
 
     # -- metadata --------------------------------------------------------------------------------------------
     def _events(self) -> List[dict]:

@@ -273,6 +273,19 @@ def test_filtered_tasks(tree: Tree) -> None:
     assert matched
 
 
+def test_reading_a_task_ahead_is_a_hint_that_changes_no_answer(tree: Tree) -> None:
+    """`read_ahead_task` gives the attempt whose artifacts it read ahead (the one `artifacts` lists) or None, and
+    the provider answers as before, for tasks, retried tasks and a task that does not exist."""
+    p = tree.provider
+    for ids in list(tree.events)[:20] + tree.retried():
+        before = (p.artifacts(*ids), p.artifact(*ids, "_exception"), p.task_metadata(*ids))
+        attempt = p.read_ahead_task(*ids, None, True, ["_exception"], ["attempt", "ds-root"])
+        assert attempt is None or {a["attempt_id"] for a in before[0]} <= {attempt}, ids
+        assert (p.artifacts(*ids), p.artifact(*ids, "_exception"), p.task_metadata(*ids)) == before
+    f, r, s, _ = next(iter(tree.events))
+    assert p.read_ahead_task(f, r, s, "987654321", None, True, [], ["attempt"]) is None
+
+
 def test_lists_are_stable(tree: Tree) -> None:
     """A provider lists in its natural order (the object model sorts), the same order each time."""
     flow = tree.flows[0]["flow_id"]

@@ -28,7 +28,7 @@ MetaflowInternalError naming it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 from ..exceptions import MetaflowInternalError
 
@@ -219,4 +219,14 @@ class MetadataProvider(ABC):
 
     def datastore_root(self) -> Optional[str]:
         """The datastore root to use when a task has no `ds-root` metadata (local provider: its own root)."""
+        return None
+
+    def read_ahead_task(
+        self, flow: str, run: str, step: str, task: str, attempt: Optional[int], public: bool,
+        artifacts: Sequence[str], fields: Sequence[str],
+    ) -> Optional[int]:
+        """A hint (`Task.read_ahead`): the records of the task's public artifacts (when `public`), of the artifacts
+        named in `artifacts` and the events of the metadata `fields` are about to be read. Returns the attempt
+        whose artifacts were read ahead (`attempt`, or the latest finished one when None), None when nothing was.
+        Nothing by default: a provider that answers each question with one request has nothing to start early."""
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, FrozenSet, List, Optional
+from typing import Callable, FrozenSet, List, Optional, Sequence
 
 from .. import records
 from ..config import mffs_setting
@@ -71,6 +71,12 @@ class _MetaNames:
         if self._set is None:
             self._set = frozenset(self.names)
         return name in self._set
+
+
+def _public_artifacts(names: _MetaNames, attempt: int) -> List[str]:
+    """The record files of the public artifacts of `attempt`."""
+    prefix, internal = "%d_artifact_" % attempt, "%d_artifact__" % attempt
+    return [n for n in names.starting(prefix) if n.endswith(".json") and not n.startswith(internal)]
 
 
 def _exists(path: str) -> bool:
@@ -216,9 +222,26 @@ class LocalMetadataProvider(MetadataProvider):
             attempt = self._default_attempt(meta_dir)
             if attempt is None:
                 return []
-        prefix, internal = "%d_artifact_" % attempt, "%d_artifact__" % attempt
-        return self._records(self._artifact, meta_dir, [
-            n for n in names.starting(prefix) if n.endswith(".json") and not n.startswith(internal)])
+        return self._records(self._artifact, meta_dir, _public_artifacts(names, attempt))
+
+    def read_ahead_task(
+        self, flow: str, run: str, step: str, task: str, attempt: Optional[int], public: bool,
+        artifacts: Sequence[str], fields: Sequence[str],
+    ) -> Optional[int]:
+        """Has the storage start reading the task's records together (`Storage.read_ahead`): from a disk, the
+        questions that follow then wait for them once rather than once a record."""
+        names = self._listing(flow, run, step, task)
+        meta_dir = self._meta_dir(flow, run, step, task)
+        if attempt is None:
+            attempt = self._default_attempt(meta_dir)
+        wanted = [name for field in fields for name in names.field(field)]
+        if attempt is not None:
+            if public:
+                wanted += _public_artifacts(names, attempt)
+            wanted += [name for name in ("%d_artifact_%s.json" % (attempt, a) for a in artifacts) if name in names]
+        if wanted:
+            self._storage.read_ahead([meta_dir + "/" + name for name in wanted])
+        return attempt
 
     def _records(self, make: Callable[[dict], dict], meta_dir: str, names: List[str]) -> List[dict]:
         """`make(record)` of each file `names` of `meta_dir` (a bad record is left out, logged)."""

@@ -10,7 +10,7 @@ A task whose `_exception` cannot be loaded lists exception.txt (EIO when read).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .. import exports, render
 from .cards import CARDS_DIR, CardsDir
@@ -37,6 +37,8 @@ class TaskDir(Dir):
     """
 
     FILES = ("task.json", "metadata.json", "stdout.log", "stderr.log", "exception.txt")
+    #: what a listing asks of the task, told to the client first (`Task.read_ahead`); `finished` too while unstable
+    LISTING_ASKS: Tuple[str, ...] = ("artifacts", "exception", "cards", "current_attempt")
     # built by a lookup, a task's node soon holds its Task's metadata records (a few dozen small dicts): reading
     # anything in the task loads them; a step's listing builds no task nodes
     footprint = 16_000
@@ -101,6 +103,7 @@ class TaskDir(Dir):
         return dirs
 
     def entries(self) -> List[Union[Node, Entry]]:
+        self.task.read_ahead(*self.LISTING_ASKS, *(() if self.stable else ("finished",)))
         with client_errors(self.path):
             artifacts = list(self.task)  # first: the task's metadata listing it makes serves the questions below
         names = [name for name in self.FILES if name != "exception.txt" or self._has_exception()]
@@ -132,6 +135,8 @@ class TaskDir(Dir):
 class AttemptDir(TaskDir):
     """attempts/<n>/: task.json, metadata.json, logs, exception.txt and artifacts of attempt n, from
     `Task(pathspec, attempt=n)` as in Metaflow's client; no cards/ or attempts/ (they belong to the task)."""
+
+    LISTING_ASKS = ("artifacts", "exception")
 
     def _special_dirs(self, listing: bool) -> Dict[str, Callable[[], Node]]:
         return {}
