@@ -61,8 +61,9 @@ MIN_TASKS_PER_IMAGE = 256
 #: threads listing tasks while the listings wait for reads (see `_Lister`; more took more CPU than they saved here)
 LISTING_THREADS = 2
 #: listings wait for reads when the last `PROBE_LISTINGS` made alone blocked this many times each on average
-#: (voluntary context switches: reads that went to the disk or the network; a task's listing reads about ten files,
-#: and from the page cache blocked once on average here, at most a few times)
+#: (voluntary context switches: reads that went to the disk or the network). A task's listing reads about ten files,
+#: asked of the disk together (`Task.read_ahead`): here it blocks less than once on average, from the page cache or
+#: not, and stays on one thread; the threads are for stores where listings still wait
 BLOCKING_READS = 4
 PROBE_LISTINGS = 4
 #: while listing on threads, after this many tasks `PROBE_LISTINGS` are listed alone, to tell whether they still wait
