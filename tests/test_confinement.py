@@ -27,7 +27,7 @@ from client.storage.base import OutsideDatastore, check_key
 from client.storage.local import LocalStorage
 from tests.support.hostile import copy_flows, crawl, replace_artifact, store_blob, task_dir
 from tests.support.mount import mounted, run_mffs
-from tests.support.pagecache import drop_from_page_cache, in_page_cache
+from tests.support.pagecache import in_page_cache, make_cold
 
 MARKER = ("MFFS-OUTSIDE-SECRET-%s" % uuid.uuid4().hex).encode()
 
@@ -429,10 +429,7 @@ def test_read_ahead_reads_files_out_of_the_page_cache_and_nothing_outside(store,
     secret = tmp_path / "outside" / "secret"
     (root / "F" / "20").symlink_to(tmp_path / "outside")
     os.mkfifo(root / "F" / "d" / "fifo")
-    for path in files + [secret]:
-        drop_from_page_cache(path)
-    if in_page_cache(files[0]):
-        pytest.skip("%s keeps every file in the page cache (tmpfs?): nothing to read ahead" % tmp_path)
+    make_cold(files + [secret])
     keys = ["F/%d/_self.json" % number for number in range(20)]
     store.read_ahead(["F/missing/_self.json", "F/20/secret", "F/d/fifo", "../outside/secret"] + keys)
     deadline = time.monotonic() + 5
@@ -446,9 +443,7 @@ def test_read_ahead_reads_files_out_of_the_page_cache_and_nothing_outside(store,
 def test_read_ahead_reads_nothing_when_the_first_file_is_in_the_page_cache(store):
     root = Path(store.root)
     (root / "F" / "d" / "second").write_bytes(b"second")
-    drop_from_page_cache(root / "F" / "d" / "second")
-    if in_page_cache(root / "F" / "d" / "second"):
-        pytest.skip("%s keeps every file in the page cache (tmpfs?): nothing to read ahead" % root)
+    make_cold([root / "F" / "d" / "second"])
     assert store.read("F/d/file") == b"inside"  # now in the page cache
     store.read_ahead(["F/d/file", "F/d/second"])
     time.sleep(0.2)

@@ -16,7 +16,7 @@ import client
 from client.storage.local import LocalStorage
 from mffs.tree import DIR, StepDir, TaskDir, Tree
 from tests.support.hostile import copy_flows, task_dir, wait_for
-from tests.support.pagecache import drop_from_page_cache, in_page_cache
+from tests.support.pagecache import in_page_cache, make_cold
 
 
 @pytest.fixture
@@ -28,20 +28,8 @@ def copy(local_root: Path, manifest: dict, tmp_path: Path) -> Tuple[Path, dict]:
     return parent, manifest["runs"]
 
 
-def _cold(directory: Path) -> List[Path]:
-    """The files below `directory`, dropped from the page cache (skips where that cannot be done: tmpfs)."""
-    files = [path for path in directory.rglob("*") if path.is_file() and not path.is_symlink()]
-    drop_from_page_cache(files[0])
-    if in_page_cache(files[0]):
-        pytest.skip("%s keeps every file in the page cache (tmpfs?): nothing to read ahead" % directory)
-
-    def dropped() -> bool:  # a page just read may still sit in another CPU's batch, which a drop skips
-        for path in files:
-            drop_from_page_cache(path)
-        return not any(in_page_cache(path) for path in files)
-
-    assert wait_for(dropped, timeout=5)
-    return files
+def _files_below(directory: Path) -> List[Path]:
+    return [path for path in directory.rglob("*") if path.is_file() and not path.is_symlink()]
 
 
 def test_read_ahead_asks_the_disk_for_the_files_the_properties_read(copy):
@@ -49,7 +37,8 @@ def test_read_ahead_asks_the_disk_for_the_files_the_properties_read(copy):
     directory = task_dir(parent, "KitchenFlow", runs["kitchen"]["run_id"], "branch_b")
     task = client.Task("KitchenFlow/%s/branch_b/%s" % (runs["kitchen"]["run_id"], directory.name))
     assert task.current_attempt == 1  # retried: attempt 1's artifacts are the ones shown
-    files = _cold(directory)
+    files = _files_below(directory)
+    make_cold(files)
     meta = directory / "_meta"
     expected = {path for path in meta.iterdir() if re.fullmatch(
         r"1_artifact_[^_].*\.json|1_artifact__exception\.json|sysmeta_(attempt|ds-root)_\d+\.json", path.name)}
@@ -100,8 +89,7 @@ def test_read_ahead_of_a_broken_task_raises_nothing_and_reads_nothing_outside(co
         (directory / name).unlink()
         (directory / name).symlink_to(outside)
     (directory / "_meta" / "0_artifact_label.json").write_text("{not json")
-    _cold(directory)
-    drop_from_page_cache(outside)
+    make_cold(_files_below(directory) + [outside])
     task.read_ahead(*TaskDir.LISTING_ASKS)
     time.sleep(0.2)
     assert not in_page_cache(outside)
