@@ -7,8 +7,9 @@ the file is opened with O_NOFOLLOW, so only a file that is itself a link costs a
 below the root). O_NONBLOCK keeps a FIFO planted in the datastore from blocking the reader. A refused key raises
 `OutsideDatastore`.
 
-Listings read a small file per run or task (`_self.json`): when those are not in the page cache, `read_ahead` has
-the kernel read them all at once, so that they do not wait for the disk one after the other.
+Listings read a small file per run or task (`_self.json`), and a task's listing about ten records: when those are
+not in the page cache, `read_ahead` has the kernel read them all at once, so that they do not wait for the disk one
+after the other.
 """
 from __future__ import annotations
 
