@@ -23,6 +23,7 @@ from typing import Callable, Dict, List
 import pytest
 
 from client.datastore import AllowedRoots, FlowDatastore
+from client.storage import local as local_storage
 from client.storage.base import OutsideDatastore, check_key
 from client.storage.local import LocalStorage
 from tests.support.hostile import copy_flows, crawl, replace_artifact, store_blob, task_dir
@@ -408,6 +409,25 @@ def test_deep_keys_are_checked_at_every_level(store, tmp_path):
         LocalStorage(store.root).list("F/r/out/a/b")
     with pytest.raises(FileNotFoundError):
         LocalStorage(store.root).read("F/r/missing/x/y")
+
+
+def test_a_wide_directory_is_checked_from_a_bounded_listing(store, tmp_path, monkeypatch):
+    """The tasks of a step are checked with their siblings from one listing of the step, cut at `_LISTED_ENTRIES`
+    entries (a step of 100,000 tasks would keep every key in every process that reads one task): what the reader
+    keeps stays within that bound, and the tasks past it are checked one by one, links among them included."""
+    monkeypatch.setattr(local_storage, "_LISTED_ENTRIES", 4)
+    step = Path(store.root) / "F" / "r" / "s"
+    for task in range(40):
+        (step / str(task)).mkdir(parents=True)
+        (step / str(task) / "f").write_bytes(b"inside")
+    (step / "out").symlink_to(tmp_path / "outside")
+    reader = LocalStorage(store.root)
+    assert reader.read("F/r/s/0/f") == reader.read("F/r/s/1/f") == reader.read("F/r/s/2/f") == b"inside"
+    assert len(reader._checked) <= 3 + 4 + 3  # F, F/r, F/r/s, the listed entries, the three tasks read
+    for task in range(40):
+        assert reader.read("F/r/s/%d/f" % task) == b"inside"
+    with pytest.raises(OutsideDatastore):
+        reader.read("F/r/s/out/secret")
 
 
 def test_a_fifo_in_the_datastore_does_not_block_a_read(store):

@@ -14,6 +14,7 @@ after the other.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import stat
@@ -35,6 +36,10 @@ _DOTS = (".", "..")
 _WIDE_LEVELS = 4
 #: the level among them whose directories are few (a run's steps; `<F>/data/<xx>`, at most 256): checked one by one
 _NARROW_LEVEL = 2
+#: entries of a parent's listing taken for that check: a step of 100,000 tasks would otherwise keep 100,000 keys in
+#: every process that reads one task (12 MB, and the listing again in each new readahead worker); past it, the
+#: other sub-directories are checked one by one
+_LISTED_ENTRIES = 4096
 
 
 def _in_page_cache(descriptor: int) -> bool:
@@ -122,13 +127,15 @@ class LocalStorage(Storage):
         self._seen.clear()
 
     def _check_children(self, parent: str) -> None:
-        """Check every sub-directory of `parent` (checked) that is no link, from one listing of it: the file type
-        comes with the listing, where checking them one by one costs a system call each."""
+        """Check the sub-directories of `parent` (checked) that are no links, from one listing of it (its first
+        `_LISTED_ENTRIES` entries): the file type comes with the listing, where checking them one by one costs a
+        system call each."""
         self._listed.add(parent)
         try:
             with os.scandir(self.url(parent)) as entries:
                 prefix = parent + "/" if parent else ""
-                self._checked.update(prefix + e.name for e in entries if e.is_dir(follow_symlinks=False))
+                listed = itertools.islice(entries, _LISTED_ENTRIES)
+                self._checked.update(prefix + e.name for e in listed if e.is_dir(follow_symlinks=False))
         except (FileNotFoundError, NotADirectoryError):
             pass
 
