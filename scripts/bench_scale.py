@@ -26,7 +26,10 @@ cache (`posix_fadvise(DONTNEED)` on each), so both sides start cold and read wha
 itself, the comparison depends on the order of the measurements: this machine keeps about 1.9 GB of file pages,
 each small file of a datastore takes a page, a 30,000-task run's files take 5.4 GB, and Metaflow's walk reads four
 times as many of them as the mount does, so whichever side ran right after the other found part of its files
-cached (docs/benchmarks.md). `--keep-page-cache` measures without dropping anything.
+cached (docs/benchmarks.md). Before each size, as root, the kernel's cached inodes and directory entries are
+dropped as well: the 4.5 million files of the 100,000-task datastore, once opened, slow a walk of 10,000 tasks by a
+tenth, so without it a size's figures depend on the sizes measured before it. `--keep-page-cache` measures without
+dropping anything.
 """
 from __future__ import annotations
 
@@ -171,6 +174,19 @@ def drop_page_cache(root: Optional[Path]) -> None:
                 os.close(descriptor)
 
 
+def drop_inode_cache() -> bool:
+    """Have the kernel drop every directory entry and inode it caches (root only; False otherwise), so that each
+    size starts from the same kernel state: the inodes of the datastores measured before it slow its walks
+    otherwise (docs/benchmarks.md). Dropping each file's pages (`drop_page_cache`) loads that datastore's own."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as handle:
+            handle.write("2\n")
+    except OSError:
+        return False
+    return True
+
+
 def timed_on_mount(command: str, mount, tree: ProcessTree, budget: float, cold: Optional[Path]) -> Timing:
     """The command in the mount's directory, after dropping `cold` from the page cache: wall seconds, and CPU of
     the command plus the mount's processes."""
@@ -215,6 +231,8 @@ def on_fresh_mount(root: Path, scratch: Path, options: List[str], work: Callable
 
 def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scratch: Path) -> dict:
     parent = build_foreach_clone(n_tasks, args.source_tasks, args.source_runs)
+    if not args.keep_page_cache:
+        drop_inode_cache()
     run = load_manifest(parent)["runs"]["wide"]["pathspec"]
     step = "%s/%s" % (run, FOREACH_STEP)
     budget, cold = args.budget, None if args.keep_page_cache else parent
@@ -258,6 +276,8 @@ def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scra
 
 def bench_runs(n_runs: int, args: argparse.Namespace, options: List[str], scratch: Path) -> dict:
     parent = build_runs_clone(n_runs, args.source_tasks, args.source_runs)
+    if not args.keep_page_cache:
+        drop_inode_cache()
     runs = load_manifest(parent)["runs"]["runs"]
     flow, cold = runs["flow"], None if args.keep_page_cache else parent
     samples: Dict[str, List[Timing]] = {"flow": [], "mf_flow": []}
@@ -359,9 +379,13 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print("commit %s, mount options %s, %s, page cache %s" % (
-        commit, " ".join(options), started, "kept" if args.keep_page_cache else "dropped before each measurement"),
-        flush=True)
+    if args.keep_page_cache:
+        caches = "page cache kept"
+    elif drop_inode_cache():
+        caches = "page cache dropped before each measurement, inodes and directory entries before each size"
+    else:
+        caches = "page cache dropped before each measurement (inodes kept: dropping them takes root)"
+    print("commit %s, mount options %s, %s, %s" % (commit, " ".join(options), started, caches), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as scratch:
         task_results, run_results = [], []
         for n_tasks in args.tasks:
