@@ -27,8 +27,8 @@ itself, the comparison depends on the order of the measurements: this machine ke
 each small file of a datastore takes a page, a 30,000-task run's files take 5.4 GB, and Metaflow's walk reads four
 times as many of them as the mount does, so whichever side ran right after the other found part of its files
 cached (docs/benchmarks.md). Before each size, as root, the kernel's cached inodes and directory entries are
-dropped as well: the 4.5 million files of the 100,000-task datastore, once opened, slow a walk of 10,000 tasks by a
-tenth, so without it a size's figures depend on the sizes measured before it. `--keep-page-cache` measures without
+dropped as well: the inodes of a larger datastore, once its files were opened, slow the walks of a smaller one
+(docs/benchmarks.md), so without it a size's figures depend on the sizes measured before it. `--keep-page-cache` measures without
 dropping anything.
 """
 from __future__ import annotations

@@ -36,9 +36,9 @@ _DOTS = (".", "..")
 _WIDE_LEVELS = 4
 #: the level among them whose directories are few (a run's steps; `<F>/data/<xx>`, at most 256): checked one by one
 _NARROW_LEVEL = 2
-#: entries of a parent's listing taken for that check: a step of 100,000 tasks would otherwise keep 100,000 keys in
-#: every process that reads one task (12 MB, and the listing again in each new readahead worker); past it, the
-#: other sub-directories are checked one by one
+#: entries of a parent's listing taken for that check, so that a step of 100,000 tasks does not leave 100,000 keys
+#: in every process that reads one of them (each new image of the readahead worker included); past it, the other
+#: sub-directories are checked one by one
 _LISTED_ENTRIES = 4096
 
 
