@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_scale.py                                   # quick: 1000 tasks, 500 runs
     .venv/bin/python scripts/bench_scale.py --tasks 1000,10000,30000 --runs 2000 --json out.json
-    .venv/bin/python scripts/bench_scale.py --tasks 100000 --runs 0 --no-metaflow --measure find   # the mount alone
+    .venv/bin/python scripts/bench_scale.py --tasks 1000,10000,30000,100000 --runs 0 --measure find --repeat 3
 
 Datastores: scripts/make_scale_datastore.py (built once and cached: a real WideFlow run's foreach cloned to N
 tasks, a real HelloFlow run cloned to R runs). At each size, every mount measurement on a freshly started mount
@@ -27,9 +27,12 @@ itself, the comparison depends on the order of the measurements: this machine ke
 each small file of a datastore takes a page, a 30,000-task run's files take 5.4 GB, and Metaflow's walk reads four
 times as many of them as the mount does, so whichever side ran right after the other found part of its files
 cached (docs/benchmarks.md). Before each size, as root, the kernel's cached inodes and directory entries are
-dropped as well: the inodes of a larger datastore, once its files were opened, slow the walks of a smaller one
-(docs/benchmarks.md), so without it a size's figures depend on the sizes measured before it. `--keep-page-cache` measures without
-dropping anything.
+dropped as well, so that a size's figures do not depend on the datastores opened before it. `--keep-page-cache`
+measures without dropping anything.
+
+The machine: its speed drifts over minutes (a shared host), more than the differences between sizes. With
+`--repeat N`, the task sizes are measured in N rounds (each size once a round), so that the drift reaches every
+size alike, and the medians are shown.
 """
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ CLIENT_WALK = client_script(
 CLIENT_CAT = client_script('text = "".join(repr(task["square"].data) for task in Run(argument)["%s"])' % FOREACH_STEP)
 CLIENT_LS_STEP = client_script("listing = [(task.id, task.created_at) for task in Run(argument)[%r]]" % FOREACH_STEP)
 CLIENT_FLOW = client_script("flow = Flow(argument)\nruns = list(flow)\nlatest = flow.latest_successful_run.id")
-#: the timings of `bench_tasks` (those not measured are NOT_MEASURED)
+#: the timings of a `TaskSize` (those not measured are NOT_MEASURED)
 TASK_MEASUREMENTS = ("find", "find_again", "cat", "ls_step", "mf_find", "mf_cat", "mf_ls_step")
 NOT_MEASURED: Dict[str, float] = {}
 SAMPLE_INTERVAL_S = 0.25
@@ -229,49 +232,59 @@ def on_fresh_mount(root: Path, scratch: Path, options: List[str], work: Callable
     return result
 
 
-def bench_tasks(n_tasks: int, args: argparse.Namespace, options: List[str], scratch: Path) -> dict:
-    parent = build_foreach_clone(n_tasks, args.source_tasks, args.source_runs)
-    if not args.keep_page_cache:
-        drop_inode_cache()
-    run = load_manifest(parent)["runs"]["wide"]["pathspec"]
-    step = "%s/%s" % (run, FOREACH_STEP)
-    budget, cold = args.budget, None if args.keep_page_cache else parent
-    samples: Dict[str, List[Timing]] = {}
-    rss: Dict[str, List[float]] = {}
+class TaskSize:
+    """The measurements of one foreach size, one round at a time (`measure_round`), then their medians (`result`)."""
 
-    def keep(name: str, timing: Timing) -> None:
-        samples.setdefault(name, []).append(timing)
-        print("  %d tasks, %s: %s" % (n_tasks, name, timing or "timeout"), file=sys.stderr, flush=True)
+    def __init__(self, n_tasks: int, args: argparse.Namespace, options: List[str], scratch: Path):
+        self.n_tasks, self.args, self.options, self.scratch = n_tasks, args, options, scratch
+        self.parent = build_foreach_clone(n_tasks, args.source_tasks, args.source_runs)
+        self.run = load_manifest(self.parent)["runs"]["wide"]["pathspec"]
+        self.samples: Dict[str, List[Timing]] = {}
+        self.rss: Dict[str, List[float]] = {}
 
-    def finds(mount, tree: ProcessTree) -> dict:
-        return {"find": timed_on_mount("find %s" % run, mount, tree, budget, cold),
-                "find_again": timed_on_mount("find %s" % run, mount, tree, budget, cold)}
+    def keep(self, name: str, timing: Timing) -> None:
+        self.samples.setdefault(name, []).append(timing)
+        print("  %d tasks, %s: %s" % (self.n_tasks, name, timing or "timeout"), file=sys.stderr, flush=True)
 
-    def cat(mount, tree: ProcessTree) -> dict:
-        command = "cd %s && printf '%%s/square/repr.txt\\n' [0-9]* | xargs -d '\\n' cat" % step
-        return {"cat": timed_on_mount(command, mount, tree, budget, cold)}
+    def measure_round(self) -> None:
+        args, run, n_tasks = self.args, self.run, self.n_tasks
+        step = "%s/%s" % (run, FOREACH_STEP)
+        budget, cold = args.budget, None if args.keep_page_cache else self.parent
+        if not args.keep_page_cache:
+            drop_inode_cache()
 
-    def ls_step(mount, tree: ProcessTree) -> dict:
-        return {"ls_step": timed_on_mount("ls -l %s" % step, mount, tree, budget, cold)}
+        def finds(mount, tree: ProcessTree) -> dict:
+            return {"find": timed_on_mount("find %s" % run, mount, tree, budget, cold),
+                    "find_again": timed_on_mount("find %s" % run, mount, tree, budget, cold)}
 
-    for _ in range(args.repeat):
+        def cat(mount, tree: ProcessTree) -> dict:
+            command = "cd %s && printf '%%s/square/repr.txt\\n' [0-9]* | xargs -d '\\n' cat" % step
+            return {"cat": timed_on_mount(command, mount, tree, budget, cold)}
+
+        def ls_step(mount, tree: ProcessTree) -> dict:
+            return {"ls_step": timed_on_mount("ls -l %s" % step, mount, tree, budget, cold)}
+
         for label, work in (("find", finds), ("cat", cat), ("ls_step", ls_step)):
             if label not in args.measure:
                 continue
-            result = on_fresh_mount(parent, scratch, options, work)
-            rss.setdefault(label, []).append(result.pop("peak_rss_mb"))
+            result = on_fresh_mount(self.parent, self.scratch, self.options, work)
+            self.rss.setdefault(label, []).append(result.pop("peak_rss_mb"))
             by_process = ", ".join("%s %.0f" % item for item in result.pop("peak_rss_mb_by_process").items())
-            print("  %d tasks, %s mount: peak RSS %.0f MB (%s)" % (n_tasks, label, rss[label][-1], by_process),
+            print("  %d tasks, %s mount: peak RSS %.0f MB (%s)" % (n_tasks, label, self.rss[label][-1], by_process),
                   file=sys.stderr, flush=True)
             for name, timing in result.items():
-                keep(name, timing)
-        if args.metaflow:
+                self.keep(name, timing)
+        if args.metaflow and n_tasks <= args.metaflow_max_tasks:
             for name, script in (("mf_find", CLIENT_WALK), ("mf_cat", CLIENT_CAT), ("mf_ls_step", CLIENT_LS_STEP)):
                 if name[3:] in args.measure:
-                    keep(name, timed_client(script, run, parent, budget, cold))
-    return {"tasks": n_tasks, "datastore": str(parent), "pathspec": run,
-            "timings": {name: median(samples[name]) if name in samples else NOT_MEASURED for name in TASK_MEASUREMENTS},
-            "peak_rss_mb": {label: max(values) for label, values in rss.items()}}
+                    self.keep(name, timed_client(script, run, self.parent, budget, cold))
+
+    def result(self) -> dict:
+        samples = self.samples
+        return {"tasks": self.n_tasks, "datastore": str(self.parent), "pathspec": self.run,
+                "timings": {name: median(samples[name]) if name in samples else NOT_MEASURED
+                            for name in TASK_MEASUREMENTS},
+                "peak_rss_mb": {label: max(values) for label, values in self.rss.items()}}
 
 
 def bench_runs(n_runs: int, args: argparse.Namespace, options: List[str], scratch: Path) -> dict:
@@ -361,15 +374,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=sizes, default=[1000], help="foreach sizes, e.g. 1000,10000,30000 (0: none)")
     parser.add_argument("--runs", type=sizes, default=[500], help="run counts, e.g. 2000,10000 (0: none)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement (medians are shown)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each measurement (medians are shown); the task sizes are measured in rounds")
     parser.add_argument("--budget", type=float, default=1200, help="seconds one measurement may take")
     parser.add_argument("--memory-mb", type=int, default=256, help="the mount's memory budget, if it has one")
     parser.add_argument("--source-tasks", type=int, default=SOURCE_TASKS)
     parser.add_argument("--source-runs", type=int, default=SOURCE_RUNS)
     parser.add_argument("--measure", type=lambda text: set(text.split(",")), default={"find", "cat", "ls_step"},
                         help="which task measurements: find (both finds), cat, ls_step (default: all)")
-    parser.add_argument("--no-metaflow", dest="metaflow", action="store_false",
-                        help="measure the mount alone (Metaflow's walk of 100,000 tasks takes minutes)")
+    parser.add_argument("--no-metaflow", dest="metaflow", action="store_false", help="measure the mount alone")
+    parser.add_argument("--metaflow-max-tasks", type=int, default=30000,
+                        help="the largest foreach size Metaflow's client is measured at (its walk of 100,000 tasks "
+                             "takes minutes)")
     parser.add_argument("--keep-page-cache", action="store_true",
                         help="do not drop the datastore's files from the page cache before each measurement")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
@@ -387,10 +403,13 @@ def main() -> None:
         caches = "page cache dropped before each measurement (inodes kept: dropping them takes root)"
     print("commit %s, mount options %s, %s, %s" % (commit, " ".join(options), started, caches), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as scratch:
-        task_results, run_results = [], []
-        for n_tasks in args.tasks:
-            task_results.append(bench_tasks(n_tasks, args, options, Path(scratch)))
-            print("%d tasks done" % n_tasks, file=sys.stderr, flush=True)
+        run_results = []
+        task_sizes = [TaskSize(n_tasks, args, options, Path(scratch)) for n_tasks in args.tasks]
+        for round_number in range(1, args.repeat + 1):  # rounds over every size: the machine's drift hits all
+            for size in task_sizes:
+                size.measure_round()
+            print("round %d of the task sizes done" % round_number, file=sys.stderr, flush=True)
+        task_results = [size.result() for size in task_sizes]
         for n_runs in args.runs:
             run_results.append(bench_runs(n_runs, args, options, Path(scratch)))
             print("%d runs done" % n_runs, file=sys.stderr, flush=True)
