@@ -90,6 +90,7 @@ CLIENT_FLOW = client_script("flow = Flow(argument)\nruns = list(flow)\nlatest = 
 TASK_MEASUREMENTS = ("find", "find_again", "cat", "ls_step", "mf_find", "mf_cat", "mf_ls_step")
 NOT_MEASURED: Dict[str, float] = {}
 SAMPLE_INTERVAL_S = 0.25
+DROP_CACHES = "/proc/sys/vm/drop_caches"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 Timing = Optional[Dict[str, float]]  # {"wall", "cpu"} or None after a timeout
@@ -177,17 +178,16 @@ def drop_page_cache(root: Optional[Path]) -> None:
                 os.close(descriptor)
 
 
-def drop_inode_cache() -> bool:
-    """Have the kernel drop every directory entry and inode it caches (root only; False otherwise), so that each
+def drop_inode_cache() -> None:
+    """Have the kernel drop every directory entry and inode it caches (root only: nothing otherwise), so that each
     size starts from the same kernel state: the inodes of the datastores measured before it slow its walks
     otherwise (docs/benchmarks.md). Dropping each file's pages (`drop_page_cache`) loads that datastore's own."""
     os.sync()
     try:
-        with open("/proc/sys/vm/drop_caches", "w") as handle:
+        with open(DROP_CACHES, "w") as handle:
             handle.write("2\n")
     except OSError:
-        return False
-    return True
+        pass
 
 
 def timed_on_mount(command: str, mount, tree: ProcessTree, budget: float, cold: Optional[Path]) -> Timing:
@@ -397,7 +397,7 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.keep_page_cache:
         caches = "page cache kept"
-    elif drop_inode_cache():
+    elif os.access(DROP_CACHES, os.W_OK):
         caches = "page cache dropped before each measurement, inodes and directory entries before each size"
     else:
         caches = "page cache dropped before each measurement (inodes kept: dropping them takes root)"
